@@ -1,1 +1,11 @@
+//! stepbox: runs workflow steps written by many teams inside WebAssembly sandboxes, for
+//! organisations that must prove who ran what, with which data, and what came out.
+//!
+//! Data flows one way: `cli` → `sandbox`, with `classify` as a service beneath.
+//! Nothing below imports from above.
 
+#![deny(missing_docs)]
+
+pub mod classify;
+pub mod cli;
+pub mod sandbox;

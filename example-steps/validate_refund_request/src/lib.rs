@@ -45,7 +45,10 @@ impl Step for ValidateRefundRequest {
         if amount > config.max_amount {
             return Err(StepError::permanent(
                 "amount_over_maximum",
-                format!("refund amount exceeds the maximum of {:.2}", config.max_amount),
+                format!(
+                    "refund amount exceeds the maximum of {:.2}",
+                    config.max_amount
+                ),
             ));
         }
         let reason = match reason.map(|r| r.trim().to_owned()) {

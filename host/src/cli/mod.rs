@@ -1,0 +1,66 @@
+//! The command line: argument types (clap) and the commands they run. Commands talk to
+//! the library's faces (`sandbox`, `classify`); they never print secrets or unredacted
+//! guest output.
+
+mod step_run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use step_run::StepRunArgs;
+
+/// stepbox: WebAssembly workflow steps with policy, audit and encryption.
+#[derive(Debug, Parser)]
+#[command(name = "stepbox", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with a single step component.
+    #[command(subcommand)]
+    Step(StepCommand),
+}
+
+/// `stepbox step …`
+#[derive(Debug, Subcommand)]
+pub enum StepCommand {
+    /// Run one step in the real sandbox and print its outcome and host-call record as JSON.
+    Run(StepRunArgs),
+}
+
+/// Why a command failed before it could report an outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A flag's value is malformed.
+    #[error("{0}")]
+    Usage(String),
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The component was refused.
+    #[error("component refused: {0}")]
+    Load(#[from] crate::sandbox::LoadError),
+    /// The sandbox could not start.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+}
+
+impl Cli {
+    /// Run the parsed command.
+    pub async fn run(self) -> Result<ExitCode, CliError> {
+        match self.command {
+            Command::Step(StepCommand::Run(args)) => step_run::run(args).await,
+        }
+    }
+}

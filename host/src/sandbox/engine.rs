@@ -1,0 +1,380 @@
+//! The shared half of the sandbox: one wasmtime `Engine` per process (Cranelift, pooling
+//! allocator, epoch interruption driven by a ticker thread), one `Linker`, a cache of
+//! `InstancePre`s by component digest, and the HTTP client. `Sandbox::run` builds a
+//! fresh `Store` per attempt and always returns an [`AttemptReport`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+
+use super::bindings::{self, StepPre};
+use super::grants::{Grants, TaskData};
+use super::imports;
+use super::limits::{self, EPOCH_TICK, Limits};
+use super::outcome::{Abort, ErrorKind, Outcome, classify_trap};
+use super::record::AttemptRecord;
+use super::state::{self, Cap, HttpData, StepState};
+use crate::classify::Redactor;
+
+/// Largest component accepted, bytes. The refund steps are ~100 KiB.
+pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
+/// Distinct components kept compiled; past it the cache is cleared and refilled.
+const MODULE_CACHE_CAPACITY: usize = 256;
+/// Timeout for one outbound HTTP request (the attempt's wall-clock limit still applies).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout for establishing an outbound connection.
+const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Process-wide sandbox settings.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Attempts that may run at once: the pooling allocator's slot count.
+    pub max_concurrent_attempts: u32,
+    /// Use the pooling allocator (fast, preallocated) rather than on-demand allocation.
+    pub pooling: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_attempts: 128,
+            pooling: true,
+        }
+    }
+}
+
+/// Why a sandbox could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// wasmtime refused the engine configuration (e.g. not enough virtual memory).
+    #[error("cannot configure the wasm engine: {0}")]
+    Engine(String),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// Why a component was refused at load time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// Bigger than [`MAX_COMPONENT_BYTES`].
+    #[error("component is {size} bytes, over the limit of {MAX_COMPONENT_BYTES}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+    },
+    /// Not a valid WebAssembly component (a core module, garbage, or invalid code).
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    /// Imports an interface outside the allowed set.
+    #[error("component imports `{import}`, which steps may not use")]
+    DeniedImport {
+        /// The import's full name.
+        import: String,
+    },
+    /// Does not export the `stepbox:step` world's `run`.
+    #[error("component does not implement the stepbox:step world: {0}")]
+    NotAStep(String),
+}
+
+/// A component ready to run: compiled once, pre-linked.
+#[derive(Clone)]
+pub struct StepModule {
+    digest: Arc<str>,
+    pre: StepPre<StepState>,
+}
+
+impl StepModule {
+    /// The SHA-256 digest of the component bytes, hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+/// One attempt to run: who, with what, under which grants and limits.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// The task id.
+    pub task_id: String,
+    /// The step's name.
+    pub step_name: String,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// The step's config (JSON).
+    pub config: serde_json::Value,
+    /// What the step may do.
+    pub grants: Grants,
+    /// The task data it may draw on.
+    pub data: Arc<TaskData>,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// How an attempt went, and what it did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptReport {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The record of host calls.
+    pub record: AttemptRecord,
+    /// Wall-clock duration, milliseconds.
+    pub duration_ms: u64,
+    /// Guest CPU used, in epoch ticks.
+    pub cpu_ticks: u64,
+}
+
+/// The sandbox: cheap to clone, shared by every worker of the process.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<StepState>,
+    modules: Mutex<HashMap<Arc<str>, StepModule>>,
+    http: reqwest::Client,
+    ticker: Ticker,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker.stop();
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until stopped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("stepbox-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        Self { stop, thread }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Sandbox {
+    /// Build the engine, linker, ticker and HTTP client.
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true);
+        wasm.epoch_interruption(true);
+        if config.pooling {
+            let mut pool = PoolingAllocationConfig::default();
+            let slots = config.max_concurrent_attempts.max(1);
+            pool.total_component_instances(slots);
+            pool.total_stacks(slots);
+            pool.total_core_instances(slots * limits::DEFAULT_INSTANCES as u32);
+            pool.total_memories(slots * limits::DEFAULT_MEMORIES as u32);
+            pool.total_tables(slots * limits::DEFAULT_TABLES as u32);
+            pool.max_core_instances_per_component(limits::DEFAULT_INSTANCES as u32);
+            pool.max_memories_per_component(limits::DEFAULT_MEMORIES as u32);
+            pool.max_tables_per_component(limits::DEFAULT_TABLES as u32);
+            pool.max_memory_size(limits::MAX_MEMORY_BYTES);
+            pool.table_elements(limits::DEFAULT_TABLE_ELEMENTS);
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&wasm).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        link(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(HTTP_TIMEOUT)
+            .connect_timeout(HTTP_CONNECT_TIMEOUT)
+            .user_agent(concat!("stepbox/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SandboxError::Http(e.to_string()))?;
+
+        let ticker = Ticker::start(engine.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                modules: Mutex::new(HashMap::new()),
+                http,
+                ticker,
+            }),
+        })
+    }
+
+    /// Validate and compile a component, once per digest: size, component-ness, the import
+    /// allow-list, and the `run` export.
+    pub fn load(&self, wasm: &[u8]) -> Result<StepModule, LoadError> {
+        if wasm.len() > MAX_COMPONENT_BYTES {
+            return Err(LoadError::TooLarge { size: wasm.len() });
+        }
+        let digest: Arc<str> = hex::encode(Sha256::digest(wasm)).into();
+        if let Some(module) = self.modules().get(&digest) {
+            return Ok(module.clone());
+        }
+        if !wasmparser_is_component(wasm) {
+            return Err(LoadError::Invalid("expected a component, found a core module or other bytes".into()));
+        }
+        let engine = &self.inner.engine;
+        let component = Component::new(engine, wasm).map_err(|e| LoadError::Invalid(format!("{e}")))?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_owned()).collect();
+        if let Some(import) = imports::first_denied(imports.iter().map(String::as_str)) {
+            return Err(LoadError::DeniedImport { import: import.to_owned() });
+        }
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::NotAStep(format!("{e}")))?;
+        let pre = StepPre::new(pre).map_err(|e| LoadError::NotAStep(format!("{e}")))?;
+        let module = StepModule { digest: digest.clone(), pre };
+        let mut modules = self.modules();
+        if modules.len() >= MODULE_CACHE_CAPACITY {
+            modules.clear();
+        }
+        modules.insert(digest, module.clone());
+        Ok(module)
+    }
+
+    fn modules(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, StepModule>> {
+        self.inner.modules.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run one attempt in a fresh store. Never panics, never hangs past the wall-clock
+    /// limit: every failure is an [`Outcome`].
+    pub async fn run(&self, module: &StepModule, attempt: Attempt) -> AttemptReport {
+        let started = Instant::now();
+        if let Err(problem) = attempt.limits.validate() {
+            return AttemptReport {
+                outcome: Outcome::contained(super::outcome::Containment::Trap, format!("invalid limits: {problem}")),
+                record: AttemptRecord::default(),
+                duration_ms: 0,
+                cpu_ticks: 0,
+            };
+        }
+        let Attempt { task_id, step_name, attempt, config, grants, data, limits } = attempt;
+        let state = StepState::new(&task_id, &step_name, grants, data, &limits, self.inner.http.clone());
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut cx| {
+            let state = cx.data_mut();
+            state.cpu_ticks += 1;
+            if state.cpu_ticks >= state.cpu_ticks_left {
+                return Err(Abort::Cpu(state.cpu_ticks_left).into());
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let input = bindings::types::StepInput {
+            task_id,
+            step_name,
+            attempt,
+            config: config.to_string(),
+        };
+        let call = async {
+            let step = module.pre.instantiate_async(&mut store).await?;
+            step.call_run(&mut store, &input).await
+        };
+        let result = tokio::time::timeout(limits.wall_time, call).await;
+
+        let exceeded = store.data().limiter.exceeded;
+        let cpu_ticks = store.data().cpu_ticks;
+        let (record, stderr_tail, redactor) = store.into_data().into_record();
+        let outcome = match result {
+            Err(_) => Outcome::contained(
+                super::outcome::Containment::Timeout,
+                format!("wall-clock limit of {} ms passed", limits.wall_time.as_millis()),
+            ),
+            Ok(Err(error)) => classify_trap(&error, exceeded, &stderr_tail),
+            Ok(Ok(Ok(output))) => success(output, &limits),
+            Ok(Ok(Err(error))) => step_error(error, &redactor),
+        };
+        AttemptReport {
+            outcome,
+            record,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            cpu_ticks,
+        }
+    }
+}
+
+/// Link the harmless WASI interfaces (their context grants no authority, and the import
+/// allow-list refuses components that want more) and the stepbox capabilities.
+fn link(linker: &mut Linker<StepState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    bindings::types::add_to_linker::<_, Cap<crate::sandbox::host::ContextCap>>(linker, state::context_view)?;
+    bindings::context::add_to_linker::<_, Cap<_>>(linker, state::context_view)?;
+    bindings::log::add_to_linker::<_, Cap<_>>(linker, state::log_view)?;
+    bindings::audit::add_to_linker::<_, Cap<_>>(linker, state::audit_view)?;
+    bindings::secrets::add_to_linker::<_, Cap<_>>(linker, state::secrets_view)?;
+    bindings::http::add_to_linker::<_, HttpData>(linker, state::http_view)?;
+    Ok(())
+}
+
+/// A component starts with the magic and a layer field of 1 (core modules have 0).
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+fn success(output: String, limits: &Limits) -> Outcome {
+    use super::outcome::Containment;
+    if output.len() > limits.output_bytes {
+        return Outcome::contained(
+            Containment::OutputTooLarge,
+            format!("output of {} bytes exceeds the limit of {}", output.len(), limits.output_bytes),
+        );
+    }
+    match serde_json::from_str(&output) {
+        Ok(result) => Outcome::Success { result },
+        Err(e) => Outcome::contained(Containment::InvalidOutput, format!("output is not JSON: {e}")),
+    }
+}
+
+fn step_error(error: bindings::types::StepError, redactor: &Redactor) -> Outcome {
+    Outcome::StepError {
+        kind: match error.kind {
+            bindings::types::ErrorKind::Retryable => ErrorKind::Retryable,
+            bindings::types::ErrorKind::Permanent => ErrorKind::Permanent,
+        },
+        code: truncate(&error.code, 64),
+        message: redactor.redact_text(&truncate(&error.message, 1024)).into_owned(),
+        retry_after_ms: error.retry_after_ms,
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}

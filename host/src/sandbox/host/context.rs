@@ -1,0 +1,174 @@
+//! `context`: declared reads only; fields above the step's clearance read as
+//! `"[REDACTED]"`; every read and every refusal recorded.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::bounded;
+use crate::classify::{Classification, REDACTED};
+use crate::sandbox::bindings::context::{ContextError, Host};
+use crate::sandbox::grants::TaskData;
+use crate::sandbox::record::{Capability, Denial, FieldRead};
+use crate::sandbox::state::View;
+
+/// The context capability's allowed set and data.
+pub(crate) struct ContextCap {
+    reads: BTreeSet<String>,
+    upstream: BTreeSet<String>,
+    clearance: Classification,
+    data: Arc<TaskData>,
+}
+
+impl ContextCap {
+    pub(crate) fn new(
+        reads: BTreeSet<String>,
+        upstream: BTreeSet<String>,
+        clearance: Classification,
+        data: Arc<TaskData>,
+    ) -> Self {
+        Self {
+            reads,
+            upstream,
+            clearance,
+            data,
+        }
+    }
+}
+
+impl View<'_, ContextCap> {
+    fn deny(&mut self, target: &str, reason: &str) {
+        self.shared.record.denials.push(Denial {
+            capability: Capability::Context,
+            target: bounded(target),
+            reason: reason.to_owned(),
+        });
+    }
+}
+
+impl Host for View<'_, ContextCap> {
+    fn get(&mut self, field: String) -> wasmtime::Result<Result<String, ContextError>> {
+        self.shared.charge()?;
+        if !self.cap.reads.contains(&field) {
+            self.deny(&field, "not among the step's declared reads");
+            return Ok(Err(ContextError::Undeclared(field)));
+        }
+        let Some(value) = self.cap.data.context.get(&field) else {
+            return Ok(Err(ContextError::NotFound(field)));
+        };
+        let redacted = self.cap.data.level_of(&field) > self.cap.clearance;
+        let text = if redacted {
+            serde_json::Value::from(REDACTED).to_string()
+        } else {
+            value.to_string()
+        };
+        self.shared.record.fields_read.push(FieldRead { field, redacted });
+        Ok(Ok(text))
+    }
+
+    fn upstream(&mut self, step: String) -> wasmtime::Result<Result<String, ContextError>> {
+        self.shared.charge()?;
+        if !self.cap.upstream.contains(&step) {
+            self.deny(&step, "not an upstream step of this step");
+            return Ok(Err(ContextError::Undeclared(step)));
+        }
+        let Some(result) = self.cap.data.upstream.get(&step) else {
+            return Ok(Err(ContextError::NotFound(step)));
+        };
+        let text = result.to_string();
+        self.shared.record.upstream_read.push(step);
+        Ok(Ok(text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::classify::{FieldClasses, DataClass, classify_context};
+    use crate::sandbox::host::testing;
+    use crate::sandbox::outcome::Abort;
+
+    fn cap(clearance: Classification) -> ContextCap {
+        let context = json!({
+            "customer_email": "jane@example.com",
+            "refund_amount": 150.0,
+        });
+        let context = context.as_object().unwrap().clone();
+        let mut classes = FieldClasses::default();
+        classes.declare("customer_email", DataClass::PiiContact);
+        classes.declare("refund_amount", DataClass::Internal);
+        let classification = classify_context(&classes, &context);
+        let data = TaskData {
+            context,
+            classification,
+            upstream: [("validate".to_owned(), json!({"ok": true}))].into(),
+        };
+        ContextCap::new(
+            ["customer_email".into(), "refund_amount".into(), "absent".into()].into(),
+            ["validate".into()].into(),
+            clearance,
+            Arc::new(data),
+        )
+    }
+
+    #[test]
+    fn declared_field_within_clearance_is_returned_and_recorded() {
+        let mut cap = cap(Classification::Confidential);
+        let mut shared = testing::shared(10);
+        let mut view = View { cap: &mut cap, shared: &mut shared };
+        assert_eq!(view.get("customer_email".into()).unwrap(), Ok("\"jane@example.com\"".into()));
+        assert_eq!(view.get("refund_amount".into()).unwrap(), Ok("150.0".into()));
+        assert_eq!(shared.record.fields_read.len(), 2);
+        assert!(!shared.record.fields_read[0].redacted);
+    }
+
+    #[test]
+    fn field_above_clearance_reads_as_redacted() {
+        let mut cap = cap(Classification::Internal);
+        let mut shared = testing::shared(10);
+        let mut view = View { cap: &mut cap, shared: &mut shared };
+        assert_eq!(view.get("customer_email".into()).unwrap(), Ok("\"[REDACTED]\"".into()));
+        assert_eq!(
+            shared.record.fields_read,
+            vec![FieldRead { field: "customer_email".into(), redacted: true }]
+        );
+    }
+
+    #[test]
+    fn undeclared_field_is_refused_and_the_denial_recorded() {
+        let mut cap = cap(Classification::Restricted);
+        let mut shared = testing::shared(10);
+        let mut view = View { cap: &mut cap, shared: &mut shared };
+        assert_eq!(
+            view.get("customer_ssn".into()).unwrap(),
+            Err(ContextError::Undeclared("customer_ssn".into()))
+        );
+        assert_eq!(
+            view.upstream("other_step".into()).unwrap(),
+            Err(ContextError::Undeclared("other_step".into()))
+        );
+        assert_eq!(shared.record.denials.len(), 2);
+        assert_eq!(shared.record.denials[0].target, "customer_ssn");
+        assert!(shared.record.fields_read.is_empty());
+    }
+
+    #[test]
+    fn declared_but_absent_field_is_not_found() {
+        let mut cap = cap(Classification::Restricted);
+        let mut shared = testing::shared(10);
+        let mut view = View { cap: &mut cap, shared: &mut shared };
+        assert_eq!(view.get("absent".into()).unwrap(), Err(ContextError::NotFound("absent".into())));
+        assert_eq!(view.upstream("validate".into()).unwrap(), Ok("{\"ok\":true}".into()));
+    }
+
+    #[test]
+    fn host_call_budget_traps() {
+        let mut cap = cap(Classification::Restricted);
+        let mut shared = testing::shared(1);
+        let mut view = View { cap: &mut cap, shared: &mut shared };
+        assert!(view.get("refund_amount".into()).is_ok());
+        let error = view.get("refund_amount".into()).unwrap_err();
+        assert_eq!(error.downcast_ref::<Abort>(), Some(&Abort::HostCalls(1)));
+    }
+}

@@ -1,0 +1,160 @@
+//! How an attempt ended: a result, the step's own error, or a containment — and the
+//! mapping from wasmtime's errors to containments.
+
+use serde::Serialize;
+use wasmtime::Trap;
+use wasmtime::component::ResourceTableError;
+
+use super::limits::Exceeded;
+
+/// The end of one attempt. Never a panic or a hang: everything a guest can do lands here.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The step returned this JSON result.
+    Success {
+        /// The step's result.
+        result: serde_json::Value,
+    },
+    /// The step failed on purpose.
+    StepError {
+        /// Retry or not.
+        kind: ErrorKind,
+        /// The step's stable code.
+        code: String,
+        /// The step's message, redacted.
+        message: String,
+        /// The step's retry hint.
+        retry_after_ms: Option<u64>,
+    },
+    /// The sandbox stopped the step.
+    Contained {
+        /// What was exceeded or went wrong.
+        containment: Containment,
+        /// Details for the operator (no guest data beyond redacted stderr).
+        detail: String,
+    },
+}
+
+/// Whether a step error may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Retry with backoff.
+    Retryable,
+    /// Fail now.
+    Permanent,
+}
+
+/// Why the sandbox stopped a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Containment {
+    /// The CPU budget ran out.
+    OutOfCpu,
+    /// The wall-clock limit passed.
+    Timeout,
+    /// Linear memory would have grown past the limit.
+    MemoryLimit,
+    /// A table would have grown past the limit.
+    TableLimit,
+    /// The wasm stack overflowed.
+    StackOverflow,
+    /// The host resource table (WASI handles) is full.
+    ResourceLimit,
+    /// The host-call budget ran out.
+    HostCallLimit,
+    /// The result is larger than allowed.
+    OutputTooLarge,
+    /// The result is not valid JSON.
+    InvalidOutput,
+    /// The guest trapped (a panic, an unreachable, a bad memory access).
+    Trap,
+}
+
+impl Outcome {
+    /// True for [`Outcome::Success`].
+    pub fn is_success(&self) -> bool {
+        matches!(self, Self::Success { .. })
+    }
+
+    /// The containment, if the sandbox stopped the step.
+    pub fn containment(&self) -> Option<Containment> {
+        match self {
+            Self::Contained { containment, .. } => Some(*containment),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn contained(containment: Containment, detail: impl Into<String>) -> Self {
+        Self::Contained {
+            containment,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Errors the host raises to stop a guest, so the outcome can name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Abort {
+    #[error("CPU budget of {0} ticks exhausted")]
+    Cpu(u64),
+    #[error("host call limit of {0} exceeded")]
+    HostCalls(u32),
+}
+
+/// Map the error a call ended with onto a containment.
+pub(crate) fn classify_trap(
+    error: &wasmtime::Error,
+    exceeded: Option<Exceeded>,
+    stderr_tail: &str,
+) -> Outcome {
+    if let Some(abort) = error.downcast_ref::<Abort>() {
+        let containment = match abort {
+            Abort::Cpu(_) => Containment::OutOfCpu,
+            Abort::HostCalls(_) => Containment::HostCallLimit,
+        };
+        return Outcome::contained(containment, abort.to_string());
+    }
+    match exceeded {
+        Some(Exceeded::Memory { requested }) => {
+            return Outcome::contained(
+                Containment::MemoryLimit,
+                format!("memory growth to {requested} bytes refused"),
+            );
+        }
+        Some(Exceeded::Table { requested }) => {
+            return Outcome::contained(
+                Containment::TableLimit,
+                format!("table growth to {requested} elements refused"),
+            );
+        }
+        None => {}
+    }
+    if error
+        .chain()
+        .any(|cause| matches!(cause.downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full)))
+        || format!("{error:#}").contains("resource table has no free keys")
+    {
+        return Outcome::contained(Containment::ResourceLimit, "host resource table full");
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => {
+            Outcome::contained(Containment::StackOverflow, "wasm stack overflow")
+        }
+        // Rust guests keep large frames on a shadow stack at the bottom of linear memory;
+        // overflowing it wraps below address 0, to the very top of the 32-bit space.
+        Some(Trap::MemoryOutOfBounds) if format!("{error:?}").contains("0xffff") => {
+            Outcome::contained(Containment::StackOverflow, "shadow stack overflow (out-of-bounds access below address 0)")
+        }
+        Some(trap) => {
+            let mut detail = trap.to_string();
+            if !stderr_tail.is_empty() {
+                detail.push_str(": ");
+                detail.push_str(stderr_tail);
+            }
+            Outcome::contained(Containment::Trap, detail)
+        }
+        None => Outcome::contained(Containment::Trap, format!("{error:#}")),
+    }
+}
