@@ -138,6 +138,7 @@ async fn notify_reaches_an_allowed_server_with_the_secret_substituted_by_the_hos
 
     let seen = server.seen();
     assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("POST", "/notify"));
     assert_eq!(seen[0].headers["authorization"], format!("Bearer {NOTIFY_KEY}").as_str());
     let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!(body["to"], CUSTOMER_EMAIL);

@@ -27,6 +27,10 @@ use crate::classify::Redactor;
 pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
 /// Distinct components kept compiled; past it the cache is cleared and refilled.
 const MODULE_CACHE_CAPACITY: usize = 256;
+/// Bytes of each linear memory kept resident between attempts (reset with memset).
+const KEEP_RESIDENT_BYTES: usize = 2 << 20;
+/// Bytes of each table kept resident between attempts.
+const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
 /// Timeout for one outbound HTTP request (the attempt's wall-clock limit still applies).
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timeout for establishing an outbound connection.
@@ -186,6 +190,10 @@ impl Sandbox {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true);
         wasm.epoch_interruption(true);
+        // Steps use the synchronous component ABI (host calls may still be async on the
+        // host side); without the component-model-async machinery a store is cheaper to
+        // create and drop.
+        wasm.concurrency_support(false);
         if config.pooling {
             let mut pool = PoolingAllocationConfig::default();
             let slots = config.max_concurrent_attempts.max(1);
@@ -199,6 +207,11 @@ impl Sandbox {
             pool.max_tables_per_component(limits::DEFAULT_TABLES as u32);
             pool.max_memory_size(limits::MAX_MEMORY_BYTES);
             pool.table_elements(limits::DEFAULT_TABLE_ELEMENTS);
+            // Reset a slot by rewriting the pages the last attempt touched (found with
+            // PAGEMAP_SCAN where the kernel has it) instead of madvise + fresh page faults.
+            pool.linear_memory_keep_resident(KEEP_RESIDENT_BYTES);
+            pool.table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
+            pool.pagemap_scan(wasmtime::Enabled::Auto);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&wasm).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
@@ -305,7 +318,7 @@ impl Sandbox {
 
         let exceeded = store.data().limiter.exceeded;
         let cpu_ticks = store.data().cpu_ticks;
-        let (record, stderr_tail, redactor) = store.into_data().into_record();
+        let (record, stderr_tail, mut redactor) = store.into_data().into_record();
         let outcome = match result {
             Err(_) => Outcome::contained(
                 super::outcome::Containment::Timeout,
@@ -313,7 +326,7 @@ impl Sandbox {
             ),
             Ok(Err(error)) => classify_trap(&error, exceeded, &stderr_tail),
             Ok(Ok(Ok(output))) => success(output, &limits),
-            Ok(Ok(Err(error))) => step_error(error, &redactor),
+            Ok(Ok(Err(error))) => step_error(error, redactor.get()),
         };
         AttemptReport {
             outcome,

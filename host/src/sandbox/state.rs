@@ -22,10 +22,27 @@ pub(crate) struct Shared {
     pub(crate) step_name: String,
     host_calls_left: u32,
     host_call_limit: u32,
+    redactor: LazyRedactor,
+    pub(crate) record: AttemptRecord,
+}
+
+/// A redactor for the attempt's known values, built on first use: a step that never logs
+/// or fails never pays for it.
+pub(crate) struct LazyRedactor {
     /// Values to mask wherever they appear: the task's PII values and granted secrets.
     known_values: Vec<String>,
-    redactor: Option<Redactor>,
-    pub(crate) record: AttemptRecord,
+    built: Option<Redactor>,
+}
+
+impl LazyRedactor {
+    fn new(known_values: Vec<String>) -> Self {
+        Self { known_values, built: None }
+    }
+
+    pub(crate) fn get(&mut self) -> &Redactor {
+        let known = &self.known_values;
+        self.built.get_or_insert_with(|| Redactor::new(known))
+    }
 }
 
 impl Shared {
@@ -41,8 +58,7 @@ impl Shared {
 
     /// The attempt's redactor, built on first use (a step that never logs never pays).
     pub(crate) fn redactor(&mut self) -> &Redactor {
-        let known = &self.known_values;
-        self.redactor.get_or_insert_with(|| Redactor::new(known))
+        self.redactor.get()
     }
 }
 
@@ -102,8 +118,7 @@ impl StepState {
                 step_name: step_name.to_owned(),
                 host_calls_left: limits.host_calls,
                 host_call_limit: limits.host_calls,
-                known_values,
-                redactor: None,
+                redactor: LazyRedactor::new(known_values),
                 record: AttemptRecord::default(),
             },
             context: ContextCap::new(grants.reads, grants.upstream, grants.clearance, data),
@@ -114,18 +129,22 @@ impl StepState {
         }
     }
 
-    /// Finish the record (redacted stdio) and hand it over with the last stderr line and
-    /// the attempt's redactor.
-    pub(crate) fn into_record(mut self) -> (AttemptRecord, String, Redactor) {
+    /// Finish the record (redacted stdio) and hand it over with the guest's panic message
+    /// and the attempt's redactor, if one was needed.
+    pub(crate) fn into_record(mut self) -> (AttemptRecord, String, LazyRedactor) {
         let (stdout, out_dropped) = self.stdout.take();
         let (stderr, err_dropped) = self.stderr.take();
-        let redactor = self.shared.redactor().clone();
+        if !stdout.is_empty() || !stderr.is_empty() {
+            let redactor = self.shared.redactor();
+            let stdout = redactor.redact_text(&stdout).into_owned();
+            let stderr = redactor.redact_text(&stderr).into_owned();
+            self.shared.record.stdout = stdout;
+            self.shared.record.stderr = stderr;
+        }
         let mut record = self.shared.record;
-        record.stdout = redactor.redact_text(&stdout).into_owned();
-        record.stderr = redactor.redact_text(&stderr).into_owned();
         record.stdio_dropped = out_dropped + err_dropped;
         let tail = panic_summary(&record.stderr);
-        (record, tail, redactor)
+        (record, tail, self.shared.redactor)
     }
 }
 
@@ -210,8 +229,7 @@ impl Shared {
             step_name: "step_test".into(),
             host_calls_left: host_calls,
             host_call_limit: host_calls,
-            known_values,
-            redactor: None,
+            redactor: LazyRedactor::new(known_values),
             record: AttemptRecord::default(),
         }
     }
