@@ -18,8 +18,10 @@ use stepbox::sandbox::{Attempt, Grants, Limits, Sandbox, SandboxConfig, StepModu
 const SAMPLES: usize = 20_000;
 
 fn noop_component() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../example-steps/target/wasm32-wasip2/release/noop.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run ./dev build-steps first)", path.display()))
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../example-steps/target/wasm32-wasip2/release/noop.wasm");
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run ./dev build-steps first)", path.display()))
 }
 
 fn attempt() -> Attempt {
@@ -41,8 +43,15 @@ fn native_noop(config: &str) -> String {
 }
 
 fn setup(pooling: bool) -> (tokio::runtime::Runtime, Sandbox, StepModule) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let sandbox = Sandbox::new(SandboxConfig { pooling, ..SandboxConfig::default() }).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sandbox = Sandbox::new(SandboxConfig {
+        pooling,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
     let module = sandbox.load(&noop_component()).unwrap();
     (rt, sandbox, module)
 }
@@ -70,9 +79,15 @@ fn overhead(c: &mut Criterion) {
     let pooled = setup(true);
     let on_demand = setup(false);
     let mut group = c.benchmark_group("step");
-    group.bench_function("pooled", |b| b.iter(|| run_once(&pooled.0, &pooled.1, &pooled.2)));
-    group.bench_function("on_demand", |b| b.iter(|| run_once(&on_demand.0, &on_demand.1, &on_demand.2)));
-    group.bench_function("native_fn", |b| b.iter(|| black_box(native_noop(black_box("{}")))));
+    group.bench_function("pooled", |b| {
+        b.iter(|| run_once(&pooled.0, &pooled.1, &pooled.2))
+    });
+    group.bench_function("on_demand", |b| {
+        b.iter(|| run_once(&on_demand.0, &on_demand.1, &on_demand.2))
+    });
+    group.bench_function("native_fn", |b| {
+        b.iter(|| black_box(native_noop(black_box("{}"))))
+    });
     group.sample_size(20);
     group.bench_function("process_spawn", |b| {
         b.iter(|| std::process::Command::new("/bin/true").status().unwrap())

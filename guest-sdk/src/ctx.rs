@@ -129,7 +129,10 @@ impl Ctx {
         metadata: &impl Serialize,
     ) -> Result<(), StepError> {
         let metadata = serde_json::to_string(metadata).map_err(|e| {
-            StepError::permanent("audit_metadata", format!("metadata does not serialise: {e}"))
+            StepError::permanent(
+                "audit_metadata",
+                format!("metadata does not serialise: {e}"),
+            )
         })?;
         audit::emit(action, subject, &metadata)
             .map_err(|reason| StepError::permanent("audit_refused", reason))

@@ -133,7 +133,10 @@ impl Response {
     /// The body as JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, StepError> {
         serde_json::from_slice(&self.body).map_err(|e| {
-            StepError::permanent("http_response", format!("response is not the expected JSON: {e}"))
+            StepError::permanent(
+                "http_response",
+                format!("response is not the expected JSON: {e}"),
+            )
         })
     }
 

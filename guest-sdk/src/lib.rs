@@ -133,12 +133,16 @@ pub fn __run<S: Step>(
         config,
     } = input;
     let config: S::Config = serde_json::from_str(&config).map_err(|e| {
-        StepError::permanent("invalid_config", format!("step config does not parse: {e}")).into_wit()
+        StepError::permanent("invalid_config", format!("step config does not parse: {e}"))
+            .into_wit()
     })?;
     let ctx = Ctx::new(task_id, step_name, attempt);
     let output = S::run(&ctx, config).map_err(StepError::into_wit)?;
     serde_json::to_string(&output).map_err(|e| {
-        StepError::permanent("invalid_output", format!("step output does not serialise: {e}"))
-            .into_wit()
+        StepError::permanent(
+            "invalid_output",
+            format!("step output does not serialise: {e}"),
+        )
+        .into_wit()
     })
 }

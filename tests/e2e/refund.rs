@@ -17,7 +17,9 @@ fn validate_config() -> Value {
 
 fn expect_error(outcome: &Outcome, kind: ErrorKind, code: &str) {
     match outcome {
-        Outcome::StepError { kind: k, code: c, .. } => {
+        Outcome::StepError {
+            kind: k, code: c, ..
+        } => {
             assert_eq!((k, c.as_str()), (&kind, code), "{outcome:?}");
         }
         other => panic!("expected step error {code}, got {other:?}"),
@@ -54,9 +56,21 @@ async fn validate_accepts_a_sound_request_and_decides_on_approval() {
 
 #[tokio::test]
 async fn validate_refuses_bad_amounts_permanently() {
-    expect_error(&validate(5000.0, Classification::Confidential).await, ErrorKind::Permanent, "amount_over_maximum");
-    expect_error(&validate(-3.0, Classification::Confidential).await, ErrorKind::Permanent, "invalid_amount");
-    expect_error(&validate(0.0, Classification::Confidential).await, ErrorKind::Permanent, "invalid_amount");
+    expect_error(
+        &validate(5000.0, Classification::Confidential).await,
+        ErrorKind::Permanent,
+        "amount_over_maximum",
+    );
+    expect_error(
+        &validate(-3.0, Classification::Confidential).await,
+        ErrorKind::Permanent,
+        "invalid_amount",
+    );
+    expect_error(
+        &validate(0.0, Classification::Confidential).await,
+        ErrorKind::Permanent,
+        "invalid_amount",
+    );
 }
 
 #[tokio::test]
@@ -70,7 +84,13 @@ async fn a_field_above_the_steps_clearance_is_redacted() {
     );
     let report = run("validate_refund_request", attempt).await;
     expect_error(&report.outcome, ErrorKind::Permanent, "context_redacted");
-    assert!(report.record.fields_read.iter().any(|r| r.field == "refund_amount" && r.redacted));
+    assert!(
+        report
+            .record
+            .fields_read
+            .iter()
+            .any(|r| r.field == "refund_amount" && r.redacted)
+    );
 }
 
 fn validated(amount: f64, needs_approval: bool) -> BTreeMap<String, Value> {
@@ -93,26 +113,63 @@ async fn approve(amount: f64, on_exceed: &str) -> Outcome {
 #[tokio::test]
 async fn approval_is_automatic_under_the_limit_and_refused_or_pending_above() {
     assert_eq!(result(&approve(150.0, "reject").await)["approved"], true);
-    expect_error(&approve(800.0, "reject").await, ErrorKind::Permanent, "approval_denied");
+    expect_error(
+        &approve(800.0, "reject").await,
+        ErrorKind::Permanent,
+        "approval_denied",
+    );
     let pending = approve(800.0, "pending").await;
     expect_error(&pending, ErrorKind::Retryable, "approval_pending");
-    assert!(matches!(pending, Outcome::StepError { retry_after_ms: Some(60_000), .. }));
+    assert!(matches!(
+        pending,
+        Outcome::StepError {
+            retry_after_ms: Some(60_000),
+            ..
+        }
+    ));
 }
 
 #[tokio::test]
 async fn execute_refund_is_idempotent_per_task_and_audits_the_refund() {
     let mut upstream = validated(150.0, true);
-    upstream.insert("get_manager_approval".into(), json!({ "approved": true, "approver": "policy:auto_approve_limit", "amount": 150.0 }));
+    upstream.insert(
+        "get_manager_approval".into(),
+        json!({ "approved": true, "approver": "policy:auto_approve_limit", "amount": 150.0 }),
+    );
     let data = refund_data(150.0, upstream);
     let deps = ["validate_refund_request", "get_manager_approval"];
-    let first = run("execute_refund", attempt("execute_refund", json!({}), grants(&[], &deps, Classification::Internal), data.clone())).await;
-    let second = run("execute_refund", attempt("execute_refund", json!({}), grants(&[], &deps, Classification::Internal), data)).await;
-    let refund_id = result(&first.outcome)["refund_id"].as_str().unwrap().to_owned();
+    let first = run(
+        "execute_refund",
+        attempt(
+            "execute_refund",
+            json!({}),
+            grants(&[], &deps, Classification::Internal),
+            data.clone(),
+        ),
+    )
+    .await;
+    let second = run(
+        "execute_refund",
+        attempt(
+            "execute_refund",
+            json!({}),
+            grants(&[], &deps, Classification::Internal),
+            data,
+        ),
+    )
+    .await;
+    let refund_id = result(&first.outcome)["refund_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(refund_id.starts_with("rf_"), "{refund_id}");
     assert_eq!(result(&second.outcome)["refund_id"], refund_id.as_str());
     assert_eq!(result(&first.outcome)["amount"], 150.0);
     let event = &first.record.audit_events[0];
-    assert_eq!((event.action.as_str(), event.subject.as_str()), ("refund.executed", refund_id.as_str()));
+    assert_eq!(
+        (event.action.as_str(), event.subject.as_str()),
+        ("refund.executed", refund_id.as_str())
+    );
     assert_eq!(event.metadata["amount"], 150.0);
 }
 
@@ -123,23 +180,48 @@ fn executed() -> BTreeMap<String, Value> {
     )])
 }
 
-fn notify_attempt(endpoint: String, allowed: &str, clearance: Classification) -> stepbox::sandbox::Attempt {
+fn notify_attempt(
+    endpoint: String,
+    allowed: &str,
+    clearance: Classification,
+) -> stepbox::sandbox::Attempt {
     let mut grants = grants(&["customer_email"], &["execute_refund"], clearance);
-    grants.secrets.insert("NOTIFY_API_KEY".into(), SecretValue::new(NOTIFY_KEY));
+    grants
+        .secrets
+        .insert("NOTIFY_API_KEY".into(), SecretValue::new(NOTIFY_KEY));
     grants.origins.insert(Origin::parse(allowed).unwrap());
-    attempt("notify_customer", json!({ "endpoint": endpoint }), grants, refund_data(150.0, executed()))
+    attempt(
+        "notify_customer",
+        json!({ "endpoint": endpoint }),
+        grants,
+        refund_data(150.0, executed()),
+    )
 }
 
 #[tokio::test]
 async fn notify_reaches_an_allowed_server_with_the_secret_substituted_by_the_host() {
     let server = TestServer::start().await;
-    let report = run("notify_customer", notify_attempt(server.url("/notify"), &server.origin(), Classification::Confidential)).await;
+    let report = run(
+        "notify_customer",
+        notify_attempt(
+            server.url("/notify"),
+            &server.origin(),
+            Classification::Confidential,
+        ),
+    )
+    .await;
     assert_eq!(result(&report.outcome)["notified"], true);
 
     let seen = server.seen();
     assert_eq!(seen.len(), 1);
-    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("POST", "/notify"));
-    assert_eq!(seen[0].headers["authorization"], format!("Bearer {NOTIFY_KEY}").as_str());
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("POST", "/notify")
+    );
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {NOTIFY_KEY}").as_str()
+    );
     let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!(body["to"], CUSTOMER_EMAIL);
     assert_eq!(body["refund_id"], "rf_00aa11bb22cc33dd");
@@ -148,14 +230,28 @@ async fn notify_reaches_an_allowed_server_with_the_secret_substituted_by_the_hos
     assert_eq!((call.status, call.outcome.as_str()), (Some(200), "ok"));
     assert_eq!(call.secrets, vec!["NOTIFY_API_KEY".to_owned()]);
     let text = report.record.all_text();
-    assert!(!text.contains(CUSTOMER_EMAIL), "email leaked into the record: {text}");
-    assert!(!text.contains(NOTIFY_KEY), "secret leaked into the record: {text}");
+    assert!(
+        !text.contains(CUSTOMER_EMAIL),
+        "email leaked into the record: {text}"
+    );
+    assert!(
+        !text.contains(NOTIFY_KEY),
+        "secret leaked into the record: {text}"
+    );
 }
 
 #[tokio::test]
 async fn notify_to_a_host_not_allowed_is_refused_before_any_byte_is_sent() {
     let server = TestServer::start().await;
-    let report = run("notify_customer", notify_attempt(server.url("/notify"), "https://notify.example.com", Classification::Confidential)).await;
+    let report = run(
+        "notify_customer",
+        notify_attempt(
+            server.url("/notify"),
+            "https://notify.example.com",
+            Classification::Confidential,
+        ),
+    )
+    .await;
     expect_error(&report.outcome, ErrorKind::Permanent, "http_denied");
     assert!(server.seen().is_empty(), "the server must not be reached");
     assert_eq!(report.record.denials[0].target, server.origin());
@@ -166,23 +262,46 @@ async fn a_redirect_to_an_origin_not_allowed_is_refused() {
     let server = TestServer::start().await;
     let elsewhere = TestServer::start().await;
     let url = server.url(&format!("/redirect?to={}", elsewhere.url("/notify")));
-    let report = run("notify_customer", notify_attempt(url, &server.origin(), Classification::Confidential)).await;
+    let report = run(
+        "notify_customer",
+        notify_attempt(url, &server.origin(), Classification::Confidential),
+    )
+    .await;
     expect_error(&report.outcome, ErrorKind::Permanent, "http_denied");
     assert_eq!(server.seen().len(), 1);
-    assert!(elsewhere.seen().is_empty(), "the redirect target must not be reached");
+    assert!(
+        elsewhere.seen().is_empty(),
+        "the redirect target must not be reached"
+    );
 }
 
 #[tokio::test]
 async fn an_unavailable_service_is_a_retryable_error() {
     let server = TestServer::start().await;
-    let report = run("notify_customer", notify_attempt(server.url("/unavailable"), &server.origin(), Classification::Confidential)).await;
+    let report = run(
+        "notify_customer",
+        notify_attempt(
+            server.url("/unavailable"),
+            &server.origin(),
+            Classification::Confidential,
+        ),
+    )
+    .await;
     expect_error(&report.outcome, ErrorKind::Retryable, "notify_unavailable");
 }
 
 #[tokio::test]
 async fn notify_without_clearance_for_the_email_sends_nothing() {
     let server = TestServer::start().await;
-    let report = run("notify_customer", notify_attempt(server.url("/notify"), &server.origin(), Classification::Internal)).await;
+    let report = run(
+        "notify_customer",
+        notify_attempt(
+            server.url("/notify"),
+            &server.origin(),
+            Classification::Internal,
+        ),
+    )
+    .await;
     expect_error(&report.outcome, ErrorKind::Permanent, "context_redacted");
     assert!(server.seen().is_empty());
 }
@@ -190,10 +309,22 @@ async fn notify_without_clearance_for_the_email_sends_nothing() {
 #[tokio::test]
 async fn a_slow_service_hits_the_wall_clock_limit_not_the_cpu_limit() {
     let server = TestServer::start().await;
-    let mut attempt = notify_attempt(server.url("/slow"), &server.origin(), Classification::Confidential);
-    attempt.limits = Limits { wall_time: Duration::from_millis(500), ..Limits::default() };
+    let mut attempt = notify_attempt(
+        server.url("/slow"),
+        &server.origin(),
+        Classification::Confidential,
+    );
+    attempt.limits = Limits {
+        wall_time: Duration::from_millis(500),
+        ..Limits::default()
+    };
     let report = run("notify_customer", attempt).await;
-    assert_eq!(report.outcome.containment(), Some(stepbox::sandbox::Containment::Timeout), "{:?}", report.outcome);
+    assert_eq!(
+        report.outcome.containment(),
+        Some(stepbox::sandbox::Containment::Timeout),
+        "{:?}",
+        report.outcome
+    );
     assert!(report.duration_ms < 2_000, "took {} ms", report.duration_ms);
     assert_still_serving().await;
 }
@@ -203,17 +334,58 @@ async fn the_refund_workflow_runs_end_to_end_with_results_flowing_downstream() {
     let server = TestServer::start().await;
     let mut upstream = BTreeMap::new();
 
-    let report = run("validate_refund_request", attempt("validate_refund_request", validate_config(), grants(VALIDATE_READS, &[], Classification::Confidential), refund_data(250.0, upstream.clone()))).await;
-    upstream.insert("validate_refund_request".to_owned(), result(&report.outcome).clone());
+    let report = run(
+        "validate_refund_request",
+        attempt(
+            "validate_refund_request",
+            validate_config(),
+            grants(VALIDATE_READS, &[], Classification::Confidential),
+            refund_data(250.0, upstream.clone()),
+        ),
+    )
+    .await;
+    upstream.insert(
+        "validate_refund_request".to_owned(),
+        result(&report.outcome).clone(),
+    );
 
-    let report = run("get_manager_approval", attempt("get_manager_approval", json!({ "auto_approve_limit": 500.0, "on_exceed": "pending" }), grants(&[], &["validate_refund_request"], Classification::Internal), refund_data(250.0, upstream.clone()))).await;
-    upstream.insert("get_manager_approval".to_owned(), result(&report.outcome).clone());
+    let report = run(
+        "get_manager_approval",
+        attempt(
+            "get_manager_approval",
+            json!({ "auto_approve_limit": 500.0, "on_exceed": "pending" }),
+            grants(&[], &["validate_refund_request"], Classification::Internal),
+            refund_data(250.0, upstream.clone()),
+        ),
+    )
+    .await;
+    upstream.insert(
+        "get_manager_approval".to_owned(),
+        result(&report.outcome).clone(),
+    );
 
-    let report = run("execute_refund", attempt("execute_refund", json!({}), grants(&[], &["validate_refund_request", "get_manager_approval"], Classification::Internal), refund_data(250.0, upstream.clone()))).await;
+    let report = run(
+        "execute_refund",
+        attempt(
+            "execute_refund",
+            json!({}),
+            grants(
+                &[],
+                &["validate_refund_request", "get_manager_approval"],
+                Classification::Internal,
+            ),
+            refund_data(250.0, upstream.clone()),
+        ),
+    )
+    .await;
     let refund = result(&report.outcome).clone();
     upstream.insert("execute_refund".to_owned(), refund.clone());
 
-    let mut notify = notify_attempt(server.url("/notify"), &server.origin(), Classification::Confidential);
+    let mut notify = notify_attempt(
+        server.url("/notify"),
+        &server.origin(),
+        Classification::Confidential,
+    );
     notify.data = refund_data(250.0, upstream);
     let report = run("notify_customer", notify).await;
     assert_eq!(result(&report.outcome)["refund_id"], refund["refund_id"]);

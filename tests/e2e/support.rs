@@ -15,7 +15,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use stepbox::classify::{Classification, FieldClasses, classify_context};
-use stepbox::sandbox::{Attempt, AttemptReport, Grants, Limits, Sandbox, SandboxConfig, StepModule, TaskData};
+use stepbox::sandbox::{
+    Attempt, AttemptReport, Grants, Limits, Sandbox, SandboxConfig, StepModule, TaskData,
+};
 
 pub const CUSTOMER_EMAIL: &str = "jane.doe@example.com";
 pub const NOTIFY_KEY: &str = "nk_live_7f3a9c2e51d04b8a";
@@ -27,7 +29,14 @@ pub fn components_dir() -> &'static Path {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../example-steps");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(root.join("Cargo.toml"))
             .arg("--target-dir")
             .arg(root.join("target"))
@@ -53,7 +62,9 @@ pub fn sandbox() -> &'static Sandbox {
 }
 
 pub fn load(name: &str) -> StepModule {
-    sandbox().load(&component(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    sandbox()
+        .load(&component(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// A refund task's data, classified the way the workflow's schema says.
@@ -81,7 +92,11 @@ pub fn refund_data(amount: f64, upstream: BTreeMap<String, Value>) -> Arc<TaskDa
     let context = context.as_object().unwrap().clone();
     let classes = FieldClasses::from_schema(&schema).unwrap();
     let classification = classify_context(&classes, &context);
-    Arc::new(TaskData { context, classification, upstream })
+    Arc::new(TaskData {
+        context,
+        classification,
+        upstream,
+    })
 }
 
 pub fn grants(reads: &[&str], upstream: &[&str], clearance: Classification) -> Grants {
@@ -111,8 +126,16 @@ pub async fn run(step: &str, attempt: Attempt) -> AttemptReport {
 
 /// Run the trivial step: proves the sandbox still serves after whatever ran before.
 pub async fn assert_still_serving() {
-    let report = run("noop", attempt("noop", json!({}), Grants::default(), Arc::default())).await;
-    assert!(report.outcome.is_success(), "noop after a hostile step: {:?}", report.outcome);
+    let report = run(
+        "noop",
+        attempt("noop", json!({}), Grants::default(), Arc::default()),
+    )
+    .await;
+    assert!(
+        report.outcome.is_success(),
+        "noop after a hostile step: {:?}",
+        report.outcome
+    );
 }
 
 /// A request the test server received.
@@ -155,7 +178,13 @@ impl TestServer {
     }
 }
 
-async fn handle(State(seen): State<Arc<Mutex<Vec<Seen>>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(seen): State<Arc<Mutex<Vec<Seen>>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     seen.lock().unwrap().push(Seen {
         method,
         path: uri.path().to_owned(),
@@ -165,7 +194,10 @@ async fn handle(State(seen): State<Arc<Mutex<Vec<Seen>>>>, method: Method, uri: 
     match uri.path() {
         "/notify" => (StatusCode::OK, axum::Json(json!({ "id": "msg_1" }))).into_response(),
         "/echo" => {
-            let auth = headers.get("authorization").map(|v| v.to_str().unwrap_or("").to_owned()).unwrap_or_default();
+            let auth = headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap_or("").to_owned())
+                .unwrap_or_default();
             format!("auth={auth} body={}", String::from_utf8_lossy(&body)).into_response()
         }
         "/unavailable" => StatusCode::SERVICE_UNAVAILABLE.into_response(),
@@ -174,7 +206,11 @@ async fn handle(State(seen): State<Arc<Mutex<Vec<Seen>>>>, method: Method, uri: 
             StatusCode::OK.into_response()
         }
         "/redirect" => {
-            let to = uri.query().and_then(|q| q.strip_prefix("to=")).unwrap_or("/").to_owned();
+            let to = uri
+                .query()
+                .and_then(|q| q.strip_prefix("to="))
+                .unwrap_or("/")
+                .to_owned();
             (StatusCode::FOUND, [("location", to)]).into_response()
         }
         _ => StatusCode::NOT_FOUND.into_response(),

@@ -9,7 +9,9 @@ use clap::Args;
 
 use super::CliError;
 use crate::classify::{Classification, FieldClasses, classify_context};
-use crate::sandbox::{Attempt, Grants, Limits, Origin, Outcome, Sandbox, SandboxConfig, SecretValue, TaskData};
+use crate::sandbox::{
+    Attempt, Grants, Limits, Origin, Outcome, Sandbox, SandboxConfig, SecretValue, TaskData,
+};
 
 /// Exit status when the step returned its own error.
 const EXIT_STEP_ERROR: u8 = 1;
@@ -66,7 +68,10 @@ fn read(path: &PathBuf) -> Result<String, CliError> {
     })
 }
 
-fn json_object(text: &str, what: &str) -> Result<serde_json::Map<String, serde_json::Value>, CliError> {
+fn json_object(
+    text: &str,
+    what: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, CliError> {
     match serde_json::from_str(text) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
         Ok(_) => Err(CliError::Usage(format!("{what} must be a JSON object"))),
@@ -75,13 +80,17 @@ fn json_object(text: &str, what: &str) -> Result<serde_json::Map<String, serde_j
 }
 
 fn secret_value(spec: &str) -> Result<(String, SecretValue), CliError> {
-    let (name, value) = spec
-        .split_once('=')
-        .ok_or_else(|| CliError::Usage(format!("--secret expects NAME=value, got `{}`", spec.split('=').next().unwrap_or(""))))?;
+    let (name, value) = spec.split_once('=').ok_or_else(|| {
+        CliError::Usage(format!(
+            "--secret expects NAME=value, got `{}`",
+            spec.split('=').next().unwrap_or("")
+        ))
+    })?;
     let value = if let Some(path) = value.strip_prefix('@') {
         read(&PathBuf::from(path))?.trim_end().to_owned()
     } else if let Some(var) = value.strip_prefix("env:") {
-        std::env::var(var).map_err(|_| CliError::Usage(format!("environment variable {var} is not set")))?
+        std::env::var(var)
+            .map_err(|_| CliError::Usage(format!("environment variable {var} is not set")))?
     } else {
         value.to_owned()
     };
@@ -90,8 +99,8 @@ fn secret_value(spec: &str) -> Result<(String, SecretValue), CliError> {
 
 impl StepRunArgs {
     fn attempt(&self) -> Result<Attempt, CliError> {
-        let config: serde_json::Value =
-            serde_json::from_str(&self.input).map_err(|e| CliError::Usage(format!("--input is not valid JSON: {e}")))?;
+        let config: serde_json::Value = serde_json::from_str(&self.input)
+            .map_err(|e| CliError::Usage(format!("--input is not valid JSON: {e}")))?;
         let context = match &self.context {
             Some(path) => json_object(&read(path)?, "--context")?,
             None => serde_json::Map::new(),
@@ -118,12 +127,20 @@ impl StepRunArgs {
             .iter()
             .map(|h| Origin::parse(h).map_err(|e| CliError::Usage(format!("--allow-host: {e}"))))
             .collect::<Result<_, _>>()?;
-        let secrets = self.secrets.iter().map(|s| secret_value(s)).collect::<Result<_, _>>()?;
+        let secrets = self
+            .secrets
+            .iter()
+            .map(|s| secret_value(s))
+            .collect::<Result<_, _>>()?;
         let limits: Limits = match &self.limits {
-            Some(text) => serde_json::from_str(text).map_err(|e| CliError::Usage(format!("--limits: {e}")))?,
+            Some(text) => {
+                serde_json::from_str(text).map_err(|e| CliError::Usage(format!("--limits: {e}")))?
+            }
             None => Limits::default(),
         };
-        limits.validate().map_err(|e| CliError::Usage(format!("--limits: {e}")))?;
+        limits
+            .validate()
+            .map_err(|e| CliError::Usage(format!("--limits: {e}")))?;
 
         let classification = classify_context(&classes, &context);
         let grants = Grants {
@@ -134,7 +151,10 @@ impl StepRunArgs {
             origins,
         };
         let step_name = self.step_name.clone().unwrap_or_else(|| {
-            self.component.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            self.component
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
         });
         Ok(Attempt {
             task_id: self.task_id.clone(),
@@ -169,11 +189,19 @@ pub(super) async fn run(args: StepRunArgs) -> Result<ExitCode, CliError> {
     println!("{json}");
     Ok(match &report.outcome {
         Outcome::Success { .. } => ExitCode::SUCCESS,
-        Outcome::StepError { kind, code, message, .. } => {
+        Outcome::StepError {
+            kind,
+            code,
+            message,
+            ..
+        } => {
             eprintln!("step failed ({kind:?}): {code}: {message}");
             ExitCode::from(EXIT_STEP_ERROR)
         }
-        Outcome::Contained { containment, detail } => {
+        Outcome::Contained {
+            containment,
+            detail,
+        } => {
             eprintln!("step contained ({containment:?}): {detail}");
             ExitCode::from(EXIT_CONTAINED)
         }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 
 use super::bindings::{self, StepPre};
 use super::grants::{Grants, TaskData};
@@ -250,14 +252,22 @@ impl Sandbox {
             return Ok(module.clone());
         }
         if !wasmparser_is_component(wasm) {
-            return Err(LoadError::Invalid("expected a component, found a core module or other bytes".into()));
+            return Err(LoadError::Invalid(
+                "expected a component, found a core module or other bytes".into(),
+            ));
         }
         let engine = &self.inner.engine;
-        let component = Component::new(engine, wasm).map_err(|e| LoadError::Invalid(format!("{e}")))?;
+        let component =
+            Component::new(engine, wasm).map_err(|e| LoadError::Invalid(format!("{e}")))?;
         let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_owned()).collect();
+        let imports: Vec<String> = ty
+            .imports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
         if let Some(import) = imports::first_denied(imports.iter().map(String::as_str)) {
-            return Err(LoadError::DeniedImport { import: import.to_owned() });
+            return Err(LoadError::DeniedImport {
+                import: import.to_owned(),
+            });
         }
         let pre = self
             .inner
@@ -265,7 +275,10 @@ impl Sandbox {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::NotAStep(format!("{e}")))?;
         let pre = StepPre::new(pre).map_err(|e| LoadError::NotAStep(format!("{e}")))?;
-        let module = StepModule { digest: digest.clone(), pre };
+        let module = StepModule {
+            digest: digest.clone(),
+            pre,
+        };
         let mut modules = self.modules();
         if modules.len() >= MODULE_CACHE_CAPACITY {
             modules.clear();
@@ -284,14 +297,32 @@ impl Sandbox {
         let started = Instant::now();
         if let Err(problem) = attempt.limits.validate() {
             return AttemptReport {
-                outcome: Outcome::contained(super::outcome::Containment::Trap, format!("invalid limits: {problem}")),
+                outcome: Outcome::contained(
+                    super::outcome::Containment::Trap,
+                    format!("invalid limits: {problem}"),
+                ),
                 record: AttemptRecord::default(),
                 duration_ms: 0,
                 cpu_ticks: 0,
             };
         }
-        let Attempt { task_id, step_name, attempt, config, grants, data, limits } = attempt;
-        let state = StepState::new(&task_id, &step_name, grants, data, &limits, self.inner.http.clone());
+        let Attempt {
+            task_id,
+            step_name,
+            attempt,
+            config,
+            grants,
+            data,
+            limits,
+        } = attempt;
+        let state = StepState::new(
+            &task_id,
+            &step_name,
+            grants,
+            data,
+            &limits,
+            self.inner.http.clone(),
+        );
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -322,7 +353,10 @@ impl Sandbox {
         let outcome = match result {
             Err(_) => Outcome::contained(
                 super::outcome::Containment::Timeout,
-                format!("wall-clock limit of {} ms passed", limits.wall_time.as_millis()),
+                format!(
+                    "wall-clock limit of {} ms passed",
+                    limits.wall_time.as_millis()
+                ),
             ),
             Ok(Err(error)) => classify_trap(&error, exceeded, &stderr_tail),
             Ok(Ok(Ok(output))) => success(output, &limits),
@@ -341,7 +375,10 @@ impl Sandbox {
 /// allow-list refuses components that want more) and the stepbox capabilities.
 fn link(linker: &mut Linker<StepState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    bindings::types::add_to_linker::<_, Cap<crate::sandbox::host::ContextCap>>(linker, state::context_view)?;
+    bindings::types::add_to_linker::<_, Cap<crate::sandbox::host::ContextCap>>(
+        linker,
+        state::context_view,
+    )?;
     bindings::context::add_to_linker::<_, Cap<_>>(linker, state::context_view)?;
     bindings::log::add_to_linker::<_, Cap<_>>(linker, state::log_view)?;
     bindings::audit::add_to_linker::<_, Cap<_>>(linker, state::audit_view)?;
@@ -360,12 +397,19 @@ fn success(output: String, limits: &Limits) -> Outcome {
     if output.len() > limits.output_bytes {
         return Outcome::contained(
             Containment::OutputTooLarge,
-            format!("output of {} bytes exceeds the limit of {}", output.len(), limits.output_bytes),
+            format!(
+                "output of {} bytes exceeds the limit of {}",
+                output.len(),
+                limits.output_bytes
+            ),
         );
     }
     match serde_json::from_str(&output) {
         Ok(result) => Outcome::Success { result },
-        Err(e) => Outcome::contained(Containment::InvalidOutput, format!("output is not JSON: {e}")),
+        Err(e) => Outcome::contained(
+            Containment::InvalidOutput,
+            format!("output is not JSON: {e}"),
+        ),
     }
 }
 
@@ -376,7 +420,9 @@ fn step_error(error: bindings::types::StepError, redactor: &Redactor) -> Outcome
             bindings::types::ErrorKind::Permanent => ErrorKind::Permanent,
         },
         code: truncate(&error.code, 64),
-        message: redactor.redact_text(&truncate(&error.message, 1024)).into_owned(),
+        message: redactor
+            .redact_text(&truncate(&error.message, 1024))
+            .into_owned(),
         retry_after_ms: error.retry_after_ms,
     }
 }

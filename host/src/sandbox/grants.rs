@@ -138,9 +138,15 @@ mod tests {
     fn origin_includes_default_port_and_lowercases_host() {
         let origin = Origin::parse("https://Notify.Example.com/v1/x").unwrap();
         assert_eq!(origin.to_string(), "https://notify.example.com:443");
-        assert_eq!(origin, Origin::parse("https://notify.example.com:443").unwrap());
+        assert_eq!(
+            origin,
+            Origin::parse("https://notify.example.com:443").unwrap()
+        );
         assert_ne!(origin, Origin::parse("http://notify.example.com").unwrap());
-        assert_ne!(origin, Origin::parse("https://notify.example.com:8443").unwrap());
+        assert_ne!(
+            origin,
+            Origin::parse("https://notify.example.com:8443").unwrap()
+        );
     }
 
     #[test]

@@ -217,7 +217,11 @@ mod tests {
         });
         assert!(limiter.memory_growing(0, 512 << 10, None).unwrap());
         assert!(limiter.memory_growing(512 << 10, 1 << 20, None).unwrap());
-        assert!(limiter.memory_growing(1 << 20, (1 << 20) + 65536, None).is_err());
+        assert!(
+            limiter
+                .memory_growing(1 << 20, (1 << 20) + 65536, None)
+                .is_err()
+        );
         assert_eq!(
             limiter.exceeded,
             Some(Exceeded::Memory {

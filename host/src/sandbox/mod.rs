@@ -18,7 +18,10 @@ mod outcome;
 mod record;
 mod state;
 
-pub use engine::{Attempt, AttemptReport, LoadError, MAX_COMPONENT_BYTES, Sandbox, SandboxConfig, SandboxError, StepModule};
+pub use engine::{
+    Attempt, AttemptReport, LoadError, MAX_COMPONENT_BYTES, Sandbox, SandboxConfig, SandboxError,
+    StepModule,
+};
 pub use grants::{Grants, Origin, OriginError, SecretValue, TaskData};
 pub use limits::Limits;
 pub use outcome::{Containment, ErrorKind, Outcome};

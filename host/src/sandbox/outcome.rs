@@ -131,10 +131,12 @@ pub(crate) fn classify_trap(
         }
         None => {}
     }
-    if error
-        .chain()
-        .any(|cause| matches!(cause.downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full)))
-        || format!("{error:#}").contains("resource table has no free keys")
+    if error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        )
+    }) || format!("{error:#}").contains("resource table has no free keys")
     {
         return Outcome::contained(Containment::ResourceLimit, "host resource table full");
     }
@@ -145,7 +147,10 @@ pub(crate) fn classify_trap(
         // Rust guests keep large frames on a shadow stack at the bottom of linear memory;
         // overflowing it wraps below address 0, to the very top of the 32-bit space.
         Some(Trap::MemoryOutOfBounds) if format!("{error:?}").contains("0xffff") => {
-            Outcome::contained(Containment::StackOverflow, "shadow stack overflow (out-of-bounds access below address 0)")
+            Outcome::contained(
+                Containment::StackOverflow,
+                "shadow stack overflow (out-of-bounds access below address 0)",
+            )
         }
         Some(trap) => {
             let mut detail = trap.to_string();

@@ -36,7 +36,10 @@ pub(crate) struct LazyRedactor {
 
 impl LazyRedactor {
     fn new(known_values: Vec<String>) -> Self {
-        Self { known_values, built: None }
+        Self {
+            known_values,
+            built: None,
+        }
     }
 
     pub(crate) fn get(&mut self) -> &Redactor {
@@ -153,12 +156,22 @@ impl StepState {
 fn panic_summary(stderr: &str) -> String {
     let mut lines = stderr.lines().map(str::trim).filter(|l| !l.is_empty());
     if let Some(at) = lines.by_ref().position(|l| l.contains(" panicked at ")) {
-        let mut all = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).skip(at);
+        let mut all = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .skip(at);
         let location = all.next().unwrap_or_default();
         let message = all.next().unwrap_or_default();
         return format!("{location} {message}");
     }
-    stderr.lines().map(str::trim).rev().find(|l| !l.is_empty()).unwrap_or_default().to_owned()
+    stderr
+        .lines()
+        .map(str::trim)
+        .rev()
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 impl WasiView for StepState {

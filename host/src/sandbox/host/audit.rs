@@ -15,8 +15,9 @@ const MAX_EVENTS: usize = 100;
 /// Bytes of metadata JSON per event.
 const MAX_METADATA_BYTES: usize = 16 << 10;
 
-static ACTION: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,4}$").expect("valid regex"));
+static ACTION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,4}$").expect("valid regex")
+});
 
 /// The audit capability's count of events so far.
 #[derive(Default)]
@@ -44,13 +45,22 @@ impl Host for View<'_, AuditCap> {
     ) -> wasmtime::Result<Result<(), String>> {
         self.shared.charge()?;
         if self.cap.events >= MAX_EVENTS {
-            return self.refuse(&action, format!("at most {MAX_EVENTS} audit events per attempt"));
+            return self.refuse(
+                &action,
+                format!("at most {MAX_EVENTS} audit events per attempt"),
+            );
         }
         if action.len() > 64 || !ACTION.is_match(&action) {
-            return self.refuse(&action, "action must look like `resource.verb` (lowercase)".into());
+            return self.refuse(
+                &action,
+                "action must look like `resource.verb` (lowercase)".into(),
+            );
         }
         if metadata.len() > MAX_METADATA_BYTES {
-            return self.refuse(&action, format!("metadata exceeds {MAX_METADATA_BYTES} bytes"));
+            return self.refuse(
+                &action,
+                format!("metadata exceeds {MAX_METADATA_BYTES} bytes"),
+            );
         }
         let metadata: serde_json::Value = match serde_json::from_str(&metadata) {
             Ok(value @ serde_json::Value::Object(_)) => value,
@@ -76,7 +86,10 @@ mod tests {
     fn valid_event_is_recorded_with_pii_redacted() {
         let mut cap = AuditCap::default();
         let mut shared = testing::shared(10);
-        let mut view = View { cap: &mut cap, shared: &mut shared };
+        let mut view = View {
+            cap: &mut cap,
+            shared: &mut shared,
+        };
         let result = view.emit(
             "refund.executed".into(),
             "rf_0011".into(),
@@ -93,10 +106,25 @@ mod tests {
     fn malformed_events_are_refused_and_recorded_as_denials() {
         let mut cap = AuditCap::default();
         let mut shared = testing::shared(10);
-        let mut view = View { cap: &mut cap, shared: &mut shared };
-        assert!(view.emit("Refund Executed".into(), "x".into(), "{}".into()).unwrap().is_err());
-        assert!(view.emit("refund.executed".into(), "x".into(), "[1]".into()).unwrap().is_err());
-        assert!(view.emit("refund.executed".into(), "x".into(), "{".into()).unwrap().is_err());
+        let mut view = View {
+            cap: &mut cap,
+            shared: &mut shared,
+        };
+        assert!(
+            view.emit("Refund Executed".into(), "x".into(), "{}".into())
+                .unwrap()
+                .is_err()
+        );
+        assert!(
+            view.emit("refund.executed".into(), "x".into(), "[1]".into())
+                .unwrap()
+                .is_err()
+        );
+        assert!(
+            view.emit("refund.executed".into(), "x".into(), "{".into())
+                .unwrap()
+                .is_err()
+        );
         assert_eq!(shared.record.denials.len(), 3);
         assert!(shared.record.audit_events.is_empty());
     }

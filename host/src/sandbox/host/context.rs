@@ -61,7 +61,10 @@ impl Host for View<'_, ContextCap> {
         } else {
             value.to_string()
         };
-        self.shared.record.fields_read.push(FieldRead { field, redacted });
+        self.shared
+            .record
+            .fields_read
+            .push(FieldRead { field, redacted });
         Ok(Ok(text))
     }
 
@@ -85,7 +88,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::classify::{FieldClasses, DataClass, classify_context};
+    use crate::classify::{DataClass, FieldClasses, classify_context};
     use crate::sandbox::host::testing;
     use crate::sandbox::outcome::Abort;
 
@@ -105,7 +108,12 @@ mod tests {
             upstream: [("validate".to_owned(), json!({"ok": true}))].into(),
         };
         ContextCap::new(
-            ["customer_email".into(), "refund_amount".into(), "absent".into()].into(),
+            [
+                "customer_email".into(),
+                "refund_amount".into(),
+                "absent".into(),
+            ]
+            .into(),
             ["validate".into()].into(),
             clearance,
             Arc::new(data),
@@ -116,9 +124,18 @@ mod tests {
     fn declared_field_within_clearance_is_returned_and_recorded() {
         let mut cap = cap(Classification::Confidential);
         let mut shared = testing::shared(10);
-        let mut view = View { cap: &mut cap, shared: &mut shared };
-        assert_eq!(view.get("customer_email".into()).unwrap(), Ok("\"jane@example.com\"".into()));
-        assert_eq!(view.get("refund_amount".into()).unwrap(), Ok("150.0".into()));
+        let mut view = View {
+            cap: &mut cap,
+            shared: &mut shared,
+        };
+        assert_eq!(
+            view.get("customer_email".into()).unwrap(),
+            Ok("\"jane@example.com\"".into())
+        );
+        assert_eq!(
+            view.get("refund_amount".into()).unwrap(),
+            Ok("150.0".into())
+        );
         assert_eq!(shared.record.fields_read.len(), 2);
         assert!(!shared.record.fields_read[0].redacted);
     }
@@ -127,11 +144,20 @@ mod tests {
     fn field_above_clearance_reads_as_redacted() {
         let mut cap = cap(Classification::Internal);
         let mut shared = testing::shared(10);
-        let mut view = View { cap: &mut cap, shared: &mut shared };
-        assert_eq!(view.get("customer_email".into()).unwrap(), Ok("\"[REDACTED]\"".into()));
+        let mut view = View {
+            cap: &mut cap,
+            shared: &mut shared,
+        };
+        assert_eq!(
+            view.get("customer_email".into()).unwrap(),
+            Ok("\"[REDACTED]\"".into())
+        );
         assert_eq!(
             shared.record.fields_read,
-            vec![FieldRead { field: "customer_email".into(), redacted: true }]
+            vec![FieldRead {
+                field: "customer_email".into(),
+                redacted: true
+            }]
         );
     }
 
@@ -139,7 +165,10 @@ mod tests {
     fn undeclared_field_is_refused_and_the_denial_recorded() {
         let mut cap = cap(Classification::Restricted);
         let mut shared = testing::shared(10);
-        let mut view = View { cap: &mut cap, shared: &mut shared };
+        let mut view = View {
+            cap: &mut cap,
+            shared: &mut shared,
+        };
         assert_eq!(
             view.get("customer_ssn".into()).unwrap(),
             Err(ContextError::Undeclared("customer_ssn".into()))
@@ -157,16 +186,28 @@ mod tests {
     fn declared_but_absent_field_is_not_found() {
         let mut cap = cap(Classification::Restricted);
         let mut shared = testing::shared(10);
-        let mut view = View { cap: &mut cap, shared: &mut shared };
-        assert_eq!(view.get("absent".into()).unwrap(), Err(ContextError::NotFound("absent".into())));
-        assert_eq!(view.upstream("validate".into()).unwrap(), Ok("{\"ok\":true}".into()));
+        let mut view = View {
+            cap: &mut cap,
+            shared: &mut shared,
+        };
+        assert_eq!(
+            view.get("absent".into()).unwrap(),
+            Err(ContextError::NotFound("absent".into()))
+        );
+        assert_eq!(
+            view.upstream("validate".into()).unwrap(),
+            Ok("{\"ok\":true}".into())
+        );
     }
 
     #[test]
     fn host_call_budget_traps() {
         let mut cap = cap(Classification::Restricted);
         let mut shared = testing::shared(1);
-        let mut view = View { cap: &mut cap, shared: &mut shared };
+        let mut view = View {
+            cap: &mut cap,
+            shared: &mut shared,
+        };
         assert!(view.get("refund_amount".into()).is_ok());
         let error = view.get("refund_amount".into()).unwrap_err();
         assert_eq!(error.downcast_ref::<Abort>(), Some(&Abort::HostCalls(1)));

@@ -24,7 +24,13 @@ const MAX_REQUEST_BODY: usize = 1 << 20;
 /// Headers per request.
 const MAX_HEADERS: usize = 64;
 /// Headers the host sets itself; a guest may not.
-const RESERVED_HEADERS: [&str; 5] = ["host", "content-length", "transfer-encoding", "connection", "upgrade"];
+const RESERVED_HEADERS: [&str; 5] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+];
 
 /// The HTTP capability: the shared client and the step's allowed origins.
 pub(crate) struct HttpCap {
@@ -34,7 +40,11 @@ pub(crate) struct HttpCap {
 }
 
 impl HttpCap {
-    pub(crate) fn new(client: reqwest::Client, origins: BTreeSet<Origin>, response_cap: usize) -> Self {
+    pub(crate) fn new(
+        client: reqwest::Client,
+        origins: BTreeSet<Origin>,
+        response_cap: usize,
+    ) -> Self {
         Self {
             client,
             origins,
@@ -55,7 +65,15 @@ struct Prepared {
 }
 
 impl HttpView<'_> {
-    fn record(&mut self, method: &str, origin: &str, started: Instant, status: Option<u16>, outcome: &str, secrets: &[String]) {
+    fn record(
+        &mut self,
+        method: &str,
+        origin: &str,
+        started: Instant,
+        status: Option<u16>,
+        outcome: &str,
+        secrets: &[String],
+    ) {
         self.shared.record.http_calls.push(HttpCall {
             method: method.to_owned(),
             origin: bounded(origin),
@@ -66,7 +84,13 @@ impl HttpView<'_> {
         });
     }
 
-    fn deny(&mut self, method: &str, origin: &str, started: Instant, secrets: &[String]) -> HttpError {
+    fn deny(
+        &mut self,
+        method: &str,
+        origin: &str,
+        started: Instant,
+        secrets: &[String],
+    ) -> HttpError {
         self.shared.record.denials.push(Denial {
             capability: Capability::Http,
             target: bounded(origin),
@@ -83,15 +107,29 @@ impl HttpView<'_> {
             "PUT" => Method::PUT,
             "PATCH" => Method::PATCH,
             "DELETE" => Method::DELETE,
-            other => return Err(HttpError::InvalidRequest(format!("method `{}` is not allowed", bounded(other)))),
+            other => {
+                return Err(HttpError::InvalidRequest(format!(
+                    "method `{}` is not allowed",
+                    bounded(other)
+                )));
+            }
         };
-        let url = Url::parse(&req.url).map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
+        let url =
+            Url::parse(&req.url).map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
         let origin = Origin::of(&url).map_err(|e| HttpError::InvalidRequest(e.to_string()))?;
         if req.headers.len() > MAX_HEADERS {
-            return Err(HttpError::InvalidRequest(format!("more than {MAX_HEADERS} headers")));
+            return Err(HttpError::InvalidRequest(format!(
+                "more than {MAX_HEADERS} headers"
+            )));
         }
-        if req.body.as_ref().is_some_and(|b| b.len() > MAX_REQUEST_BODY) {
-            return Err(HttpError::InvalidRequest(format!("body exceeds {MAX_REQUEST_BODY} bytes")));
+        if req
+            .body
+            .as_ref()
+            .is_some_and(|b| b.len() > MAX_REQUEST_BODY)
+        {
+            return Err(HttpError::InvalidRequest(format!(
+                "body exceeds {MAX_REQUEST_BODY} bytes"
+            )));
         }
 
         let issued: Vec<_> = self.secrets.issued().collect();
@@ -99,10 +137,13 @@ impl HttpView<'_> {
         let mut secrets = Vec::new();
         let mut headers = Vec::with_capacity(req.headers.len());
         for (name, value) in req.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| HttpError::InvalidRequest(format!("bad header name `{}`", bounded(&name))))?;
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                HttpError::InvalidRequest(format!("bad header name `{}`", bounded(&name)))
+            })?;
             if RESERVED_HEADERS.contains(&name.as_str()) {
-                return Err(HttpError::InvalidRequest(format!("header `{name}` is set by the host")));
+                return Err(HttpError::InvalidRequest(format!(
+                    "header `{name}` is set by the host"
+                )));
             }
             let (value, used) = substitute.apply(value.as_bytes());
             let carries_secret = !used.is_empty();
@@ -119,12 +160,24 @@ impl HttpView<'_> {
         });
         secrets.sort();
         secrets.dedup();
-        Ok(Prepared { method, url, origin, headers, body, secrets })
+        Ok(Prepared {
+            method,
+            url,
+            origin,
+            headers,
+            body,
+            secrets,
+        })
     }
 
     /// Mask every granted secret value in bytes coming back to the guest.
     fn mask_secrets(&self, bytes: Vec<u8>) -> Vec<u8> {
-        let values: Vec<&str> = self.secrets.values().map(|v| v.expose()).filter(|v| !v.is_empty()).collect();
+        let values: Vec<&str> = self
+            .secrets
+            .values()
+            .map(|v| v.expose())
+            .filter(|v| !v.is_empty())
+            .collect();
         if values.is_empty() {
             return bytes;
         }
@@ -183,7 +236,12 @@ impl Host for HttpView<'_> {
         if let Some(origin) = &url_origin
             && !self.cap.origins.contains(origin)
         {
-            return Ok(Err(self.deny(&method_text, &origin.to_string(), started, &[])));
+            return Ok(Err(self.deny(
+                &method_text,
+                &origin.to_string(),
+                started,
+                &[],
+            )));
         }
         let prepared = match self.prepare(req) {
             Ok(p) => p,
@@ -193,7 +251,14 @@ impl Host for HttpView<'_> {
                 return Ok(Err(e));
             }
         };
-        let Prepared { mut method, mut url, mut origin, mut headers, mut body, secrets } = prepared;
+        let Prepared {
+            mut method,
+            mut url,
+            mut origin,
+            mut headers,
+            mut body,
+            secrets,
+        } = prepared;
         let first_origin = origin.clone();
 
         let mut hops = 0;
@@ -202,7 +267,11 @@ impl Host for HttpView<'_> {
             for (name, value, _) in &headers {
                 map.append(name.clone(), value.clone());
             }
-            let mut request = self.cap.client.request(method.clone(), url.clone()).headers(map);
+            let mut request = self
+                .cap
+                .client
+                .request(method.clone(), url.clone())
+                .headers(map);
             if let Some(body) = &body {
                 request = request.body(body.clone());
             }
@@ -214,33 +283,71 @@ impl Host for HttpView<'_> {
                     } else {
                         ("transport", HttpError::Transport(transport_reason(&e)))
                     };
-                    self.record(method.as_str(), &origin.to_string(), started, None, outcome, &secrets);
+                    self.record(
+                        method.as_str(),
+                        &origin.to_string(),
+                        started,
+                        None,
+                        outcome,
+                        &secrets,
+                    );
                     return Ok(Err(error));
                 }
             };
-            let Some(location) = response.status().is_redirection().then(|| response.headers().get(LOCATION)).flatten() else {
+            let Some(location) = response
+                .status()
+                .is_redirection()
+                .then(|| response.headers().get(LOCATION))
+                .flatten()
+            else {
                 break response;
             };
             hops += 1;
             let next = location.to_str().ok().and_then(|l| url.join(l).ok());
             let next_origin = next.as_ref().and_then(|u| Origin::of(u).ok());
             let (Some(next), Some(next_origin)) = (next, next_origin) else {
-                self.record(method.as_str(), &origin.to_string(), started, Some(response.status().as_u16()), "invalid", &secrets);
-                return Ok(Err(HttpError::Transport("redirect to an invalid location".into())));
+                self.record(
+                    method.as_str(),
+                    &origin.to_string(),
+                    started,
+                    Some(response.status().as_u16()),
+                    "invalid",
+                    &secrets,
+                );
+                return Ok(Err(HttpError::Transport(
+                    "redirect to an invalid location".into(),
+                )));
             };
             if !self.cap.origins.contains(&next_origin) {
-                return Ok(Err(self.deny(method.as_str(), &next_origin.to_string(), started, &secrets)));
+                return Ok(Err(self.deny(
+                    method.as_str(),
+                    &next_origin.to_string(),
+                    started,
+                    &secrets,
+                )));
             }
             if hops > MAX_REDIRECTS {
-                self.record(method.as_str(), &origin.to_string(), started, Some(response.status().as_u16()), "transport", &secrets);
-                return Ok(Err(HttpError::Transport(format!("more than {MAX_REDIRECTS} redirects"))));
+                self.record(
+                    method.as_str(),
+                    &origin.to_string(),
+                    started,
+                    Some(response.status().as_u16()),
+                    "transport",
+                    &secrets,
+                );
+                return Ok(Err(HttpError::Transport(format!(
+                    "more than {MAX_REDIRECTS} redirects"
+                ))));
             }
             if next_origin != first_origin {
                 // Secrets go to the origin the step addressed, not wherever it redirects.
                 headers.retain(|(_, _, carries_secret)| !carries_secret);
             }
             let status = response.status();
-            if status == StatusCode::SEE_OTHER || ((status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::FOUND) && method != Method::GET) {
+            if status == StatusCode::SEE_OTHER
+                || ((status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::FOUND)
+                    && method != Method::GET)
+            {
                 method = Method::GET;
                 body = None;
             }
@@ -252,7 +359,12 @@ impl Host for HttpView<'_> {
         let response_headers: Vec<(String, String)> = response
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let mut body = Vec::new();
         let mut response = response;
@@ -260,26 +372,64 @@ impl Host for HttpView<'_> {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > self.cap.response_cap {
-                        self.record(method.as_str(), &origin.to_string(), started, Some(status), "too_large", &secrets);
+                        self.record(
+                            method.as_str(),
+                            &origin.to_string(),
+                            started,
+                            Some(status),
+                            "too_large",
+                            &secrets,
+                        );
                         return Ok(Err(HttpError::TooLarge(self.cap.response_cap as u64)));
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let outcome = if e.is_timeout() { "timeout" } else { "transport" };
-                    self.record(method.as_str(), &origin.to_string(), started, Some(status), outcome, &secrets);
-                    return Ok(Err(if e.is_timeout() { HttpError::Timeout } else { HttpError::Transport(transport_reason(&e)) }));
+                    let outcome = if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "transport"
+                    };
+                    self.record(
+                        method.as_str(),
+                        &origin.to_string(),
+                        started,
+                        Some(status),
+                        outcome,
+                        &secrets,
+                    );
+                    return Ok(Err(if e.is_timeout() {
+                        HttpError::Timeout
+                    } else {
+                        HttpError::Transport(transport_reason(&e))
+                    }));
                 }
             }
         }
         let body = self.mask_secrets(body);
         let headers = response_headers
             .into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&self.mask_secrets(v.into_bytes())).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k,
+                    String::from_utf8_lossy(&self.mask_secrets(v.into_bytes())).into_owned(),
+                )
+            })
             .collect();
-        self.record(method.as_str(), &origin.to_string(), started, Some(status), "ok", &secrets);
-        Ok(Ok(Response { status, headers, body }))
+        self.record(
+            method.as_str(),
+            &origin.to_string(),
+            started,
+            Some(status),
+            "ok",
+            &secrets,
+        );
+        Ok(Ok(Response {
+            status,
+            headers,
+            body,
+        }))
     }
 }
 

@@ -52,7 +52,10 @@ impl Host for View<'_, LogCap> {
             .into_iter()
             .map(|(k, v)| {
                 let v = redactor.redact_json(&serde_json::json!({ &k: v }));
-                let v = v[&k].as_str().unwrap_or(crate::classify::REDACTED).to_owned();
+                let v = v[&k]
+                    .as_str()
+                    .unwrap_or(crate::classify::REDACTED)
+                    .to_owned();
                 (redactor.redact_text(&k).into_owned(), v)
             })
             .collect();
@@ -60,10 +63,18 @@ impl Host for View<'_, LogCap> {
         let fields_text = serde_json::to_string(&fields).unwrap_or_default();
         let (task, step) = (&self.shared.task_id, &self.shared.step_name);
         match level {
-            "error" => tracing::error!(target: "stepbox::step", task, step, fields = %fields_text, "{message}"),
-            "warn" => tracing::warn!(target: "stepbox::step", task, step, fields = %fields_text, "{message}"),
-            "info" => tracing::info!(target: "stepbox::step", task, step, fields = %fields_text, "{message}"),
-            _ => tracing::debug!(target: "stepbox::step", task, step, fields = %fields_text, "{message}"),
+            "error" => {
+                tracing::error!(target: "stepbox::step", task, step, fields = %fields_text, "{message}")
+            }
+            "warn" => {
+                tracing::warn!(target: "stepbox::step", task, step, fields = %fields_text, "{message}")
+            }
+            "info" => {
+                tracing::info!(target: "stepbox::step", task, step, fields = %fields_text, "{message}")
+            }
+            _ => {
+                tracing::debug!(target: "stepbox::step", task, step, fields = %fields_text, "{message}")
+            }
         }
         self.shared.record.logs.push(LogLine {
             level,
@@ -83,11 +94,17 @@ mod tests {
     fn known_values_and_detected_pii_are_masked_in_message_and_fields() {
         let mut cap = LogCap::new(1 << 10);
         let mut shared = testing::shared_with_known(vec!["jane@example.com".into()]);
-        let mut view = View { cap: &mut cap, shared: &mut shared };
+        let mut view = View {
+            cap: &mut cap,
+            shared: &mut shared,
+        };
         view.write(
             Level::Info,
             "mailing JANE@example.com, card 4111 1111 1111 1111".into(),
-            vec![("email".into(), "jane@example.com".into()), ("refund_id".into(), "rf_1".into())],
+            vec![
+                ("email".into(), "jane@example.com".into()),
+                ("refund_id".into(), "rf_1".into()),
+            ],
         )
         .unwrap();
         let text = shared.record.all_text();
@@ -100,7 +117,10 @@ mod tests {
     fn volume_past_the_cap_is_dropped_and_counted() {
         let mut cap = LogCap::new(10);
         let mut shared = testing::shared(100);
-        let mut view = View { cap: &mut cap, shared: &mut shared };
+        let mut view = View {
+            cap: &mut cap,
+            shared: &mut shared,
+        };
         view.write(Level::Info, "12345".into(), vec![]).unwrap();
         view.write(Level::Info, "1234567".into(), vec![]).unwrap();
         view.write(Level::Info, "1".into(), vec![]).unwrap();

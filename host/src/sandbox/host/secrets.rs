@@ -31,7 +31,9 @@ impl SecretsCap {
 
     /// Placeholders issued so far, with the secret name and value each stands for.
     pub(crate) fn issued(&self) -> impl Iterator<Item = (&str, &str, &SecretValue)> {
-        self.issued.iter().map(|(p, n, v)| (p.as_str(), n.as_str(), v))
+        self.issued
+            .iter()
+            .map(|(p, n, v)| (p.as_str(), n.as_str(), v))
     }
 
     /// Values of every granted secret (issued or not), to mask them in responses.
@@ -61,7 +63,9 @@ impl Host for View<'_, SecretsCap> {
             return Ok(Ok(placeholder.clone()));
         }
         let placeholder = new_placeholder()?;
-        self.cap.issued.push((placeholder.clone(), name.clone(), value));
+        self.cap
+            .issued
+            .push((placeholder.clone(), name.clone(), value));
         self.shared.record.secrets_used.push(name);
         Ok(Ok(placeholder))
     }
@@ -76,11 +80,17 @@ mod tests {
     fn granted_secret_yields_a_placeholder_not_the_value() {
         let mut cap = SecretsCap::new([("API_KEY".into(), SecretValue::new("sk_live_42"))].into());
         let mut shared = testing::shared(10);
-        let mut view = View { cap: &mut cap, shared: &mut shared };
+        let mut view = View {
+            cap: &mut cap,
+            shared: &mut shared,
+        };
         let placeholder = view.placeholder("API_KEY".into()).unwrap().unwrap();
         assert!(!placeholder.contains("sk_live_42"));
         assert!(placeholder.starts_with("{{stepbox-secret:"));
-        assert_eq!(view.placeholder("API_KEY".into()).unwrap().unwrap(), placeholder);
+        assert_eq!(
+            view.placeholder("API_KEY".into()).unwrap().unwrap(),
+            placeholder
+        );
         assert_eq!(shared.record.secrets_used, vec!["API_KEY".to_owned()]);
     }
 
@@ -88,7 +98,10 @@ mod tests {
     fn ungranted_secret_is_refused_and_recorded() {
         let mut cap = SecretsCap::new(BTreeMap::new());
         let mut shared = testing::shared(10);
-        let mut view = View { cap: &mut cap, shared: &mut shared };
+        let mut view = View {
+            cap: &mut cap,
+            shared: &mut shared,
+        };
         assert_eq!(
             view.placeholder("DB_PASSWORD".into()).unwrap(),
             Err(SecretError::NotGranted("DB_PASSWORD".into()))
