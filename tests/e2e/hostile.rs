@@ -265,3 +265,29 @@ async fn a_spinning_step_does_not_stop_the_host_serving_others() {
     let report = spinner.await.unwrap();
     assert_eq!(report.outcome.containment(), Some(Containment::OutOfCpu));
 }
+
+#[tokio::test]
+async fn growing_a_core_table_without_end_hits_the_table_limit() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../example-steps/wat/hostile_core_table_bomb.wat");
+    let wasm = wat::parse_file(&path).expect("the WAT component parses");
+    let module = sandbox()
+        .load(&wasm)
+        .expect("the table bomb is a valid step component");
+    let mut attempt = limited(
+        "hostile_core_table_bomb",
+        Limits {
+            table_elements: 10_000,
+            ..Limits::default()
+        },
+    );
+    attempt.limits.cpu = Duration::from_secs(5);
+    let report = sandbox().run(&module, attempt).await;
+    assert_eq!(
+        report.outcome.containment(),
+        Some(Containment::TableLimit),
+        "{:?}",
+        report.outcome
+    );
+    assert_still_serving().await;
+}

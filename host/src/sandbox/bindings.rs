@@ -13,4 +13,4 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq],
 });
 
-pub(crate) use stepbox::step::{audit, context, http, log, secrets, types};
+pub(crate) use self::stepbox::step::{audit, context, http, log, secrets, types};

@@ -4,13 +4,16 @@
 //! fresh `Store` per attempt and always returns an [`AttemptReport`].
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
@@ -20,7 +23,7 @@ use super::bindings::{self, StepPre};
 use super::grants::{Grants, TaskData};
 use super::imports;
 use super::limits::{self, EPOCH_TICK, Limits};
-use super::outcome::{Abort, ErrorKind, Outcome, classify_trap};
+use super::outcome::{Abort, Containment, ErrorKind, Outcome, classify_trap};
 use super::record::AttemptRecord;
 use super::state::{self, Cap, HttpData, StepState};
 use crate::classify::Redactor;
@@ -147,6 +150,9 @@ struct Inner {
     linker: Linker<StepState>,
     modules: Mutex<HashMap<Arc<str>, StepModule>>,
     http: reqwest::Client,
+    /// One permit per pool slot: attempts past the pool's size wait for a slot instead of
+    /// failing to instantiate.
+    slots: Semaphore,
     ticker: Ticker,
 }
 
@@ -236,6 +242,7 @@ impl Sandbox {
                 linker,
                 modules: Mutex::new(HashMap::new()),
                 http,
+                slots: Semaphore::new(config.max_concurrent_attempts.max(1) as usize),
                 ticker,
             }),
         })
@@ -251,7 +258,7 @@ impl Sandbox {
         if let Some(module) = self.modules().get(&digest) {
             return Ok(module.clone());
         }
-        if !wasmparser_is_component(wasm) {
+        if !is_component_binary(wasm) {
             return Err(LoadError::Invalid(
                 "expected a component, found a core module or other bytes".into(),
             ));
@@ -292,13 +299,38 @@ impl Sandbox {
     }
 
     /// Run one attempt in a fresh store. Never panics, never hangs past the wall-clock
-    /// limit: every failure is an [`Outcome`].
+    /// limit: every failure is an [`Outcome`]. Waits for a free pool slot first.
     pub async fn run(&self, module: &StepModule, attempt: Attempt) -> AttemptReport {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _slot = self.inner.slots.acquire().await.ok();
         let started = Instant::now();
+        match AssertUnwindSafe(self.attempt(module, attempt, started))
+            .catch_unwind()
+            .await
+        {
+            Ok(report) => report,
+            Err(_) => {
+                tracing::error!(module = %module.digest(), "host panicked while running a step");
+                AttemptReport {
+                    outcome: Outcome::contained(Containment::Trap, "internal host error"),
+                    record: AttemptRecord::default(),
+                    duration_ms: elapsed_ms(started),
+                    cpu_ticks: 0,
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        module: &StepModule,
+        attempt: Attempt,
+        started: Instant,
+    ) -> AttemptReport {
         if let Err(problem) = attempt.limits.validate() {
             return AttemptReport {
                 outcome: Outcome::contained(
-                    super::outcome::Containment::Trap,
+                    Containment::Trap,
                     format!("invalid limits: {problem}"),
                 ),
                 record: AttemptRecord::default(),
@@ -352,7 +384,7 @@ impl Sandbox {
         let (record, stderr_tail, mut redactor) = store.into_data().into_record();
         let outcome = match result {
             Err(_) => Outcome::contained(
-                super::outcome::Containment::Timeout,
+                Containment::Timeout,
                 format!(
                     "wall-clock limit of {} ms passed",
                     limits.wall_time.as_millis()
@@ -365,10 +397,14 @@ impl Sandbox {
         AttemptReport {
             outcome,
             record,
-            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            duration_ms: elapsed_ms(started),
             cpu_ticks,
         }
     }
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Link the harmless WASI interfaces (their context grants no authority, and the import
@@ -388,12 +424,11 @@ fn link(linker: &mut Linker<StepState>) -> wasmtime::Result<()> {
 }
 
 /// A component starts with the magic and a layer field of 1 (core modules have 0).
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
+fn is_component_binary(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
 
 fn success(output: String, limits: &Limits) -> Outcome {
-    use super::outcome::Containment;
     if output.len() > limits.output_bytes {
         return Outcome::contained(
             Containment::OutputTooLarge,
