@@ -291,3 +291,13 @@ async fn growing_a_core_table_without_end_hits_the_table_limit() {
     );
     assert_still_serving().await;
 }
+
+#[tokio::test]
+async fn overflowing_the_shadow_stack_in_linear_memory_is_a_stack_overflow() {
+    expect_contained(
+        "hostile_shadow_stack_overflow",
+        Limits::default(),
+        Containment::StackOverflow,
+    )
+    .await;
+}

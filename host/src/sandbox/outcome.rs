@@ -2,8 +2,8 @@
 //! mapping from wasmtime's errors to containments.
 
 use serde::Serialize;
-use wasmtime::Trap;
 use wasmtime::component::ResourceTableError;
+use wasmtime::{Trap, WasmBacktrace};
 
 use super::limits::Exceeded;
 
@@ -145,11 +145,13 @@ pub(crate) fn classify_trap(
             Outcome::contained(Containment::StackOverflow, "wasm stack overflow")
         }
         // Rust guests keep large frames on a shadow stack at the bottom of linear memory;
-        // overflowing it wraps below address 0, to the very top of the 32-bit space.
-        Some(Trap::MemoryOutOfBounds) if format!("{error:?}").contains("0xffff") => {
+        // overflowing it faults just below address 0, deep inside a recursion.
+        Some(Trap::MemoryOutOfBounds)
+            if below_zero_fault(&format!("{error:?}")) || recursing(error) =>
+        {
             Outcome::contained(
                 Containment::StackOverflow,
-                "shadow stack overflow (out-of-bounds access below address 0)",
+                "shadow stack overflow (out-of-bounds access in runaway recursion)",
             )
         }
         Some(trap) => {
@@ -161,5 +163,52 @@ pub(crate) fn classify_trap(
             Outcome::contained(Containment::Trap, detail)
         }
         None => Outcome::contained(Containment::Trap, format!("{error:#}")),
+    }
+}
+
+/// Frames of the trap's wasm backtrace that must be one function for the trap to count
+/// as runaway recursion (wasmtime keeps the innermost 20 frames).
+const RECURSION_FRAMES: usize = 16;
+
+/// True when the innermost frames of the trap's backtrace are all the same function.
+fn recursing(error: &wasmtime::Error) -> bool {
+    let Some(backtrace) = error.downcast_ref::<WasmBacktrace>() else {
+        return false;
+    };
+    let frames = backtrace.frames();
+    frames.len() >= RECURSION_FRAMES
+        && frames[..RECURSION_FRAMES].windows(2).all(|pair| {
+            pair[0].func_index() == pair[1].func_index()
+                && pair[0].module().name() == pair[1].module().name()
+        })
+}
+
+/// Rust's shadow stack sits at the bottom of linear memory and grows down; overflowing
+/// it wraps to the top 64 KiB of the 32-bit address space. wasmtime names the faulting
+/// address only in the error text ("memory fault at wasm address 0x…").
+fn below_zero_fault(error_text: &str) -> bool {
+    const MARKER: &str = "memory fault at wasm address 0x";
+    error_text.match_indices(MARKER).any(|(at, _)| {
+        let hex: String = error_text[at + MARKER.len()..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        u64::from_str_radix(&hex, 16).is_ok_and(|addr| (0xffff_0000..=0xffff_ffff).contains(&addr))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_just_below_address_zero_is_a_shadow_stack_overflow() {
+        assert!(below_zero_fault(
+            "memory fault at wasm address 0xffffff68 in linear memory of size 0x110000"
+        ));
+        assert!(!below_zero_fault(
+            "memory fault at wasm address 0x1ffff0 in linear memory of size 0x110000"
+        ));
+        assert!(!below_zero_fault("wasm backtrace: 0xffff12 - <unknown>"));
     }
 }
