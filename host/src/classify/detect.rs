@@ -383,11 +383,12 @@ fn digit(b: Option<u8>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn kinds(text: &str) -> Vec<(PiiKind, &str)> {
+    /// Each finding's kind and the text it covers.
+    pub(in crate::classify) fn kinds(text: &str) -> Vec<(PiiKind, &str)> {
         detect(text)
             .into_iter()
             .map(|f| (f.kind, &text[f.start..f.end]))

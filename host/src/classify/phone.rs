@@ -166,15 +166,8 @@ fn looks_like_decimal(chunk: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::detect::detect;
+    use super::super::detect::tests::kinds;
     use super::*;
-
-    fn kinds(text: &str) -> Vec<(PiiKind, &str)> {
-        detect(text)
-            .into_iter()
-            .map(|f| (f.kind, &text[f.start..f.end]))
-            .collect()
-    }
 
     #[test]
     fn finds_phones_in_common_formats() {
