@@ -3,6 +3,7 @@
 
 mod cli;
 mod hostile;
+mod http_defences;
 mod loading;
 mod refund;
 mod support;

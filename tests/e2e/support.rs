@@ -149,7 +149,9 @@ pub struct Seen {
 
 /// A real HTTP server on 127.0.0.1 that records every request. Routes:
 /// `/notify` → 200 JSON, `/echo` → echoes the authorization header and body,
-/// `/unavailable` → 503, `/slow` → answers after 5 s, `/redirect?to=URL` → 302 to URL.
+/// `/unavailable` → 503, `/slow` → answers after 5 s, `/redirect?to=URL` → 302 to URL,
+/// `/redirect307?to=URL` → 307 to URL, `/gzip` and `/partial` → the echo, claiming to be
+/// gzip-encoded or a 206 byte range.
 pub struct TestServer {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -205,14 +207,26 @@ async fn handle(
             tokio::time::sleep(Duration::from_secs(5)).await;
             StatusCode::OK.into_response()
         }
-        "/redirect" => {
+        "/redirect" | "/redirect307" => {
             let to = uri
                 .query()
                 .and_then(|q| q.strip_prefix("to="))
                 .unwrap_or("/")
                 .to_owned();
-            (StatusCode::FOUND, [("location", to)]).into_response()
+            let status = if uri.path() == "/redirect" {
+                StatusCode::FOUND
+            } else {
+                StatusCode::TEMPORARY_REDIRECT
+            };
+            (status, [("location", to)]).into_response()
         }
+        "/gzip" => ([("content-encoding", "gzip")], body).into_response(),
+        "/partial" => (
+            StatusCode::PARTIAL_CONTENT,
+            [("content-range", "bytes 0-3/100")],
+            body,
+        )
+            .into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }

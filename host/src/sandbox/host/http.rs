@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use aho_corasick::AhoCorasick;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LOCATION};
+use reqwest::header::{
+    ACCEPT_ENCODING, CONTENT_ENCODING, HeaderMap, HeaderName, HeaderValue, LOCATION,
+};
 use reqwest::{Method, StatusCode};
 use url::Url;
 
@@ -19,17 +21,24 @@ use crate::sandbox::state::HttpView;
 
 /// Redirect hops followed before giving up.
 const MAX_REDIRECTS: usize = 5;
-/// Bytes of request body a step may send.
+/// Bytes of request body a step may send, after secret substitution.
 const MAX_REQUEST_BODY: usize = 1 << 20;
+/// Bytes of one header value, after secret substitution (a long JWT fits).
+const MAX_HEADER_VALUE: usize = 8 << 10;
 /// Headers per request.
 const MAX_HEADERS: usize = 64;
 /// Headers the host sets itself; a guest may not.
-const RESERVED_HEADERS: [&str; 5] = [
+const RESERVED_HEADERS: [&str; 8] = [
     "host",
     "content-length",
     "transfer-encoding",
     "connection",
     "upgrade",
+    // Responses must come back as plain bytes, so that secret values echoed by a service
+    // can be masked: no compression, no byte ranges that split a value.
+    "accept-encoding",
+    "te",
+    "range",
 ];
 
 /// The HTTP capability: the shared client and the step's allowed origins.
@@ -61,6 +70,7 @@ struct Prepared {
     /// Each header, and whether a secret was substituted into it.
     headers: Vec<(HeaderName, HeaderValue, bool)>,
     body: Option<Vec<u8>>,
+    body_carries_secret: bool,
     secrets: Vec<String>,
 }
 
@@ -145,7 +155,13 @@ impl HttpView<'_> {
                     "header `{name}` is set by the host"
                 )));
             }
-            let (value, used) = substitute.apply(value.as_bytes());
+            let (value, used) = substitute
+                .apply(value.as_bytes(), MAX_HEADER_VALUE)
+                .ok_or_else(|| {
+                    HttpError::InvalidRequest(format!(
+                        "header `{name}` exceeds {MAX_HEADER_VALUE} bytes"
+                    ))
+                })?;
             let carries_secret = !used.is_empty();
             secrets.extend(used);
             let mut value = HeaderValue::from_bytes(&value)
@@ -153,11 +169,18 @@ impl HttpView<'_> {
             value.set_sensitive(carries_secret);
             headers.push((name, value, carries_secret));
         }
-        let body = req.body.map(|body| {
-            let (body, used) = substitute.apply(&body);
-            secrets.extend(used);
-            body
-        });
+        let mut body_carries_secret = false;
+        let body = match req.body {
+            Some(body) => {
+                let (body, used) = substitute.apply(&body, MAX_REQUEST_BODY).ok_or_else(|| {
+                    HttpError::InvalidRequest(format!("body exceeds {MAX_REQUEST_BODY} bytes"))
+                })?;
+                body_carries_secret = !used.is_empty();
+                secrets.extend(used);
+                Some(body)
+            }
+            None => None,
+        };
         secrets.sort();
         secrets.dedup();
         Ok(Prepared {
@@ -166,6 +189,7 @@ impl HttpView<'_> {
             origin,
             headers,
             body,
+            body_carries_secret,
             secrets,
         })
     }
@@ -205,11 +229,24 @@ impl<'a> Substitution<'a> {
         Self { matcher, issued }
     }
 
-    /// The bytes with placeholders replaced, and the names of the secrets used.
-    fn apply(&self, bytes: &[u8]) -> (Vec<u8>, Vec<String>) {
+    /// The bytes with placeholders replaced, and the names of the secrets used; `None` if
+    /// the result would exceed `limit` bytes (checked before it is built, so a guest
+    /// cannot make the host allocate more than the limit).
+    fn apply(&self, bytes: &[u8], limit: usize) -> Option<(Vec<u8>, Vec<String>)> {
+        if bytes.len() > limit {
+            return None;
+        }
         let Some(matcher) = &self.matcher else {
-            return (bytes.to_vec(), Vec::new());
+            return Some((bytes.to_vec(), Vec::new()));
         };
+        let mut expanded = bytes.len();
+        for m in matcher.find_iter(bytes) {
+            let (_, _, value) = self.issued[m.pattern().as_usize()];
+            expanded = expanded - (m.end() - m.start()) + value.expose().len();
+            if expanded > limit {
+                return None;
+            }
+        }
         let mut used = Vec::new();
         let mut out = Vec::with_capacity(bytes.len());
         let mut last = 0;
@@ -221,7 +258,7 @@ impl<'a> Substitution<'a> {
             last = m.end();
         }
         out.extend_from_slice(&bytes[last..]);
-        (out, used)
+        Some((out, used))
     }
 }
 
@@ -257,13 +294,15 @@ impl Host for HttpView<'_> {
             mut origin,
             mut headers,
             mut body,
+            body_carries_secret,
             secrets,
         } = prepared;
         let first_origin = origin.clone();
 
         let mut hops = 0;
         let response = loop {
-            let mut map = HeaderMap::with_capacity(headers.len());
+            let mut map = HeaderMap::with_capacity(headers.len() + 1);
+            map.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
             for (name, value, _) in &headers {
                 map.append(name.clone(), value.clone());
             }
@@ -339,11 +378,28 @@ impl Host for HttpView<'_> {
                     "more than {MAX_REDIRECTS} redirects"
                 ))));
             }
+            let status = response.status();
+            let keeps_body = matches!(
+                status,
+                StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+            );
             if next_origin != first_origin {
                 // Secrets go to the origin the step addressed, not wherever it redirects.
+                if keeps_body && body_carries_secret && body.is_some() {
+                    self.record(
+                        method.as_str(),
+                        &next_origin.to_string(),
+                        started,
+                        Some(status.as_u16()),
+                        "denied",
+                        &secrets,
+                    );
+                    return Ok(Err(HttpError::Denied(format!(
+                        "{next_origin} (a redirect would carry a secret to another origin)"
+                    ))));
+                }
                 headers.retain(|(_, _, carries_secret)| !carries_secret);
             }
-            let status = response.status();
             if status == StatusCode::SEE_OTHER
                 || ((status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::FOUND)
                     && method != Method::GET)
@@ -356,6 +412,24 @@ impl Host for HttpView<'_> {
         };
 
         let status = response.status().as_u16();
+        let encoded = response
+            .headers()
+            .get(CONTENT_ENCODING)
+            .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded || response.status() == StatusCode::PARTIAL_CONTENT {
+            // Bytes the host cannot read cannot be checked for secrets.
+            self.record(
+                method.as_str(),
+                &origin.to_string(),
+                started,
+                Some(status),
+                "transport",
+                &secrets,
+            );
+            return Ok(Err(HttpError::Transport(
+                "encoded or partial responses are refused".into(),
+            )));
+        }
         let response_headers: Vec<(String, String)> = response
             .headers()
             .iter()
