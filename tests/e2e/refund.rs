@@ -104,7 +104,11 @@ async fn approve(amount: f64, on_exceed: &str) -> Outcome {
     let attempt = attempt(
         "get_manager_approval",
         json!({ "auto_approve_limit": 500.0, "on_exceed": on_exceed }),
-        grants(&[], &["validate_refund_request"], Classification::Internal),
+        grants(
+            &[],
+            &["validate_refund_request"],
+            Classification::Confidential,
+        ),
         refund_data(amount, validated(amount, amount > 100.0)),
     );
     run("get_manager_approval", attempt).await.outcome
@@ -143,7 +147,7 @@ async fn execute_refund_is_idempotent_per_task_and_audits_the_refund() {
         attempt(
             "execute_refund",
             json!({}),
-            grants(&[], &deps, Classification::Internal),
+            grants(&[], &deps, Classification::Confidential),
             data.clone(),
         ),
     )
@@ -153,7 +157,7 @@ async fn execute_refund_is_idempotent_per_task_and_audits_the_refund() {
         attempt(
             "execute_refund",
             json!({}),
-            grants(&[], &deps, Classification::Internal),
+            grants(&[], &deps, Classification::Confidential),
             data,
         ),
     )
@@ -354,7 +358,11 @@ async fn the_refund_workflow_runs_end_to_end_with_results_flowing_downstream() {
         attempt(
             "get_manager_approval",
             json!({ "auto_approve_limit": 500.0, "on_exceed": "pending" }),
-            grants(&[], &["validate_refund_request"], Classification::Internal),
+            grants(
+                &[],
+                &["validate_refund_request"],
+                Classification::Confidential,
+            ),
             refund_data(250.0, upstream.clone()),
         ),
     )
@@ -372,7 +380,7 @@ async fn the_refund_workflow_runs_end_to_end_with_results_flowing_downstream() {
             grants(
                 &[],
                 &["validate_refund_request", "get_manager_approval"],
-                Classification::Internal,
+                Classification::Confidential,
             ),
             refund_data(250.0, upstream.clone()),
         ),
@@ -392,4 +400,19 @@ async fn the_refund_workflow_runs_end_to_end_with_results_flowing_downstream() {
     let body: Value = serde_json::from_slice(&server.seen()[0].body).unwrap();
     assert_eq!(body["refund_id"], refund["refund_id"]);
     assert_eq!(body["amount"], 250.0);
+}
+
+#[tokio::test]
+async fn an_upstream_result_cannot_smuggle_a_field_past_the_readers_clearance() {
+    // validate_refund_request copies the (financial) amount into its result; an approval
+    // step cleared only for internal data must not read it there either.
+    let attempt = attempt(
+        "get_manager_approval",
+        json!({ "auto_approve_limit": 500.0, "on_exceed": "reject" }),
+        grants(&[], &["validate_refund_request"], Classification::Internal),
+        refund_data(150.0, validated(150.0, true)),
+    );
+    let report = run("get_manager_approval", attempt).await;
+    expect_error(&report.outcome, ErrorKind::Permanent, "upstream_type");
+    assert!(!report.record.all_text().contains("150"));
 }

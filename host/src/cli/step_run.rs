@@ -80,11 +80,9 @@ fn json_object(
 }
 
 fn secret_value(spec: &str) -> Result<(String, SecretValue), CliError> {
+    // Never echo the spec: without `=` it may be the value itself.
     let (name, value) = spec.split_once('=').ok_or_else(|| {
-        CliError::Usage(format!(
-            "--secret expects NAME=value, got `{}`",
-            spec.split('=').next().unwrap_or("")
-        ))
+        CliError::Usage("--secret expects NAME=value, NAME=@file or NAME=env:VAR".into())
     })?;
     let value = if let Some(path) = value.strip_prefix('@') {
         read(&PathBuf::from(path))?.trim_end().to_owned()

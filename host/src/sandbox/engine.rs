@@ -169,7 +169,7 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(engine: Engine) -> Self {
+    fn start(engine: Engine) -> Result<Self, SandboxError> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -180,8 +180,11 @@ impl Ticker {
                     engine.increment_epoch();
                 }
             })
-            .ok();
-        Self { stop, thread }
+            .map_err(|e| SandboxError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     fn stop(&mut self) {
@@ -232,10 +235,14 @@ impl Sandbox {
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(HTTP_CONNECT_TIMEOUT)
             .user_agent(concat!("stepbox/", env!("CARGO_PKG_VERSION")))
+            // Requests go straight to the allowed origin: a proxy from the environment
+            // would see every secret sent over plain HTTP.
+            .no_proxy()
             .build()
             .map_err(|e| SandboxError::Http(e.to_string()))?;
 
-        let ticker = Ticker::start(engine.clone());
+        // Without the ticker no step could ever be interrupted: failing to start it is fatal.
+        let ticker = Ticker::start(engine.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
@@ -448,18 +455,46 @@ fn success(output: String, limits: &Limits) -> Outcome {
     }
 }
 
+/// Longest step-error message kept (after redaction).
+const MAX_ERROR_MESSAGE: usize = 1024;
+/// Longest retry hint honoured: a day.
+const MAX_RETRY_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
+/// The code used when a step's own code is not a plain identifier.
+const INVALID_CODE: &str = "invalid_error_code";
+
 fn step_error(error: bindings::types::StepError, redactor: &Redactor) -> Outcome {
+    // Codes are identifiers that land in metrics and audit events: anything else (an
+    // email, a card number) is replaced, not stored.
+    let code_ok = (1..=64).contains(&error.code.len())
+        && error
+            .code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && !redactor.contains_pii(&error.code);
     Outcome::StepError {
         kind: match error.kind {
             bindings::types::ErrorKind::Retryable => ErrorKind::Retryable,
             bindings::types::ErrorKind::Permanent => ErrorKind::Permanent,
         },
-        code: truncate(&error.code, 64),
-        message: redactor
-            .redact_text(&truncate(&error.message, 1024))
-            .into_owned(),
-        retry_after_ms: error.retry_after_ms,
+        code: if code_ok {
+            error.code
+        } else {
+            INVALID_CODE.to_owned()
+        },
+        // Redact the whole message first, so a cut cannot leave half a value behind.
+        message: one_line(&truncate(
+            &redactor.redact_text(&error.message),
+            MAX_ERROR_MESSAGE,
+        )),
+        retry_after_ms: error.retry_after_ms.map(|ms| ms.min(MAX_RETRY_AFTER_MS)),
     }
+}
+
+/// Guest text shown to operators stays on one line.
+pub(crate) fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -471,4 +506,67 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::bindings::types::{ErrorKind as WitKind, StepError as WitError};
+
+    fn error(code: &str, message: &str, retry_after_ms: Option<u64>) -> WitError {
+        WitError {
+            kind: WitKind::Retryable,
+            code: code.into(),
+            message: message.into(),
+            retry_after_ms,
+        }
+    }
+
+    #[test]
+    fn a_step_error_code_must_be_an_identifier_free_of_pii() {
+        let redactor = Redactor::new(["cus_8812"]);
+        for (code, kept) in [
+            ("amount_too_large", true),
+            ("notify.unavailable-429", true),
+            ("jane@example.com", false),
+            ("123-45-6789", false),
+            ("cus_8812", false),
+            ("", false),
+            ("two words", false),
+        ] {
+            let Outcome::StepError { code: out, .. } =
+                step_error(error(code, "m", None), &redactor)
+            else {
+                unreachable!()
+            };
+            assert_eq!(out == code, kept, "{code} became {out}");
+            if !kept {
+                assert_eq!(out, INVALID_CODE);
+            }
+        }
+    }
+
+    #[test]
+    fn a_step_error_message_is_redacted_on_one_line_and_the_retry_hint_clamped() {
+        let redactor = Redactor::new(["cus_8812"]);
+        let message = format!(
+            "customer cus_8812\nemail jane@example.com {}",
+            "x".repeat(5000)
+        );
+        let Outcome::StepError {
+            message,
+            retry_after_ms,
+            ..
+        } = step_error(error("busy", &message, Some(u64::MAX)), &redactor)
+        else {
+            unreachable!()
+        };
+        assert!(
+            !message.contains("cus_8812") && !message.contains("jane@example.com"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'));
+        assert!(message.len() <= MAX_ERROR_MESSAGE);
+        assert_eq!(retry_after_ms, Some(MAX_RETRY_AFTER_MS));
+    }
 }

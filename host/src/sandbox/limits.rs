@@ -36,6 +36,20 @@ pub const DEFAULT_LOG_BYTES: usize = 64 << 10;
 pub const DEFAULT_STDIO_BYTES: usize = 16 << 10;
 /// Bytes of an HTTP response body handed back to the step.
 pub const DEFAULT_HTTP_RESPONSE_BYTES: usize = 1 << 20;
+/// Ceilings no step configuration may exceed: each bounds what one attempt can hold of
+/// a shared pool slot or of host memory.
+pub const MAX_CPU: Duration = Duration::from_secs(5 * 60);
+/// See [`MAX_CPU`].
+pub const MAX_WALL_TIME: Duration = Duration::from_secs(15 * 60);
+/// See [`MAX_CPU`].
+pub const MAX_HOST_CALLS: u32 = 1_000_000;
+/// See [`MAX_CPU`].
+pub const MAX_RESOURCES: usize = 100_000;
+/// See [`MAX_CPU`]; also caps stdout/stderr, log and HTTP response buffers.
+pub const MAX_BUFFER_BYTES: usize = 64 << 20;
+/// Bytes of randomness one WASI call may ask for.
+pub const MAX_RANDOM_BYTES: u64 = 64 << 10;
+
 /// How often the epoch ticker advances the engine's epoch. Each tick is a point where a
 /// running step yields to the scheduler, and the unit of the CPU budget.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -96,16 +110,61 @@ impl Limits {
         u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
     }
 
-    /// Refuse limits the sandbox cannot honour.
+    /// Refuse limits the sandbox cannot honour or that would let one step hog the host.
     pub fn validate(&self) -> Result<(), String> {
+        let over = |what: &str, value: u128, max: u128| {
+            Err(format!("{what} {value} exceeds the ceiling of {max}"))
+        };
         if self.memory_bytes > MAX_MEMORY_BYTES {
-            return Err(format!(
-                "memory_bytes {} exceeds the ceiling of {MAX_MEMORY_BYTES}",
-                self.memory_bytes
-            ));
+            return over(
+                "memory_bytes",
+                self.memory_bytes as u128,
+                MAX_MEMORY_BYTES as u128,
+            );
+        }
+        if self.table_elements > DEFAULT_TABLE_ELEMENTS {
+            // The pool's tables are sized for this many elements.
+            return over(
+                "table_elements",
+                self.table_elements as u128,
+                DEFAULT_TABLE_ELEMENTS as u128,
+            );
+        }
+        if self.instances > DEFAULT_INSTANCES {
+            return over(
+                "instances",
+                self.instances as u128,
+                DEFAULT_INSTANCES as u128,
+            );
         }
         if self.cpu.is_zero() || self.wall_time.is_zero() {
             return Err("cpu and wall_time must be positive".to_owned());
+        }
+        if self.cpu > MAX_CPU {
+            return over("cpu (ms)", self.cpu.as_millis(), MAX_CPU.as_millis());
+        }
+        if self.wall_time > MAX_WALL_TIME {
+            return over(
+                "wall_time (ms)",
+                self.wall_time.as_millis(),
+                MAX_WALL_TIME.as_millis(),
+            );
+        }
+        if self.host_calls > MAX_HOST_CALLS {
+            return over("host_calls", self.host_calls.into(), MAX_HOST_CALLS.into());
+        }
+        if self.resources > MAX_RESOURCES {
+            return over("resources", self.resources as u128, MAX_RESOURCES as u128);
+        }
+        for (what, value) in [
+            ("output_bytes", self.output_bytes),
+            ("log_bytes", self.log_bytes),
+            ("stdio_bytes", self.stdio_bytes),
+            ("http_response_bytes", self.http_response_bytes),
+        ] {
+            if value > MAX_BUFFER_BYTES {
+                return over(what, value as u128, MAX_BUFFER_BYTES as u128);
+            }
         }
         Ok(())
     }
@@ -246,10 +305,34 @@ mod tests {
         assert_eq!(limits.cpu, Duration::from_millis(500));
         assert_eq!(limits.memory_bytes, DEFAULT_MEMORY_BYTES);
         assert!(serde_json::from_str::<Limits>(r#"{"cpus": 1}"#).is_err());
-        let too_big = Limits {
-            memory_bytes: MAX_MEMORY_BYTES + 1,
-            ..Limits::default()
-        };
-        assert!(too_big.validate().is_err());
+        assert_eq!(Limits::default().validate(), Ok(()));
+        for too_big in [
+            Limits {
+                memory_bytes: MAX_MEMORY_BYTES + 1,
+                ..Limits::default()
+            },
+            Limits {
+                wall_time: MAX_WALL_TIME + Duration::from_secs(1),
+                ..Limits::default()
+            },
+            Limits {
+                cpu: Duration::ZERO,
+                ..Limits::default()
+            },
+            Limits {
+                host_calls: MAX_HOST_CALLS + 1,
+                ..Limits::default()
+            },
+            Limits {
+                http_response_bytes: MAX_BUFFER_BYTES + 1,
+                ..Limits::default()
+            },
+            Limits {
+                table_elements: DEFAULT_TABLE_ELEMENTS + 1,
+                ..Limits::default()
+            },
+        ] {
+            assert!(too_big.validate().is_err(), "{too_big:?}");
+        }
     }
 }

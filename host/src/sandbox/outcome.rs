@@ -158,11 +158,15 @@ pub(crate) fn classify_trap(
             let mut detail = trap.to_string();
             if !stderr_tail.is_empty() {
                 detail.push_str(": ");
-                detail.push_str(stderr_tail);
+                detail.push_str(&super::engine::one_line(stderr_tail));
             }
             Outcome::contained(Containment::Trap, detail)
         }
-        None => Outcome::contained(Containment::Trap, format!("{error:#}")),
+        // The root cause only: the wasm backtrace carries guest-chosen function names.
+        None => Outcome::contained(
+            Containment::Trap,
+            super::engine::one_line(&error.root_cause().to_string()),
+        ),
     }
 }
 

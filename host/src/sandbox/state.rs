@@ -11,7 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::capture::Captured;
 use super::grants::{Grants, TaskData};
 use super::host::{AuditCap, ContextCap, HttpCap, LogCap, SecretsCap};
-use super::limits::{Limiter, Limits};
+use super::limits::{Limiter, Limits, MAX_RANDOM_BYTES};
 use super::outcome::Abort;
 use super::record::AttemptRecord;
 use crate::classify::Redactor;
@@ -101,6 +101,7 @@ impl StepState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .max_random_size(MAX_RANDOM_BYTES)
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.resources);
@@ -139,8 +140,13 @@ impl StepState {
         let (stderr, err_dropped) = self.stderr.take();
         if !stdout.is_empty() || !stderr.is_empty() {
             let redactor = self.shared.redactor();
-            let stdout = redactor.redact_text(&stdout).into_owned();
-            let stderr = redactor.redact_text(&stderr).into_owned();
+            // A cap can cut a value in half, where no detector would see it: drop the cut line.
+            let stdout = redactor
+                .redact_text(complete_lines(&stdout, out_dropped))
+                .into_owned();
+            let stderr = redactor
+                .redact_text(complete_lines(&stderr, err_dropped))
+                .into_owned();
             self.shared.record.stdout = stdout;
             self.shared.record.stderr = stderr;
         }
@@ -149,6 +155,14 @@ impl StepState {
         let tail = panic_summary(&record.stderr);
         (record, tail, self.shared.redactor)
     }
+}
+
+/// `text` without its last, cut-off line when bytes were dropped after it.
+fn complete_lines(text: &str, dropped: u64) -> &str {
+    if dropped == 0 {
+        return text;
+    }
+    text.rfind('\n').map_or("", |end| &text[..=end])
 }
 
 /// The guest's panic message (`thread '…' panicked at file:line:` and the line after it),

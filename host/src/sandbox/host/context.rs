@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::bounded;
-use crate::classify::{Classification, REDACTED};
+use crate::classify::{Classification, REDACTED, Redactor};
 use crate::sandbox::bindings::context::{ContextError, Host};
 use crate::sandbox::grants::TaskData;
 use crate::sandbox::record::{Capability, Denial, FieldRead};
@@ -17,6 +17,9 @@ pub(crate) struct ContextCap {
     upstream: BTreeSet<String>,
     clearance: Classification,
     data: Arc<TaskData>,
+    /// Masks the values of context fields above the clearance wherever an upstream result
+    /// repeats them; built on the first upstream read (`Some(None)`: nothing to hide).
+    hidden: Option<Option<Redactor>>,
 }
 
 impl ContextCap {
@@ -31,7 +34,34 @@ impl ContextCap {
             upstream,
             clearance,
             data,
+            hidden: None,
         }
+    }
+
+    fn hidden(&mut self) -> Option<&Redactor> {
+        let (data, clearance) = (&self.data, self.clearance);
+        self.hidden
+            .get_or_insert_with(|| {
+                let mut values = Vec::new();
+                for (field, value) in &data.context {
+                    if data.level_of(field) > clearance {
+                        leaf_values(value, &mut values);
+                    }
+                }
+                (!values.is_empty()).then(|| Redactor::new(values))
+            })
+            .as_ref()
+    }
+}
+
+/// Every string and number inside `value`, as text.
+fn leaf_values(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Number(n) => out.push(n.to_string()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| leaf_values(v, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| leaf_values(v, out)),
+        serde_json::Value::Bool(_) | serde_json::Value::Null => {}
     }
 }
 
@@ -74,10 +104,16 @@ impl Host for View<'_, ContextCap> {
             self.deny(&step, "not an upstream step of this step");
             return Ok(Err(ContextError::Undeclared(step)));
         }
-        let Some(result) = self.cap.data.upstream.get(&step) else {
+        let data = self.cap.data.clone();
+        let Some(result) = data.upstream.get(&step) else {
             return Ok(Err(ContextError::NotFound(step)));
         };
-        let text = result.to_string();
+        // An upstream step with more clearance may have copied a field this step may not
+        // see into its result: the clearance applies there too.
+        let text = match self.cap.hidden() {
+            Some(redactor) => redactor.redact_json(result).to_string(),
+            None => result.to_string(),
+        };
         self.shared.record.upstream_read.push(step);
         Ok(Ok(text))
     }
@@ -105,7 +141,14 @@ mod tests {
         let data = TaskData {
             context,
             classification,
-            upstream: [("validate".to_owned(), json!({"ok": true}))].into(),
+            upstream: [
+                ("validate".to_owned(), json!({"ok": true})),
+                (
+                    "lookup".to_owned(),
+                    json!({"contact": {"email": "jane@example.com"}, "n": 3}),
+                ),
+            ]
+            .into(),
         };
         ContextCap::new(
             [
@@ -114,7 +157,7 @@ mod tests {
                 "absent".into(),
             ]
             .into(),
-            ["validate".into()].into(),
+            ["validate".into(), "lookup".into()].into(),
             clearance,
             Arc::new(data),
         )
@@ -198,6 +241,28 @@ mod tests {
             view.upstream("validate".into()).unwrap(),
             Ok("{\"ok\":true}".into())
         );
+    }
+
+    #[test]
+    fn upstream_results_obey_the_readers_clearance() {
+        for (clearance, visible) in [
+            (Classification::Internal, false),
+            (Classification::Confidential, true),
+        ] {
+            let mut cap = cap(clearance);
+            let mut shared = testing::shared(10);
+            let mut view = View {
+                cap: &mut cap,
+                shared: &mut shared,
+            };
+            let text = view.upstream("lookup".into()).unwrap().unwrap();
+            assert_eq!(
+                text.contains("jane@example.com"),
+                visible,
+                "{clearance:?}: {text}"
+            );
+            assert!(text.contains("\"n\":3"), "{text}");
+        }
     }
 
     #[test]
