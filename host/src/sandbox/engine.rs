@@ -5,9 +5,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -22,11 +20,11 @@ use wasmtime::{
 use super::bindings::{self, StepPre};
 use super::grants::{Grants, TaskData};
 use super::imports;
-use super::limits::{self, EPOCH_TICK, Limits};
-use super::outcome::{Abort, Containment, ErrorKind, Outcome, classify_trap};
+use super::limits::{self, Limits};
+use super::outcome::{Abort, Containment, Outcome, classify_trap, step_error, success};
 use super::record::AttemptRecord;
 use super::state::{self, Cap, HttpData, StepState};
-use crate::classify::Redactor;
+use super::ticker::Ticker;
 
 /// Largest component accepted, bytes. The refund steps are ~100 KiB.
 pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
@@ -159,39 +157,6 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.ticker.stop();
-    }
-}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`] until stopped.
-struct Ticker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Ticker {
-    fn start(engine: Engine) -> Result<Self, SandboxError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("stepbox-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .map_err(|e| SandboxError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -433,140 +398,4 @@ fn link(linker: &mut Linker<StepState>) -> wasmtime::Result<()> {
 /// A component starts with the magic and a layer field of 1 (core modules have 0).
 fn is_component_binary(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
-}
-
-fn success(output: String, limits: &Limits) -> Outcome {
-    if output.len() > limits.output_bytes {
-        return Outcome::contained(
-            Containment::OutputTooLarge,
-            format!(
-                "output of {} bytes exceeds the limit of {}",
-                output.len(),
-                limits.output_bytes
-            ),
-        );
-    }
-    match serde_json::from_str(&output) {
-        Ok(result) => Outcome::Success { result },
-        Err(e) => Outcome::contained(
-            Containment::InvalidOutput,
-            format!("output is not JSON: {e}"),
-        ),
-    }
-}
-
-/// Longest step-error message kept (after redaction).
-const MAX_ERROR_MESSAGE: usize = 1024;
-/// Longest retry hint honoured: a day.
-const MAX_RETRY_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
-/// The code used when a step's own code is not a plain identifier.
-const INVALID_CODE: &str = "invalid_error_code";
-
-fn step_error(error: bindings::types::StepError, redactor: &Redactor) -> Outcome {
-    // Codes are identifiers that land in metrics and audit events: anything else (an
-    // email, a card number) is replaced, not stored.
-    let code_ok = (1..=64).contains(&error.code.len())
-        && error
-            .code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        && !redactor.contains_pii(&error.code);
-    Outcome::StepError {
-        kind: match error.kind {
-            bindings::types::ErrorKind::Retryable => ErrorKind::Retryable,
-            bindings::types::ErrorKind::Permanent => ErrorKind::Permanent,
-        },
-        code: if code_ok {
-            error.code
-        } else {
-            INVALID_CODE.to_owned()
-        },
-        // Redact the whole message first, so a cut cannot leave half a value behind.
-        message: one_line(&truncate(
-            &redactor.redact_text(&error.message),
-            MAX_ERROR_MESSAGE,
-        )),
-        retry_after_ms: error.retry_after_ms.map(|ms| ms.min(MAX_RETRY_AFTER_MS)),
-    }
-}
-
-/// Guest text shown to operators stays on one line.
-pub(crate) fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sandbox::bindings::types::{ErrorKind as WitKind, StepError as WitError};
-
-    fn error(code: &str, message: &str, retry_after_ms: Option<u64>) -> WitError {
-        WitError {
-            kind: WitKind::Retryable,
-            code: code.into(),
-            message: message.into(),
-            retry_after_ms,
-        }
-    }
-
-    #[test]
-    fn a_step_error_code_must_be_an_identifier_free_of_pii() {
-        let redactor = Redactor::new(["cus_8812"]);
-        for (code, kept) in [
-            ("amount_too_large", true),
-            ("notify.unavailable-429", true),
-            ("jane@example.com", false),
-            ("123-45-6789", false),
-            ("cus_8812", false),
-            ("", false),
-            ("two words", false),
-        ] {
-            let Outcome::StepError { code: out, .. } =
-                step_error(error(code, "m", None), &redactor)
-            else {
-                unreachable!()
-            };
-            assert_eq!(out == code, kept, "{code} became {out}");
-            if !kept {
-                assert_eq!(out, INVALID_CODE);
-            }
-        }
-    }
-
-    #[test]
-    fn a_step_error_message_is_redacted_on_one_line_and_the_retry_hint_clamped() {
-        let redactor = Redactor::new(["cus_8812"]);
-        let message = format!(
-            "customer cus_8812\nemail jane@example.com {}",
-            "x".repeat(5000)
-        );
-        let Outcome::StepError {
-            message,
-            retry_after_ms,
-            ..
-        } = step_error(error("busy", &message, Some(u64::MAX)), &redactor)
-        else {
-            unreachable!()
-        };
-        assert!(
-            !message.contains("cus_8812") && !message.contains("jane@example.com"),
-            "{message}"
-        );
-        assert!(!message.contains('\n'));
-        assert!(message.len() <= MAX_ERROR_MESSAGE);
-        assert_eq!(retry_after_ms, Some(MAX_RETRY_AFTER_MS));
-    }
 }

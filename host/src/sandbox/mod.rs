@@ -17,6 +17,7 @@ mod limits;
 mod outcome;
 mod record;
 mod state;
+mod ticker;
 
 pub use engine::{
     Attempt, AttemptReport, LoadError, MAX_COMPONENT_BYTES, Sandbox, SandboxConfig, SandboxError,

@@ -5,7 +5,9 @@ use serde::Serialize;
 use wasmtime::component::ResourceTableError;
 use wasmtime::{Trap, WasmBacktrace};
 
-use super::limits::Exceeded;
+use super::bindings;
+use super::limits::{Exceeded, Limits};
+use crate::classify::Redactor;
 
 /// The end of one attempt. Never a panic or a hang: everything a guest can do lands here.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -158,15 +160,12 @@ pub(crate) fn classify_trap(
             let mut detail = trap.to_string();
             if !stderr_tail.is_empty() {
                 detail.push_str(": ");
-                detail.push_str(&super::engine::one_line(stderr_tail));
+                detail.push_str(&one_line(stderr_tail));
             }
             Outcome::contained(Containment::Trap, detail)
         }
         // The root cause only: the wasm backtrace carries guest-chosen function names.
-        None => Outcome::contained(
-            Containment::Trap,
-            super::engine::one_line(&error.root_cause().to_string()),
-        ),
+        None => Outcome::contained(Containment::Trap, one_line(&error.root_cause().to_string())),
     }
 }
 
@@ -201,6 +200,79 @@ fn below_zero_fault(error_text: &str) -> bool {
     })
 }
 
+pub(crate) fn success(output: String, limits: &Limits) -> Outcome {
+    if output.len() > limits.output_bytes {
+        return Outcome::contained(
+            Containment::OutputTooLarge,
+            format!(
+                "output of {} bytes exceeds the limit of {}",
+                output.len(),
+                limits.output_bytes
+            ),
+        );
+    }
+    match serde_json::from_str(&output) {
+        Ok(result) => Outcome::Success { result },
+        Err(e) => Outcome::contained(
+            Containment::InvalidOutput,
+            format!("output is not JSON: {e}"),
+        ),
+    }
+}
+
+/// Longest step-error message kept (after redaction).
+const MAX_ERROR_MESSAGE: usize = 1024;
+/// Longest retry hint honoured: a day.
+const MAX_RETRY_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
+/// The code used when a step's own code is not a plain identifier.
+const INVALID_CODE: &str = "invalid_error_code";
+
+pub(crate) fn step_error(error: bindings::types::StepError, redactor: &Redactor) -> Outcome {
+    // Codes are identifiers that land in metrics and audit events: anything else (an
+    // email, a card number) is replaced, not stored.
+    let code_ok = (1..=64).contains(&error.code.len())
+        && error
+            .code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && !redactor.contains_pii(&error.code);
+    Outcome::StepError {
+        kind: match error.kind {
+            bindings::types::ErrorKind::Retryable => ErrorKind::Retryable,
+            bindings::types::ErrorKind::Permanent => ErrorKind::Permanent,
+        },
+        code: if code_ok {
+            error.code
+        } else {
+            INVALID_CODE.to_owned()
+        },
+        // Redact the whole message first, so a cut cannot leave half a value behind.
+        message: one_line(&truncate(
+            &redactor.redact_text(&error.message),
+            MAX_ERROR_MESSAGE,
+        )),
+        retry_after_ms: error.retry_after_ms.map(|ms| ms.min(MAX_RETRY_AFTER_MS)),
+    }
+}
+
+/// Guest text shown to operators stays on one line.
+pub(crate) fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +286,65 @@ mod tests {
             "memory fault at wasm address 0x1ffff0 in linear memory of size 0x110000"
         ));
         assert!(!below_zero_fault("wasm backtrace: 0xffff12 - <unknown>"));
+    }
+
+    use crate::classify::Redactor;
+    use crate::sandbox::bindings::types::{ErrorKind as WitKind, StepError as WitError};
+
+    fn error(code: &str, message: &str, retry_after_ms: Option<u64>) -> WitError {
+        WitError {
+            kind: WitKind::Retryable,
+            code: code.into(),
+            message: message.into(),
+            retry_after_ms,
+        }
+    }
+
+    #[test]
+    fn a_step_error_code_must_be_an_identifier_free_of_pii() {
+        let redactor = Redactor::new(["cus_8812"]);
+        for (code, kept) in [
+            ("amount_too_large", true),
+            ("notify.unavailable-429", true),
+            ("jane@example.com", false),
+            ("123-45-6789", false),
+            ("cus_8812", false),
+            ("", false),
+            ("two words", false),
+        ] {
+            let Outcome::StepError { code: out, .. } =
+                step_error(error(code, "m", None), &redactor)
+            else {
+                unreachable!()
+            };
+            assert_eq!(out == code, kept, "{code} became {out}");
+            if !kept {
+                assert_eq!(out, INVALID_CODE);
+            }
+        }
+    }
+
+    #[test]
+    fn a_step_error_message_is_redacted_on_one_line_and_the_retry_hint_clamped() {
+        let redactor = Redactor::new(["cus_8812"]);
+        let message = format!(
+            "customer cus_8812\nemail jane@example.com {}",
+            "x".repeat(5000)
+        );
+        let Outcome::StepError {
+            message,
+            retry_after_ms,
+            ..
+        } = step_error(error("busy", &message, Some(u64::MAX)), &redactor)
+        else {
+            unreachable!()
+        };
+        assert!(
+            !message.contains("cus_8812") && !message.contains("jane@example.com"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'));
+        assert!(message.len() <= MAX_ERROR_MESSAGE);
+        assert_eq!(retry_after_ms, Some(MAX_RETRY_AFTER_MS));
     }
 }

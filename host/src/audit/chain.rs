@@ -1,0 +1,473 @@
+//! The hash chain: canonical encoding of an event, the link hash, and a streaming
+//! verifier that names the first bad sequence number and what is wrong with it.
+//!
+//! Each sealed event carries `prev_hash` (the hash of the event sealed before it, zeros
+//! for the first) and `hash = SHA-256(DOMAIN ‖ prev_hash ‖ seq ‖ canonical(event))`.
+//! The sequence number is inside the hash, so moving a row to another position breaks
+//! it; the previous hash is inside, so removing or inserting a row breaks the next link.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Separates our hashes from any other SHA-256 use of the same bytes.
+const DOMAIN: &[u8] = b"stepbox-audit-v1\0";
+/// The `prev_hash` of the first event of a chain.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// One audit event as stored: the columns the chain covers, plus its links.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Position in the chain, assigned by the database.
+    pub seq: i64,
+    /// Event id (`evt_…`).
+    pub id: String,
+    /// Unix milliseconds.
+    pub ts: i64,
+    /// `user:<sub>` or `system:<worker>`.
+    pub actor: String,
+    /// e.g. `task.created`.
+    pub action: String,
+    /// e.g. `task/task_01…`.
+    pub resource: String,
+    /// The namespace, if any.
+    pub namespace: Option<String>,
+    /// `success`, `denied`, `failure`.
+    pub outcome: String,
+    /// Classification of the data involved.
+    pub classification: Option<String>,
+    /// Whether PII was involved (never the PII itself).
+    pub contains_pii: bool,
+    /// Request correlation id.
+    pub correlation_id: Option<String>,
+    /// Further details (JSON object).
+    pub details: serde_json::Value,
+    /// Link to the previous sealed event; `None` until sealed.
+    #[serde(with = "opt_hex")]
+    pub prev_hash: Option<[u8; 32]>,
+    /// This event's hash; `None` until sealed.
+    #[serde(with = "opt_hex")]
+    pub hash: Option<[u8; 32]>,
+}
+
+mod opt_hex {
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(value: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => s.serialize_str(&hex::encode(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Append `bytes` with a length prefix, so field boundaries are unambiguous.
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn opt_field(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(text) => {
+            out.push(1);
+            field(out, text.as_bytes());
+        }
+        None => out.push(0),
+    }
+}
+
+/// JSON with object keys sorted at every level and no insignificant whitespace, written
+/// by hand so the bytes do not depend on serde_json's map order feature.
+fn canonical_json(value: &serde_json::Value, out: &mut Vec<u8>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(serde_json::Value::from(key.as_str()).to_string().as_bytes());
+                out.push(b':');
+                canonical_json(&map[key], out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+    }
+}
+
+impl Event {
+    /// The bytes the hash covers (everything but the links).
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        field(&mut out, self.id.as_bytes());
+        out.extend_from_slice(&self.ts.to_be_bytes());
+        field(&mut out, self.actor.as_bytes());
+        field(&mut out, self.action.as_bytes());
+        field(&mut out, self.resource.as_bytes());
+        opt_field(&mut out, self.namespace.as_deref());
+        field(&mut out, self.outcome.as_bytes());
+        opt_field(&mut out, self.classification.as_deref());
+        out.push(u8::from(self.contains_pii));
+        opt_field(&mut out, self.correlation_id.as_deref());
+        let mut details = Vec::with_capacity(64);
+        canonical_json(&self.details, &mut details);
+        field(&mut out, &details);
+        out
+    }
+
+    /// The hash this event gets when sealed after `prev`.
+    pub fn link_hash(&self, prev: &[u8; 32]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(DOMAIN);
+        hasher.update(prev);
+        hasher.update(self.seq.to_be_bytes());
+        hasher.update(self.canonical());
+        hasher.finalize().into()
+    }
+}
+
+/// What is wrong at the first bad sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Problem {
+    /// The row's content no longer matches its hash, or the previous row was rewritten.
+    Edited,
+    /// Rows before this one were removed.
+    Missing,
+    /// This row was added after the chain was sealed past it.
+    Inserted,
+    /// Rows were moved out of their sealed order.
+    Reordered,
+}
+
+/// The first failure found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Break {
+    /// The first bad sequence number.
+    pub seq: i64,
+    /// What is wrong there.
+    pub problem: Problem,
+}
+
+/// The result of walking a chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// Sealed events checked.
+    pub checked: u64,
+    /// Events not sealed yet (only allowed at the end).
+    pub unsealed: u64,
+    /// Sequence number and hash of the last good sealed event.
+    pub head: Option<(i64, String)>,
+    /// The first failure, if any.
+    pub broken: Option<Break>,
+}
+
+impl Verification {
+    /// True when nothing is wrong.
+    pub fn is_intact(&self) -> bool {
+        self.broken.is_none()
+    }
+}
+
+/// Walks events in sequence order, one at a time, in constant memory.
+#[derive(Debug)]
+pub struct Verifier {
+    prev_hash: [u8; 32],
+    prev_prev_hash: Option<[u8; 32]>,
+    prev_seq: Option<i64>,
+    /// A sequence number of an unsealed event seen before the current one.
+    first_unsealed: Option<i64>,
+    checked: u64,
+    unsealed: u64,
+    broken: Option<Break>,
+    /// After a failure, the failing row's `prev_hash` and how many more rows to read
+    /// looking for it: found *later* in the chain, the rows were reordered.
+    lookahead: Option<([u8; 32], usize)>,
+}
+
+/// Rows read past a failure to tell a reordering from an edit.
+const REORDER_WINDOW: usize = 1024;
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Self::starting_at(GENESIS)
+    }
+}
+
+impl Verifier {
+    /// A verifier for a chain whose first event links to `prev` (zeros for a whole chain,
+    /// a checkpoint's hash for a chain resumed from one).
+    pub fn starting_at(prev: [u8; 32]) -> Self {
+        Self {
+            prev_hash: prev,
+            prev_prev_hash: None,
+            prev_seq: None,
+            first_unsealed: None,
+            checked: 0,
+            unsealed: 0,
+            broken: None,
+            lookahead: None,
+        }
+    }
+
+    /// Check the next event. After the first break, further events are ignored.
+    pub fn push(&mut self, event: &Event) {
+        if let Some((target, left)) = &mut self.lookahead {
+            if event.hash == Some(*target) {
+                if let Some(broken) = &mut self.broken {
+                    broken.problem = Problem::Reordered;
+                }
+                self.lookahead = None;
+            } else if *left <= 1 {
+                self.lookahead = None;
+            } else {
+                *left -= 1;
+            }
+            return;
+        }
+        if self.broken.is_some() {
+            return;
+        }
+        if self.prev_seq.is_some_and(|prev| event.seq <= prev) {
+            return self.fail(event.seq, Problem::Reordered);
+        }
+        let (Some(prev_hash), Some(hash)) = (event.prev_hash, event.hash) else {
+            self.unsealed += 1;
+            self.first_unsealed.get_or_insert(event.seq);
+            self.prev_seq = Some(event.seq);
+            return;
+        };
+        if let Some(unsealed) = self.first_unsealed {
+            // The sealer seals in order: an unsealed row behind a sealed one was put there
+            // after the chain had moved past its position.
+            return self.fail(unsealed, Problem::Inserted);
+        }
+        if event.link_hash(&prev_hash) != hash {
+            // Content or position changed. If the row it links to turns up later, rows
+            // were moved; otherwise this one was edited.
+            self.lookahead = Some((prev_hash, REORDER_WINDOW));
+            return self.fail(event.seq, Problem::Edited);
+        }
+        if prev_hash != self.prev_hash {
+            if Some(prev_hash) == self.prev_prev_hash {
+                // This row links past its predecessor: the predecessor was slipped in.
+                return self.fail(self.prev_seq.unwrap_or(event.seq), Problem::Inserted);
+            }
+            let problem =
+                if self.checked > 0 && self.prev_seq.is_some_and(|prev| event.seq > prev + 1) {
+                    Problem::Missing
+                } else {
+                    Problem::Edited
+                };
+            self.lookahead = Some((prev_hash, REORDER_WINDOW));
+            return self.fail(event.seq, problem);
+        }
+        self.prev_prev_hash = Some(self.prev_hash);
+        self.prev_hash = hash;
+        self.prev_seq = Some(event.seq);
+        self.checked += 1;
+    }
+
+    fn fail(&mut self, seq: i64, problem: Problem) {
+        self.broken = Some(Break { seq, problem });
+    }
+
+    /// The verdict so far.
+    pub fn finish(&self) -> Verification {
+        Verification {
+            checked: self.checked,
+            unsealed: self.unsealed,
+            head: (self.checked > 0).then(|| {
+                (
+                    self.prev_seq.unwrap_or_default(),
+                    hex::encode(self.prev_hash),
+                )
+            }),
+            broken: self.broken.clone(),
+        }
+    }
+}
+
+/// Seal `events` (in sequence order, unsealed) after `prev`, in place; returns the new head.
+pub fn seal_in_order(events: &mut [Event], mut prev: [u8; 32]) -> [u8; 32] {
+    for event in events {
+        let hash = event.link_hash(&prev);
+        event.prev_hash = Some(prev);
+        event.hash = Some(hash);
+        prev = hash;
+    }
+    prev
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(seq: i64) -> Event {
+        Event {
+            seq,
+            id: format!("evt_{seq}"),
+            ts: 1_764_000_000_000 + seq,
+            actor: "user:user_123".into(),
+            action: "task.created".into(),
+            resource: format!("task/task_{seq}"),
+            namespace: Some("customer_success".into()),
+            outcome: "success".into(),
+            classification: Some("confidential".into()),
+            contains_pii: true,
+            correlation_id: None,
+            details: json!({ "b": 1, "a": [true, null, "x"] }),
+            prev_hash: None,
+            hash: None,
+        }
+    }
+
+    fn sealed(n: i64) -> Vec<Event> {
+        let mut events: Vec<Event> = (1..=n).map(event).collect();
+        seal_in_order(&mut events, GENESIS);
+        events
+    }
+
+    fn verify(events: &[Event]) -> Verification {
+        let mut verifier = Verifier::default();
+        events.iter().for_each(|e| verifier.push(e));
+        verifier.finish()
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies() {
+        let report = verify(&sealed(10));
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!(report.checked, 10);
+        assert_eq!(report.head.unwrap().0, 10);
+    }
+
+    #[test]
+    fn canonical_bytes_ignore_json_key_order_but_not_values() {
+        let mut a = event(1);
+        let mut b = event(1);
+        a.details = json!({ "x": 1, "y": { "p": 1, "q": 2 } });
+        b.details = serde_json::from_str(r#"{ "y": { "q": 2, "p": 1 }, "x": 1 }"#).unwrap();
+        assert_eq!(a.canonical(), b.canonical());
+        b.details = json!({ "x": 2, "y": { "p": 1, "q": 2 } });
+        assert_ne!(a.canonical(), b.canonical());
+        // Field boundaries are unambiguous.
+        let (mut c, mut d) = (event(1), event(1));
+        c.actor = "ab".into();
+        c.action = "c".into();
+        d.actor = "a".into();
+        d.action = "bc".into();
+        assert_ne!(c.canonical(), d.canonical());
+    }
+
+    #[test]
+    fn an_edited_row_is_named() {
+        let mut events = sealed(10);
+        events[4].outcome = "denied".into();
+        assert_eq!(
+            verify(&events).broken,
+            Some(Break {
+                seq: 5,
+                problem: Problem::Edited
+            })
+        );
+    }
+
+    #[test]
+    fn an_edited_row_with_a_recomputed_hash_breaks_the_next_link() {
+        let mut events = sealed(10);
+        events[4].actor = "user:someone_else".into();
+        let prev = events[4].prev_hash.unwrap();
+        events[4].hash = Some(events[4].link_hash(&prev));
+        assert_eq!(
+            verify(&events).broken,
+            Some(Break {
+                seq: 6,
+                problem: Problem::Edited
+            })
+        );
+    }
+
+    #[test]
+    fn a_deleted_row_is_missing() {
+        let mut events = sealed(10);
+        events.remove(6);
+        assert_eq!(
+            verify(&events).broken,
+            Some(Break {
+                seq: 8,
+                problem: Problem::Missing
+            })
+        );
+    }
+
+    #[test]
+    fn a_row_slipped_into_a_gap_is_inserted() {
+        // Sealed with a gap at 5 (a rolled-back sequence value), then a row forged into it.
+        let mut events: Vec<Event> = [1, 2, 3, 4, 6, 7].into_iter().map(event).collect();
+        seal_in_order(&mut events, GENESIS);
+        let mut forged = event(5);
+        forged.action = "task.deleted".into();
+        events.insert(4, forged.clone());
+        assert_eq!(
+            verify(&events).broken,
+            Some(Break {
+                seq: 5,
+                problem: Problem::Inserted
+            })
+        );
+        // Even with a hash computed to link after row 4.
+        forged.prev_hash = events[3].hash;
+        forged.hash = Some(forged.link_hash(&events[3].hash.unwrap()));
+        events[4] = forged;
+        assert_eq!(
+            verify(&events).broken,
+            Some(Break {
+                seq: 5,
+                problem: Problem::Inserted
+            })
+        );
+    }
+
+    #[test]
+    fn rows_moved_to_other_positions_are_reordered() {
+        // Read back in sequence order after two rows' sequence numbers were swapped.
+        let mut events = sealed(10);
+        let (a, b) = (events[3].seq, events[6].seq);
+        events[3].seq = b;
+        events[6].seq = a;
+        events.sort_by_key(|e| e.seq);
+        assert_eq!(
+            verify(&events).broken,
+            Some(Break {
+                seq: 4,
+                problem: Problem::Reordered
+            })
+        );
+    }
+
+    #[test]
+    fn unsealed_events_are_allowed_only_at_the_end() {
+        let mut events = sealed(5);
+        events.push(event(6));
+        events.push(event(7));
+        let report = verify(&events);
+        assert!(report.is_intact());
+        assert_eq!((report.checked, report.unsealed), (5, 2));
+    }
+}

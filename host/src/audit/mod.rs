@@ -1,0 +1,8 @@
+//! The audit trail: a tamper-evident chain of events. It owns the chain format (canonical
+//! encoding, link hashes), the verifier, and the sealer that links events in sequence
+//! order. It must never hold raw PII (subjects appear as blind-index references only) and
+//! never rewrite a sealed event.
+
+mod chain;
+
+pub use chain::{Break, Event, GENESIS, Problem, Verification, Verifier, seal_in_order};

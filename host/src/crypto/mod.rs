@@ -1,0 +1,59 @@
+//! Encryption at rest. This module owns envelope encryption: AES-256-GCM data keys that seal
+//! task context, step results, captured logs and secrets, each ciphertext bound by its
+//! associated data to the table, row and field it was written for; data keys wrapped by a
+//! key-encryption key (KEK) named by a key id; the key ring a process loads from a key file or
+//! an environment variable; KEK rotation that re-wraps data keys without re-encrypting data;
+//! and the keyed blind index (HMAC-SHA256) through which a data subject's own data key is found,
+//! so that destroying that key crypto-shreds the subject's data everywhere. It must never log,
+//! print or put in an error any key material (`Debug` of a key shows its id only), never return
+//! garbage for a wrong key or tampered data (authentication fails into a typed error), never
+//! write a KEK beside the data it protects (the key file is the operator's, kept apart from the
+//! database), and never leave key bytes behind when a key is dropped (they are zeroized).
+
+mod blind;
+mod envelope;
+mod keys;
+
+pub use blind::BlindIndex;
+pub use envelope::{Aad, DataKey, WrappedKey};
+pub use keys::{Kek, KeyId, KeyRing};
+
+/// Why a cryptographic operation failed, sorted by what the caller can do about it: fix the
+/// key configuration (`UnknownKey`, `KeyFile`, `InvalidKeyId`, `RetireActive`), treat the data
+/// as unreadable (`Decrypt`, `Malformed`), or retry later (`Random`). No variant ever carries
+/// key material or the content of a key file.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// The wrapped key names a KEK this process does not hold.
+    #[error("key id `{0}` is not held by this process (was it retired, or is the key file wrong?)")]
+    UnknownKey(String),
+    /// AES-GCM authentication failed: wrong key, tampered bytes, or another row's ciphertext.
+    #[error("decryption failed: wrong key, tampered data, or data moved from another row")]
+    Decrypt,
+    /// The bytes are not something this module wrote (too short, unknown version).
+    #[error("malformed ciphertext: {0}")]
+    Malformed(&'static str),
+    /// A key id outside 1–64 characters of `[A-Za-z0-9._-]`.
+    #[error("invalid key id `{0}`")]
+    InvalidKeyId(String),
+    /// A key file or key environment variable could not be read, parsed or written. `problem`
+    /// names what is wrong and where, never what the file contains.
+    #[error("key file {path}: {problem}")]
+    KeyFile {
+        /// The file's path, or `environment variable NAME`.
+        path: String,
+        /// What is wrong, without any of the file's content.
+        problem: String,
+    },
+    /// The active KEK wraps new data keys, so it cannot be retired; rotate first.
+    #[error("cannot retire the active key `{0}`")]
+    RetireActive(String),
+    /// The operating system's random number generator failed.
+    #[error("no randomness available: {0}")]
+    Random(String),
+}
+
+/// Fills `buf` from the operating system's random number generator.
+fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
+    getrandom::fill(buf).map_err(|e| CryptoError::Random(e.to_string()))
+}

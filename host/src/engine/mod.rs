@@ -1,0 +1,11 @@
+//! The workflow engine: definitions and their DAG, task creation, scheduling, retries,
+//! leases and workers. It decides what runs when; it never touches the network or a
+//! secret's value itself (the sandbox does), and never writes a state change without
+//! its audit event in the same transaction.
+
+mod definition;
+
+pub use definition::{
+    AuditLevel, DefinitionError, RetryPolicy, StepDef, WorkflowDef, parse_module_ref, valid_name,
+    valid_version,
+};
