@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod classify;
 pub mod cli;
-pub mod engine;
 pub mod crypto;
+pub mod engine;
 pub mod sandbox;
+pub mod store;

@@ -39,8 +39,8 @@ pub struct Event {
     pub contains_pii: bool,
     /// Request correlation id.
     pub correlation_id: Option<String>,
-    /// Further details (JSON object).
-    pub details: serde_json::Value,
+    /// Further details: JSON object text, hashed exactly as stored.
+    pub details: String,
     /// Link to the previous sealed event; `None` until sealed.
     #[serde(with = "opt_hex")]
     pub prev_hash: Option<[u8; 32]>,
@@ -76,38 +76,6 @@ fn opt_field(out: &mut Vec<u8>, value: Option<&str>) {
     }
 }
 
-/// JSON with object keys sorted at every level and no insignificant whitespace, written
-/// by hand so the bytes do not depend on serde_json's map order feature.
-fn canonical_json(value: &serde_json::Value, out: &mut Vec<u8>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(serde_json::Value::from(key.as_str()).to_string().as_bytes());
-                out.push(b':');
-                canonical_json(&map[key], out);
-            }
-            out.push(b'}');
-        }
-        serde_json::Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical_json(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
-    }
-}
-
 impl Event {
     /// The bytes the hash covers (everything but the links).
     pub fn canonical(&self) -> Vec<u8> {
@@ -122,9 +90,7 @@ impl Event {
         opt_field(&mut out, self.classification.as_deref());
         out.push(u8::from(self.contains_pii));
         opt_field(&mut out, self.correlation_id.as_deref());
-        let mut details = Vec::with_capacity(64);
-        canonical_json(&self.details, &mut details);
-        field(&mut out, &details);
+        field(&mut out, self.details.as_bytes());
         out
     }
 
@@ -331,7 +297,7 @@ mod tests {
             classification: Some("confidential".into()),
             contains_pii: true,
             correlation_id: None,
-            details: json!({ "b": 1, "a": [true, null, "x"] }),
+            details: json!({ "b": 1, "a": [true, null, "x"] }).to_string(),
             prev_hash: None,
             hash: None,
         }
@@ -358,15 +324,17 @@ mod tests {
     }
 
     #[test]
-    fn canonical_bytes_ignore_json_key_order_but_not_values() {
-        let mut a = event(1);
+    fn canonical_bytes_cover_every_field_with_unambiguous_boundaries() {
+        let a = event(1);
         let mut b = event(1);
-        a.details = json!({ "x": 1, "y": { "p": 1, "q": 2 } });
-        b.details = serde_json::from_str(r#"{ "y": { "q": 2, "p": 1 }, "x": 1 }"#).unwrap();
-        assert_eq!(a.canonical(), b.canonical());
-        b.details = json!({ "x": 2, "y": { "p": 1, "q": 2 } });
+        b.details = json!({ "b": 2, "a": [true, null, "x"] }).to_string();
         assert_ne!(a.canonical(), b.canonical());
-        // Field boundaries are unambiguous.
+        let mut b = event(1);
+        b.contains_pii = false;
+        assert_ne!(a.canonical(), b.canonical());
+        let mut b = event(1);
+        b.namespace = None;
+        assert_ne!(a.canonical(), b.canonical());
         let (mut c, mut d) = (event(1), event(1));
         c.actor = "ab".into();
         c.action = "c".into();

@@ -4,5 +4,7 @@
 //! never rewrite a sealed event.
 
 mod chain;
+mod trail;
 
 pub use chain::{Break, Event, GENESIS, Problem, Verification, Verifier, seal_in_order};
+pub use trail::{AuditError, NewEvent, record, seal_pending, verify};

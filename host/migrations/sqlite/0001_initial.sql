@@ -1,0 +1,146 @@
+-- stepbox schema, SQLite flavour. Mirrored file for file by ../postgres/0001_initial.sql:
+-- same tables, columns, constraints and indexes; only the type names differ.
+-- Timestamps are INTEGER unix milliseconds and JSON is TEXT on both backends so the Rust
+-- code is identical; ciphertexts are BLOBs. STRICT makes SQLite enforce the column types.
+
+CREATE TABLE namespaces (
+    name        TEXT    NOT NULL PRIMARY KEY,
+    policy      TEXT    NOT NULL,              -- JSON
+    created_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE modules (
+    digest      TEXT    NOT NULL PRIMARY KEY,  -- hex SHA-256 of bytes
+    namespace   TEXT    NOT NULL REFERENCES namespaces (name),
+    name        TEXT    NOT NULL,
+    version     TEXT    NOT NULL,
+    bytes       BLOB    NOT NULL,
+    size        INTEGER NOT NULL,
+    uploader    TEXT    NOT NULL,
+    signature   BLOB,
+    created_at  INTEGER NOT NULL,
+    UNIQUE (namespace, name, version)
+) STRICT;
+
+CREATE TABLE workflows (
+    namespace   TEXT    NOT NULL REFERENCES namespaces (name),
+    name        TEXT    NOT NULL,
+    version     TEXT    NOT NULL,
+    definition  TEXT    NOT NULL,              -- JSON
+    created_by  TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name, version)
+) STRICT;
+
+CREATE INDEX workflows_latest ON workflows (namespace, name, created_at);
+
+CREATE TABLE data_keys (
+    id            TEXT    NOT NULL PRIMARY KEY,
+    kek_id        TEXT    NOT NULL,
+    wrapped       BLOB    NOT NULL,            -- empty once destroyed
+    subject       TEXT,                        -- blind index of the data subject, if any
+    created_at    INTEGER NOT NULL,
+    destroyed_at  INTEGER
+) STRICT;
+
+CREATE TABLE subjects (
+    blind_index  TEXT    NOT NULL PRIMARY KEY,
+    data_key_id  TEXT    NOT NULL REFERENCES data_keys (id),
+    created_at   INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE tasks (
+    id                TEXT    NOT NULL PRIMARY KEY,
+    namespace         TEXT    NOT NULL,
+    workflow_name     TEXT    NOT NULL,
+    workflow_version  TEXT    NOT NULL,
+    status            TEXT    NOT NULL
+        CHECK (status IN ('pending', 'in_progress', 'complete', 'error', 'cancelled')),
+    context           BLOB    NOT NULL,        -- ciphertext
+    data_key_id       TEXT    NOT NULL REFERENCES data_keys (id),
+    subject           TEXT,                    -- blind index
+    classification    TEXT    NOT NULL,
+    contains_pii      INTEGER NOT NULL CHECK (contains_pii IN (0, 1)),
+    created_by        TEXT    NOT NULL,
+    principal         TEXT    NOT NULL,        -- JSON permission snapshot
+    reason            TEXT,
+    tags              TEXT    NOT NULL,        -- JSON
+    error_step        TEXT,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    finished_at       INTEGER,
+    FOREIGN KEY (namespace, workflow_name, workflow_version)
+        REFERENCES workflows (namespace, name, version)
+) STRICT;
+
+CREATE INDEX tasks_by_namespace ON tasks (namespace, created_at);
+CREATE INDEX tasks_by_status ON tasks (status);
+CREATE INDEX tasks_by_subject ON tasks (subject);
+
+CREATE TABLE steps (
+    task_id           TEXT    NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+    name              TEXT    NOT NULL,
+    status            TEXT    NOT NULL
+        CHECK (status IN ('pending', 'in_progress', 'waiting_for_retry', 'complete', 'error', 'cancelled')),
+    depends_on        TEXT    NOT NULL,        -- JSON array of step names
+    attempts          INTEGER NOT NULL,
+    next_run_at       INTEGER NOT NULL,
+    lease_owner       TEXT,
+    lease_expires_at  INTEGER,
+    result            BLOB,                    -- ciphertext
+    error             TEXT,                    -- JSON
+    started_at        INTEGER,
+    finished_at       INTEGER,
+    PRIMARY KEY (task_id, name)
+) STRICT;
+
+-- Claiming walks runnable steps in due order and in-progress steps by lease expiry.
+-- Partial indexes: the (status, next_run_at) claim index holding only the rows a claim
+-- can want, so it stays small however many finished steps accumulate.
+CREATE INDEX steps_runnable ON steps (next_run_at)
+    WHERE status IN ('pending', 'waiting_for_retry');
+CREATE INDEX steps_leased ON steps (lease_expires_at) WHERE status = 'in_progress';
+
+CREATE TABLE step_attempts (
+    task_id      TEXT    NOT NULL,
+    step         TEXT    NOT NULL,
+    attempt      INTEGER NOT NULL,
+    worker       TEXT    NOT NULL,
+    outcome      TEXT    NOT NULL,
+    record       BLOB    NOT NULL,             -- ciphertext
+    started_at   INTEGER NOT NULL,
+    duration_ms  INTEGER NOT NULL,
+    PRIMARY KEY (task_id, step, attempt),
+    FOREIGN KEY (task_id, step) REFERENCES steps (task_id, name) ON DELETE CASCADE
+) STRICT;
+
+CREATE TABLE audit_events (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT    NOT NULL UNIQUE,
+    ts              INTEGER NOT NULL,
+    actor           TEXT    NOT NULL,
+    action          TEXT    NOT NULL,
+    resource        TEXT    NOT NULL,
+    namespace       TEXT,
+    outcome         TEXT    NOT NULL,
+    classification  TEXT,
+    contains_pii    INTEGER NOT NULL CHECK (contains_pii IN (0, 1)),
+    correlation_id  TEXT,
+    details         TEXT    NOT NULL,          -- JSON
+    prev_hash       BLOB,
+    hash            BLOB                       -- NULL until the sealer chains it
+) STRICT;
+
+-- The sealer looks for unsealed events; queries filter by actor, resource and time.
+CREATE INDEX audit_unsealed ON audit_events (seq) WHERE hash IS NULL;
+CREATE INDEX audit_by_actor ON audit_events (actor, ts);
+CREATE INDEX audit_by_resource ON audit_events (resource, seq);
+CREATE INDEX audit_by_ts ON audit_events (ts);
+
+CREATE TABLE audit_checkpoints (
+    seq         INTEGER NOT NULL PRIMARY KEY,
+    hash        BLOB    NOT NULL,
+    signature   BLOB    NOT NULL,
+    key_id      TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;

@@ -1,0 +1,416 @@
+//! The trail in the database: recording an event inside the caller's transaction,
+//! sealing committed events into the chain, and verifying the stored chain.
+//!
+//! Why a sealer rather than hashing on insert: with many writers on PostgreSQL, hashing on
+//! insert would make every transaction that records an event wait for the previous one
+//! to commit (each needs its predecessor's hash) — one global lock around all writes.
+//! Instead events are inserted unsealed with a database-assigned `seq` (writers take a
+//! shared barrier lock and never wait for each other), and a sealer links committed
+//! events in `seq` order; it takes the barrier exclusively for the instant it reads, so it
+//! never seals past an event still being written. An event slipped in later behind the
+//! sealed head stays unsealed there and verification reports it as inserted.
+
+use serde::Serialize;
+
+use super::chain::{Event, GENESIS, Verification, Verifier};
+use crate::store::{AuditRow, NewAuditRow, Store, StoreError, Tx};
+
+/// Events sealed per round trip.
+const SEAL_BATCH: i64 = 1_000;
+/// Events read per page while verifying.
+const VERIFY_PAGE: i64 = 10_000;
+
+/// Why recording, sealing or verifying failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No randomness for an event id.
+    #[error("no randomness for an event id: {0}")]
+    Random(String),
+}
+
+/// An event to record: what happened, to what, by whom. Never raw PII.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NewEvent {
+    /// `user:<sub>` or `system:<worker>`.
+    pub actor: String,
+    /// e.g. `task.created`.
+    pub action: String,
+    /// e.g. `task/task_01…`.
+    pub resource: String,
+    /// The namespace, if any.
+    pub namespace: Option<String>,
+    /// `success`, `denied`, `failure`.
+    pub outcome: String,
+    /// Classification of the data involved.
+    pub classification: Option<String>,
+    /// Whether PII was involved.
+    pub contains_pii: bool,
+    /// Request correlation id.
+    pub correlation_id: Option<String>,
+    /// Further details, a JSON object.
+    pub details: serde_json::Value,
+}
+
+fn event_id() -> Result<String, AuditError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| AuditError::Random(e.to_string()))?;
+    Ok(format!("evt_{}", hex::encode(bytes)))
+}
+
+/// Record `event` at time `now_ms` inside `tx`, so it commits or rolls back with the change
+/// it describes. Returns its sequence number.
+pub async fn record(tx: &mut Tx<'_>, event: &NewEvent, now_ms: i64) -> Result<i64, AuditError> {
+    let row = NewAuditRow {
+        id: event_id()?,
+        ts: now_ms,
+        actor: event.actor.clone(),
+        action: event.action.clone(),
+        resource: event.resource.clone(),
+        namespace: event.namespace.clone(),
+        outcome: event.outcome.clone(),
+        classification: event.classification.clone(),
+        contains_pii: event.contains_pii,
+        correlation_id: event.correlation_id.clone(),
+        details: event.details.to_string(),
+    };
+    Ok(tx.insert_audit_event(&row).await?)
+}
+
+/// A stored hash, if it is one: a wrong length can only be tampering, and becomes a
+/// value no hash will match.
+fn hash32(bytes: Option<Vec<u8>>) -> Option<[u8; 32]> {
+    bytes.map(|b| b.try_into().unwrap_or([0xff; 32]))
+}
+
+impl From<AuditRow> for Event {
+    fn from(row: AuditRow) -> Self {
+        Self {
+            seq: row.seq,
+            id: row.id,
+            ts: row.ts,
+            actor: row.actor,
+            action: row.action,
+            resource: row.resource,
+            namespace: row.namespace,
+            outcome: row.outcome,
+            classification: row.classification,
+            contains_pii: row.contains_pii,
+            correlation_id: row.correlation_id,
+            details: row.details,
+            prev_hash: hash32(row.prev_hash),
+            hash: hash32(row.hash),
+        }
+    }
+}
+
+/// Seal every committed event not yet in the chain, in `seq` order. Safe to run from
+/// several processes at once: a sealer that loses a race stops and starts over.
+/// Returns how many events this call sealed.
+pub async fn seal_pending(store: &Store) -> Result<u64, AuditError> {
+    let mut sealed = 0;
+    loop {
+        // Read in a short transaction of its own: on PostgreSQL the read briefly holds
+        // back new audit writers.
+        let mut tx = store.begin().await?;
+        let tip = tx.last_sealed().await?;
+        let tip_seq = tip.as_ref().map(|(seq, _)| *seq);
+        let (after, mut prev) = match tip {
+            Some((seq, hash)) => (seq, hash32(Some(hash)).unwrap_or(GENESIS)),
+            None => (0, GENESIS),
+        };
+        let rows = tx.unsealed_events(after, SEAL_BATCH).await?;
+        tx.commit().await?;
+        if rows.is_empty() {
+            return Ok(sealed);
+        }
+
+        let mut tx = store.begin().await?;
+        tx.lock_sealer().await?;
+        // Another sealer may have moved the tip since the read: linking from a stale tip
+        // would fork the chain, so start over from the new one.
+        if tx.last_sealed().await?.map(|(seq, _)| seq) != tip_seq {
+            tx.rollback().await?;
+            continue;
+        }
+        let mut lost_race = false;
+        let mut batch = 0;
+        for row in rows {
+            let event = Event::from(row);
+            let hash = event.link_hash(&prev);
+            match tx.seal_event(event.seq, Some(&prev), &hash).await {
+                Ok(()) => {
+                    prev = hash;
+                    batch += 1;
+                }
+                Err(StoreError::Conflict(_)) => {
+                    lost_race = true;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if lost_race {
+            tx.rollback().await?;
+            continue;
+        }
+        tx.commit().await?;
+        sealed += batch;
+    }
+}
+
+/// Walk the whole stored chain, page by page, in constant memory.
+pub async fn verify(store: &Store) -> Result<Verification, AuditError> {
+    let mut verifier = Verifier::default();
+    let mut from = i64::MIN;
+    loop {
+        let mut tx = store.begin_read().await?;
+        let rows = tx.audit_events(from, VERIFY_PAGE).await?;
+        tx.commit().await?;
+        let Some(last) = rows.last().map(|r| r.seq) else {
+            break;
+        };
+        for row in rows {
+            verifier.push(&Event::from(row));
+        }
+        from = last + 1;
+    }
+    Ok(verifier.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::audit::{Break, Problem};
+    use crate::store::DatabaseUrl;
+    use crate::store::tests::{NOW, both};
+
+    fn event(n: usize) -> NewEvent {
+        NewEvent {
+            actor: "user:user_123".into(),
+            action: "task.created".into(),
+            resource: format!("task/task_{n}"),
+            namespace: Some("customer_success".into()),
+            outcome: "success".into(),
+            classification: Some("confidential".into()),
+            contains_pii: true,
+            correlation_id: None,
+            details: json!({ "n": n }),
+        }
+    }
+
+    async fn record_each(store: &Store, count: usize) -> Vec<i64> {
+        let mut seqs = Vec::new();
+        for n in 0..count {
+            let mut tx = store.begin().await.unwrap();
+            seqs.push(record(&mut tx, &event(n), NOW + n as i64).await.unwrap());
+            tx.commit().await.unwrap();
+        }
+        seqs
+    }
+
+    /// Tamper with the database behind the store's back, as an attacker with file or SQL
+    /// access would.
+    async fn tamper(store: &Store, statements: &[&str]) {
+        match store.url() {
+            DatabaseUrl::Sqlite(path) => {
+                let url = format!("sqlite://{}", path.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                for sql in statements {
+                    sqlx::query(sql).execute(&mut conn).await.unwrap();
+                }
+            }
+            DatabaseUrl::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                // An attacker with SQL access can lift the identity column's protection.
+                sqlx::query("ALTER TABLE audit_events ALTER COLUMN seq SET GENERATED BY DEFAULT")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                for sql in statements {
+                    sqlx::query(sql).execute(&mut conn).await.unwrap();
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn recorded_events_are_sealed_in_order_and_verify() {
+        both(|store| async move {
+            record_each(&store, 25).await;
+            assert_eq!(verify(&store).await.unwrap().unsealed, 25);
+            assert_eq!(seal_pending(&store).await.unwrap(), 25);
+            assert_eq!(seal_pending(&store).await.unwrap(), 0);
+            record_each(&store, 5).await;
+            assert_eq!(seal_pending(&store).await.unwrap(), 5);
+            let report = verify(&store).await.unwrap();
+            assert!(report.is_intact(), "{report:?}");
+            assert_eq!((report.checked, report.unsealed), (30, 0));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_event_in_a_rolled_back_transaction_never_joins_the_chain() {
+        both(|store| async move {
+            record_each(&store, 3).await;
+            let mut tx = store.begin().await.unwrap();
+            record(&mut tx, &event(99), NOW).await.unwrap();
+            tx.rollback().await.unwrap();
+            record_each(&store, 3).await;
+            seal_pending(&store).await.unwrap();
+            let report = verify(&store).await.unwrap();
+            assert!(report.is_intact(), "{report:?}");
+            assert_eq!(report.checked, 6);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_and_sealers_keep_one_intact_chain() {
+        both(|store| async move {
+            let writers: Vec<_> = (0..4)
+                .map(|w| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        for n in 0..25 {
+                            let mut tx = store.begin().await.unwrap();
+                            record(&mut tx, &event(w * 100 + n), NOW).await.unwrap();
+                            tx.commit().await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            let sealers: Vec<_> = (0..2)
+                .map(|_| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let mut sealed = 0;
+                        for _ in 0..20 {
+                            sealed += seal_pending(&store).await.unwrap();
+                            tokio::task::yield_now().await;
+                        }
+                        sealed
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.await.unwrap();
+            }
+            for sealer in sealers {
+                sealer.await.unwrap();
+            }
+            seal_pending(&store).await.unwrap();
+            let report = verify(&store).await.unwrap();
+            assert!(report.is_intact(), "{report:?}");
+            assert_eq!((report.checked, report.unsealed), (100, 0));
+        })
+        .await;
+    }
+
+    async fn sealed_chain(store: &Store) -> Vec<i64> {
+        let seqs = record_each(store, 10).await;
+        seal_pending(store).await.unwrap();
+        assert!(verify(store).await.unwrap().is_intact());
+        seqs
+    }
+
+    #[tokio::test]
+    async fn editing_a_row_is_detected() {
+        both(|store| async move {
+            let seqs = sealed_chain(&store).await;
+            tamper(
+                &store,
+                &[&format!(
+                    "UPDATE audit_events SET actor = 'user:mallory' WHERE seq = {}",
+                    seqs[4]
+                )],
+            )
+            .await;
+            let broken = verify(&store).await.unwrap().broken;
+            assert_eq!(
+                broken,
+                Some(Break {
+                    seq: seqs[4],
+                    problem: Problem::Edited
+                })
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn deleting_a_row_is_detected() {
+        both(|store| async move {
+            let seqs = sealed_chain(&store).await;
+            tamper(
+                &store,
+                &[&format!("DELETE FROM audit_events WHERE seq = {}", seqs[6])],
+            )
+            .await;
+            let broken = verify(&store).await.unwrap().broken;
+            assert_eq!(
+                broken,
+                Some(Break {
+                    seq: seqs[7],
+                    problem: Problem::Missing
+                })
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn inserting_a_row_behind_the_sealed_head_is_detected() {
+        both(|store| async move {
+            let seqs = sealed_chain(&store).await;
+            // Replace row 3 with a forged, unsealed one at the same position.
+            tamper(
+                &store,
+                &[
+                    &format!("DELETE FROM audit_events WHERE seq = {}", seqs[3]),
+                    &format!(
+                        "INSERT INTO audit_events (seq, id, ts, actor, action, resource, outcome, contains_pii, details) \
+                         VALUES ({}, 'evt_forged', {NOW}, 'user:mallory', 'task.deleted', 'task/x', 'success', false, '{{}}')",
+                        seqs[3]
+                    ),
+                ],
+            )
+            .await;
+            let broken = verify(&store).await.unwrap().broken;
+            assert_eq!(broken, Some(Break { seq: seqs[3], problem: Problem::Inserted }));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn reordering_rows_is_detected() {
+        both(|store| async move {
+            let seqs = sealed_chain(&store).await;
+            let (a, b) = (seqs[2], seqs[5]);
+            tamper(
+                &store,
+                &[
+                    &format!("UPDATE audit_events SET seq = -1 WHERE seq = {a}"),
+                    &format!("UPDATE audit_events SET seq = {a} WHERE seq = {b}"),
+                    &format!("UPDATE audit_events SET seq = {b} WHERE seq = -1"),
+                ],
+            )
+            .await;
+            let broken = verify(&store).await.unwrap().broken;
+            assert_eq!(
+                broken,
+                Some(Break {
+                    seq: a,
+                    problem: Problem::Reordered
+                })
+            );
+        })
+        .await;
+    }
+}

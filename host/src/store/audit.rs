@@ -1,0 +1,400 @@
+//! Audit events and signed checkpoints: storage only. The chain (what is hashed, in what
+//! order, how it is verified) belongs to the `audit` module.
+//!
+//! Writers insert events unsealed (`hash` NULL) in the same transaction as the change they
+//! record; the database assigns `seq`, so writers never contend on a chain tip. A sealer
+//! later chains events in `seq` order. `seq` can have gaps (a rolled-back insert consumes
+//! its PostgreSQL identity value): chain in `seq` order, never by `seq + 1`.
+//!
+//! The sealer must not seal an event while an event with a smaller `seq` is still
+//! uncommitted, or that event would land behind the chain tip. On SQLite this cannot
+//! happen (one writer at a time, and a `seq` is assigned and committed under the write
+//! lock). On PostgreSQL identity values are handed out at insert and committed in any
+//! order, so [`Tx::insert_audit_event`] holds a shared advisory lock until its
+//! transaction ends and [`Tx::unsealed_events`] takes the same lock exclusively: it waits
+//! until every transaction inserting events has finished, and everything it then reads is
+//! a complete prefix. Writers share the lock and never wait for each other.
+
+use super::backend::{TxInner, with_conn};
+use super::error::Context;
+use super::{StoreError, Tx};
+
+/// The PostgreSQL advisory lock key of the audit barrier ("STEPAUDT").
+const AUDIT_BARRIER: i64 = 0x5354_4550_4155_4454;
+/// Advisory lock key serialising sealers on PostgreSQL ("STEPSEAL").
+const SEALER_LOCK: i64 = 0x5354_4550_5345_414c;
+
+macro_rules! columns {
+    () => {
+        "seq, id, ts, actor, action, resource, namespace, outcome, classification,
+         contains_pii, correlation_id, details, prev_hash, hash"
+    };
+}
+
+macro_rules! insert_columns {
+    () => {
+        "id, ts, actor, action, resource, namespace, outcome, classification, contains_pii,
+         correlation_id, details"
+    };
+}
+
+const SQLITE_INSERT: &str = concat!(
+    "INSERT INTO audit_events (",
+    insert_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING seq"
+);
+
+// The shared barrier lock is taken in the same statement, and (a materialised CTE is
+// evaluated first) before the identity value is drawn.
+const POSTGRES_INSERT: &str = concat!(
+    "WITH barrier AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($12))
+     INSERT INTO audit_events (",
+    insert_columns!(),
+    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM barrier RETURNING seq"
+);
+
+/// An audit event to record. Never raw PII: subjects appear as blind-index references.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAuditRow {
+    /// The event's unique id.
+    pub id: String,
+    /// When it happened, unix ms.
+    pub ts: i64,
+    /// Who did it: a user id, or `system:<worker>`.
+    pub actor: String,
+    /// What was done (`task.created`, `step.denied`, …).
+    pub action: String,
+    /// What it was done to (`task/<id>`, `step/<task>/<name>`, …).
+    pub resource: String,
+    /// The namespace it happened in.
+    pub namespace: Option<String>,
+    /// How it ended (`success`, `denied`, `error`, …).
+    pub outcome: String,
+    /// The classification of the data involved.
+    pub classification: Option<String>,
+    /// Whether PII was involved.
+    pub contains_pii: bool,
+    /// Ties events of one request or task together.
+    pub correlation_id: Option<String>,
+    /// Everything else, JSON text.
+    pub details: String,
+}
+
+/// An audit event as stored.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditRow {
+    /// Position in the log, assigned by the database; increasing, possibly with gaps.
+    pub seq: i64,
+    /// The event's unique id.
+    pub id: String,
+    /// When it happened, unix ms.
+    pub ts: i64,
+    /// Who did it.
+    pub actor: String,
+    /// What was done.
+    pub action: String,
+    /// What it was done to.
+    pub resource: String,
+    /// The namespace it happened in.
+    pub namespace: Option<String>,
+    /// How it ended.
+    pub outcome: String,
+    /// The classification of the data involved.
+    pub classification: Option<String>,
+    /// Whether PII was involved.
+    pub contains_pii: bool,
+    /// Ties events of one request or task together.
+    pub correlation_id: Option<String>,
+    /// Everything else, JSON text.
+    pub details: String,
+    /// The previous event's hash, once sealed.
+    pub prev_hash: Option<Vec<u8>>,
+    /// This event's hash, once sealed.
+    pub hash: Option<Vec<u8>>,
+}
+
+/// A signed checkpoint of the chain: the hash at `seq`, signed.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct CheckpointRow {
+    /// The last event the checkpoint covers.
+    pub seq: i64,
+    /// That event's hash.
+    pub hash: Vec<u8>,
+    /// The signature over the checkpoint.
+    pub signature: Vec<u8>,
+    /// Which signing key made it.
+    pub key_id: String,
+    /// When it was made, unix ms.
+    pub created_at: i64,
+}
+
+/// Which events [`Tx::query_audit`] returns: every field set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only this actor's events.
+    pub actor: Option<String>,
+    /// Only events on this resource.
+    pub resource: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only events in this namespace.
+    pub namespace: Option<String>,
+    /// Only events with this correlation id.
+    pub correlation_id: Option<String>,
+    /// Only events at or after this time, unix ms.
+    pub from_ts: Option<i64>,
+    /// Only events before this time, unix ms.
+    pub until_ts: Option<i64>,
+    /// Only events after this `seq` (for paging).
+    pub after_seq: Option<i64>,
+}
+
+/// Binds a [`NewAuditRow`]'s columns in `insert_columns!` order.
+macro_rules! bind_event {
+    ($query:expr, $event:expr) => {
+        $query
+            .bind(&$event.id)
+            .bind($event.ts)
+            .bind(&$event.actor)
+            .bind(&$event.action)
+            .bind(&$event.resource)
+            .bind(&$event.namespace)
+            .bind(&$event.outcome)
+            .bind(&$event.classification)
+            .bind($event.contains_pii)
+            .bind(&$event.correlation_id)
+            .bind(&$event.details)
+    };
+}
+
+/// A bind parameter of [`Tx::query_audit`]'s dynamically built query.
+enum Param<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+impl Tx<'_> {
+    /// Records an event, unsealed, and returns its `seq`. `Conflict` if its id is taken.
+    pub async fn insert_audit_event(&mut self, event: &NewAuditRow) -> Result<i64, StoreError> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => {
+                bind_event!(sqlx::query_scalar(SQLITE_INSERT), event)
+                    .fetch_one(&mut **tx)
+                    .await
+            }
+            TxInner::Postgres(tx) => {
+                bind_event!(sqlx::query_scalar(POSTGRES_INSERT), event)
+                    .bind(AUDIT_BARRIER)
+                    .fetch_one(&mut **tx)
+                    .await
+            }
+        }
+        .ctx("insert audit event")
+    }
+
+    /// Up to `limit` unsealed events after `after_seq`, in `seq` order, none of which can
+    /// be preceded later by an event committed after this read.
+    ///
+    /// On PostgreSQL this waits for every transaction inserting audit events to finish and
+    /// holds new ones back until this transaction ends: read in a short transaction of its
+    /// own (commit, then hash), and seal in another.
+    pub async fn unsealed_events(
+        &mut self,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        if let TxInner::Postgres(tx) = &mut self.inner {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(AUDIT_BARRIER)
+                .execute(&mut **tx)
+                .await
+                .ctx("wait for audit writers")?;
+        }
+        with_conn!(self, |conn| {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM audit_events WHERE hash IS NULL AND seq > $1 ORDER BY seq LIMIT $2"
+            ))
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(conn)
+            .await
+        })
+        .ctx("read unsealed audit events")
+    }
+
+    /// Take the sealer's lock for the rest of this transaction, so two sealers never link
+    /// events from the same tip. On SQLite every write transaction already excludes the
+    /// others (`BEGIN IMMEDIATE`).
+    pub async fn lock_sealer(&mut self) -> Result<(), StoreError> {
+        if let TxInner::Postgres(tx) = &mut self.inner {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(SEALER_LOCK)
+                .execute(&mut **tx)
+                .await
+                .ctx("take the audit sealer lock")?;
+        }
+        Ok(())
+    }
+
+    /// The chain tip: the sealed event with the highest `seq` and its hash.
+    pub async fn last_sealed(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        with_conn!(self, |conn| {
+            sqlx::query_as(
+                "SELECT seq, hash FROM audit_events WHERE hash IS NOT NULL
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .fetch_optional(conn)
+            .await
+        })
+        .ctx("read the audit chain tip")
+    }
+
+    /// Seals event `seq` with its chain hashes. `Conflict` if it is sealed already (another
+    /// sealer got there first), `NotFound` if there is no such event.
+    pub async fn seal_event(
+        &mut self,
+        seq: i64,
+        prev_hash: Option<&[u8]>,
+        hash: &[u8],
+    ) -> Result<(), StoreError> {
+        let updated = with_conn!(self, |conn| {
+            sqlx::query(
+                "UPDATE audit_events SET prev_hash = $2, hash = $3 WHERE seq = $1 AND hash IS NULL",
+            )
+            .bind(seq)
+            .bind(prev_hash)
+            .bind(hash)
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .ctx("seal audit event")?;
+        if updated == 1 {
+            return Ok(());
+        }
+        let exists: Option<i64> = with_conn!(self, |conn| {
+            sqlx::query_scalar("SELECT seq FROM audit_events WHERE seq = $1")
+                .bind(seq)
+                .fetch_optional(conn)
+                .await
+        })
+        .ctx("seal audit event")?;
+        match exists {
+            None => Err(StoreError::NotFound(format!("audit event {seq}"))),
+            Some(_) => Err(StoreError::Conflict(format!(
+                "audit event {seq} is sealed already"
+            ))),
+        }
+    }
+
+    /// Up to `limit` events from `from_seq` on (inclusive), sealed or not, in `seq` order:
+    /// for verification and export.
+    pub async fn audit_events(
+        &mut self,
+        from_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        with_conn!(self, |conn| {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2"
+            ))
+            .bind(from_seq)
+            .bind(limit)
+            .fetch_all(conn)
+            .await
+        })
+        .ctx("read audit events")
+    }
+
+    /// Up to `limit` events matching `filter`, in `seq` order.
+    pub async fn query_audit(
+        &mut self,
+        filter: &AuditFilter,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut conditions: Vec<String> = Vec::new();
+        let mut params: Vec<Param<'_>> = Vec::new();
+        let texts = [
+            ("actor =", &filter.actor),
+            ("resource =", &filter.resource),
+            ("action =", &filter.action),
+            ("namespace =", &filter.namespace),
+            ("correlation_id =", &filter.correlation_id),
+        ];
+        for (clause, value) in texts {
+            if let Some(value) = value {
+                params.push(Param::Text(value));
+                conditions.push(format!("{clause} ${}", params.len()));
+            }
+        }
+        let ints = [
+            ("ts >=", filter.from_ts),
+            ("ts <", filter.until_ts),
+            ("seq >", filter.after_seq),
+        ];
+        for (clause, value) in ints {
+            if let Some(value) = value {
+                params.push(Param::Int(value));
+                conditions.push(format!("{clause} ${}", params.len()));
+            }
+        }
+        let mut sql = String::from(concat!("SELECT ", columns!(), " FROM audit_events"));
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        params.push(Param::Int(limit));
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${}", params.len()));
+        with_conn!(self, |conn| {
+            let mut query = sqlx::query_as(&sql);
+            for param in &params {
+                query = match param {
+                    Param::Text(value) => query.bind(*value),
+                    Param::Int(value) => query.bind(*value),
+                };
+            }
+            query.fetch_all(conn).await
+        })
+        .ctx("query audit events")
+    }
+
+    /// Stores a signed checkpoint. `Conflict` if one exists at that `seq`.
+    pub async fn insert_checkpoint(
+        &mut self,
+        checkpoint: &CheckpointRow,
+    ) -> Result<(), StoreError> {
+        with_conn!(self, |conn| {
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (seq, hash, signature, key_id, created_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(checkpoint.seq)
+            .bind(&checkpoint.hash)
+            .bind(&checkpoint.signature)
+            .bind(&checkpoint.key_id)
+            .bind(checkpoint.created_at)
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .ctx("insert audit checkpoint")?;
+        Ok(())
+    }
+
+    /// Every checkpoint, in `seq` order.
+    pub async fn checkpoints(&mut self) -> Result<Vec<CheckpointRow>, StoreError> {
+        with_conn!(self, |conn| {
+            sqlx::query_as(
+                "SELECT seq, hash, signature, key_id, created_at FROM audit_checkpoints
+                 ORDER BY seq",
+            )
+            .fetch_all(conn)
+            .await
+        })
+        .ctx("read audit checkpoints")
+    }
+}

@@ -1,0 +1,180 @@
+//! The two backends behind one face: connecting, migrating, and the transaction type.
+//!
+//! Every query is written once. Both backends accept `$1`-style placeholders (SQLite reads
+//! `$NNN` as parameter NNN), timestamps are integers and JSON is text on both, so the same
+//! SQL and the same Rust run on either; [`with_conn!`] expands one body into one `match` arm
+//! per backend so each is type-checked against its own driver. Only what genuinely differs
+//! (claiming with `SKIP LOCKED`, the audit barrier, JSON functions) is written twice.
+
+use std::marker::PhantomData;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Postgres, Sqlite, Transaction};
+
+use super::error::{Context, internal};
+use super::{Backend, Store, StoreError, StoreOptions};
+
+/// How long a SQLite connection waits for the single write lock before giving up with
+/// `Unavailable`. Writers queue rather than fail; five seconds is far beyond any one
+/// transaction of ours, so hitting it means the database is wedged, not busy.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// A connection pool for one backend; cloning shares it.
+#[derive(Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// An open transaction on one backend.
+pub(crate) enum TxInner {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// Runs one body against a transaction's connection, whichever the backend:
+/// `with_conn!(tx, |conn| sqlx::query(SQL).bind(x).execute(conn).await)`.
+macro_rules! with_conn {
+    ($tx:expr, |$conn:ident| $body:expr) => {
+        match &mut $tx.inner {
+            $crate::store::backend::TxInner::Sqlite(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+            $crate::store::backend::TxInner::Postgres(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs one body against a pool, whichever the backend (for single autocommit statements).
+macro_rules! with_pool {
+    ($pool:expr, |$conn:ident| $body:expr) => {
+        match $pool {
+            $crate::store::backend::Pool::Sqlite($conn) => $body,
+            $crate::store::backend::Pool::Postgres($conn) => $body,
+        }
+    };
+}
+
+pub(crate) use {with_conn, with_pool};
+
+/// A database transaction. Every write happens inside one; dropping it without
+/// [`Tx::commit`] rolls it back.
+pub struct Tx<'a> {
+    pub(crate) inner: TxInner,
+    _store: PhantomData<&'a Store>,
+}
+
+impl Tx<'_> {
+    pub(crate) fn new(inner: TxInner) -> Self {
+        Self {
+            inner,
+            _store: PhantomData,
+        }
+    }
+
+    /// Which backend this transaction runs on.
+    pub fn backend(&self) -> Backend {
+        match self.inner {
+            TxInner::Sqlite(_) => Backend::Sqlite,
+            TxInner::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Makes every write of this transaction durable.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self.inner {
+            TxInner::Sqlite(tx) => tx.commit().await,
+            TxInner::Postgres(tx) => tx.commit().await,
+        }
+        .ctx("commit")
+    }
+
+    /// Discards every write of this transaction.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        match self.inner {
+            TxInner::Sqlite(tx) => tx.rollback().await,
+            TxInner::Postgres(tx) => tx.rollback().await,
+        }
+        .ctx("rollback")
+    }
+}
+
+/// Opens (creating if absent) a SQLite file and brings its schema up to date.
+pub(crate) async fn open_sqlite(path: &Path, options: &StoreOptions) -> Result<Pool, StoreError> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|err| {
+            StoreError::Unavailable(format!("create the database directory: {}", err.kind()))
+        })?;
+    }
+    let connect = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        // WAL: readers never block the writer nor each other.
+        .journal_mode(SqliteJournalMode::Wal)
+        // NORMAL is durable across process crashes in WAL mode; only an OS crash or power
+        // loss can drop the last commits, never corrupt the file.
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        // Crypto-shredding: content a write frees (a destroyed key's wrapped bytes) is
+        // zeroed in the pages being written anyway, at no extra I/O. See `Store::purge_erased`.
+        .pragma("secure_delete", "FAST");
+    let pool = SqlitePoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect)
+        .await
+        .ctx("open the SQLite database")?;
+    migrate(&SQLITE_MIGRATIONS, &pool).await?;
+    Ok(Pool::Sqlite(pool))
+}
+
+/// Connects to PostgreSQL and brings its schema up to date.
+pub(crate) async fn open_postgres(url: &str, options: &StoreOptions) -> Result<Pool, StoreError> {
+    let connect = PgConnectOptions::from_str(url)
+        .map_err(|err| internal(err, "parse the PostgreSQL URL"))?
+        .application_name("stepbox");
+    let pool = PgPoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect)
+        .await
+        .ctx("connect to PostgreSQL")?;
+    migrate(&POSTGRES_MIGRATIONS, &pool).await?;
+    Ok(Pool::Postgres(pool))
+}
+
+/// Applies the migrations not yet recorded in `_sqlx_migrations`. On PostgreSQL sqlx holds
+/// an advisory lock meanwhile, so processes starting together migrate once.
+async fn migrate<'c, A>(migrator: &Migrator, pool: A) -> Result<(), StoreError>
+where
+    A: sqlx::Acquire<'c>,
+    <A::Connection as std::ops::Deref>::Target: sqlx::migrate::Migrate,
+{
+    migrator.run(pool).await.map_err(|err| match err {
+        MigrateError::Execute(err) | MigrateError::ExecuteMigration(err, _) => {
+            super::error::classify(err, "migrate the database")
+        }
+        MigrateError::VersionMissing(_) => StoreError::Internal(
+            "the database schema is newer than this stepbox; upgrade stepbox".to_owned(),
+        ),
+        MigrateError::VersionMismatch(_) => StoreError::Internal(
+            "an applied migration differs from this stepbox's copy; refusing to start".to_owned(),
+        ),
+        other => internal(other, "migrate the database"),
+    })
+}

@@ -1,0 +1,304 @@
+//! The lease protocol: claiming ready steps, and committing a step's outcome exactly once.
+//!
+//! A claim sets `lease_owner`, `lease_expires_at` and bumps `attempts`; the attempt number
+//! is the fencing token. Completing or failing a step is a conditional update on
+//! (owner, attempt, status = in_progress), so of two workers that both ran a step (one
+//! whose lease expired and another that reclaimed it) exactly one commits its outcome; the
+//! other gets `Conflict` and must drop its result.
+//!
+//! Claiming is the one place the backends differ in kind:
+//! - PostgreSQL runs many claimers at once. Each claim statement picks one candidate
+//!   `FOR UPDATE SKIP LOCKED` (claimers skip a row another claimer is taking instead of
+//!   queueing behind it) and updates it, all in one statement; after locking, PostgreSQL
+//!   re-checks the candidate's conditions against its latest committed version, so a step
+//!   another claimer already took is passed over, never taken twice.
+//! - SQLite has one writer at a time. Each claim statement is a single `UPDATE` whose
+//!   subquery chooses the step, run under that one write lock, so choosing and taking
+//!   cannot interleave with another claim. The transaction is `BEGIN IMMEDIATE` (see
+//!   [`Store::begin`](super::Store::begin)): it takes the write lock up front, so
+//!   concurrent claimers queue for up to the busy timeout instead of failing with
+//!   `SQLITE_BUSY_SNAPSHOT` when they try to upgrade a stale read.
+//!
+//! Each claim first looks for an in-progress step whose lease expired (its worker died),
+//! then for a runnable one; both use a partial index so an idle poll reads next to nothing.
+
+use super::backend::{TxInner, with_conn};
+use super::error::Context;
+use super::{StoreError, Tx};
+
+/// A step leased to a worker by a claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedStep {
+    /// The task.
+    pub task_id: String,
+    /// The step's name.
+    pub step: String,
+    /// This attempt's number (1 for the first run): pass it back to complete or fail.
+    pub attempt: i64,
+    /// When the lease runs out unless renewed, unix ms.
+    pub lease_expires_at: i64,
+}
+
+/// The step's task is still running. A correlated `EXISTS` rather than a join, so the
+/// planner walks the partial step index in order and stops at the first hit instead of
+/// starting from the tasks and sorting.
+macro_rules! task_running {
+    () => {
+        "EXISTS (SELECT 1 FROM tasks t WHERE t.id = s.task_id
+                   AND t.status IN ('pending', 'in_progress'))"
+    };
+}
+
+/// The runnable-step condition, shared by both backends' claims: due, dependencies
+/// complete, task still running. `s` is the step, `$1` now; the argument
+/// lists the step's dependencies as rows `dep` with a column `value`.
+macro_rules! runnable {
+    ($each_dependency:literal) => {
+        concat!(
+            "s.status IN ('pending', 'waiting_for_retry') AND s.next_run_at <= $1 AND ",
+            task_running!(),
+            " AND (s.depends_on = '[]' OR NOT EXISTS (
+                     SELECT 1 FROM ",
+            $each_dependency,
+            " WHERE NOT EXISTS (
+                         SELECT 1 FROM steps d
+                         WHERE d.task_id = s.task_id AND d.name = dep.value
+                           AND d.status = 'complete')))"
+        )
+    };
+}
+
+/// An in-progress step whose worker's lease ran out, in a task still running.
+macro_rules! expired {
+    () => {
+        concat!(
+            "s.status = 'in_progress' AND s.lease_expires_at < $1 AND ",
+            task_running!()
+        )
+    };
+}
+
+const SQLITE_CLAIM_EXPIRED: &str = concat!(
+    "UPDATE steps SET lease_owner = $2, lease_expires_at = $3, attempts = attempts + 1
+     WHERE rowid = (SELECT s.rowid FROM steps s WHERE ",
+    expired!(),
+    " ORDER BY s.lease_expires_at LIMIT 1)
+     RETURNING task_id, name, attempts, lease_expires_at"
+);
+
+const SQLITE_CLAIM_RUNNABLE: &str = concat!(
+    "UPDATE steps SET status = 'in_progress', lease_owner = $2, lease_expires_at = $3,
+                      attempts = attempts + 1, started_at = COALESCE(started_at, $1)
+     WHERE rowid = (SELECT s.rowid FROM steps s WHERE ",
+    runnable!("json_each(s.depends_on) AS dep"),
+    " ORDER BY s.next_run_at LIMIT 1)
+     RETURNING task_id, name, attempts, lease_expires_at"
+);
+
+const POSTGRES_CLAIM_EXPIRED: &str = concat!(
+    "WITH candidate AS (
+         SELECT s.task_id, s.name FROM steps s WHERE ",
+    expired!(),
+    "    ORDER BY s.lease_expires_at LIMIT 1
+         FOR UPDATE SKIP LOCKED)
+     UPDATE steps SET lease_owner = $2, lease_expires_at = $3, attempts = steps.attempts + 1
+     FROM candidate WHERE steps.task_id = candidate.task_id AND steps.name = candidate.name
+     RETURNING steps.task_id, steps.name, steps.attempts, steps.lease_expires_at"
+);
+
+const POSTGRES_CLAIM_RUNNABLE: &str = concat!(
+    "WITH candidate AS (
+         SELECT s.task_id, s.name FROM steps s WHERE ",
+    runnable!("json_array_elements_text(s.depends_on::json) AS dep (value)"),
+    "    ORDER BY s.next_run_at LIMIT 1
+         FOR UPDATE SKIP LOCKED),
+     claimed AS (
+         UPDATE steps SET status = 'in_progress', lease_owner = $2, lease_expires_at = $3,
+                          attempts = steps.attempts + 1,
+                          started_at = COALESCE(steps.started_at, $1)
+         FROM candidate WHERE steps.task_id = candidate.task_id AND steps.name = candidate.name
+         RETURNING steps.task_id, steps.name, steps.attempts, steps.lease_expires_at),
+     started AS (
+         UPDATE tasks SET status = 'in_progress', updated_at = $1
+         FROM claimed WHERE tasks.id = claimed.task_id AND tasks.status = 'pending')
+     SELECT task_id, name, attempts, lease_expires_at FROM claimed"
+);
+
+type ClaimRecord = (String, String, i64, i64);
+
+impl Tx<'_> {
+    /// Leases one ready step to `worker` until `now + lease_ms`, or returns `None`.
+    ///
+    /// Ready means either an in-progress step whose lease expired (its worker died; it is
+    /// taken over as a new attempt) or a pending / waiting_for_retry step that is due
+    /// (`next_run_at <= now`) and whose `depends_on` steps are all complete; in both cases
+    /// its task must be pending or in_progress. The step becomes in_progress with
+    /// `attempts + 1` and `started_at` set on its first claim; a pending task becomes
+    /// in_progress. Earliest due first.
+    pub async fn claim_ready_step(
+        &mut self,
+        worker: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimedStep>, StoreError> {
+        let lease_expires_at = now.saturating_add(lease_ms);
+        let (expired, runnable) = match self.inner {
+            TxInner::Sqlite(_) => (SQLITE_CLAIM_EXPIRED, SQLITE_CLAIM_RUNNABLE),
+            TxInner::Postgres(_) => (POSTGRES_CLAIM_EXPIRED, POSTGRES_CLAIM_RUNNABLE),
+        };
+        let mut claimed = None;
+        for sql in [expired, runnable] {
+            claimed = with_conn!(self, |conn| {
+                sqlx::query_as::<_, ClaimRecord>(sql)
+                    .bind(now)
+                    .bind(worker)
+                    .bind(lease_expires_at)
+                    .fetch_optional(conn)
+                    .await
+            })
+            .ctx("claim a step")?;
+            if claimed.is_some() {
+                break;
+            }
+        }
+        let Some((task_id, step, attempt, lease_expires_at)) = claimed else {
+            return Ok(None);
+        };
+        if let TxInner::Sqlite(_) = self.inner {
+            // PostgreSQL did this in the claim statement itself.
+            with_conn!(self, |conn| {
+                sqlx::query(
+                    "UPDATE tasks SET status = 'in_progress', updated_at = $2
+                     WHERE id = $1 AND status = 'pending'",
+                )
+                .bind(&task_id)
+                .bind(now)
+                .execute(conn)
+                .await
+                .map(|done| done.rows_affected())
+            })
+            .ctx("start a task")?;
+        }
+        Ok(Some(ClaimedStep {
+            task_id,
+            step,
+            attempt,
+            lease_expires_at,
+        }))
+    }
+
+    /// Commits a step's result: the step becomes complete with `result` (ciphertext).
+    /// `Conflict` unless the step is in progress under `worker` at `attempt`: the lease was
+    /// lost (another worker reclaimed the step, or it already finished), and the stored
+    /// outcome stays as it is. `NotFound` if there is no such step.
+    pub async fn complete_step(
+        &mut self,
+        task_id: &str,
+        step: &str,
+        worker: &str,
+        attempt: i64,
+        result: &[u8],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let updated = with_conn!(self, |conn| {
+            sqlx::query(
+                "UPDATE steps SET status = 'complete', result = $5, error = NULL,
+                                  lease_expires_at = NULL, finished_at = $6
+                 WHERE task_id = $1 AND name = $2 AND lease_owner = $3 AND attempts = $4
+                   AND status = 'in_progress'",
+            )
+            .bind(task_id)
+            .bind(step)
+            .bind(worker)
+            .bind(attempt)
+            .bind(result)
+            .bind(now)
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .ctx("complete step")?;
+        self.fenced(updated, task_id, step, worker, attempt).await
+    }
+
+    /// Records a step's failure with `error_json`. With `retry_at` the step waits for
+    /// another attempt (waiting_for_retry, claimable from `retry_at`); without it the step
+    /// ends in error. Same fencing as [`Tx::complete_step`].
+    #[allow(clippy::too_many_arguments)] // the fencing triple plus the outcome
+    pub async fn fail_step(
+        &mut self,
+        task_id: &str,
+        step: &str,
+        worker: &str,
+        attempt: i64,
+        error_json: &str,
+        retry_at: Option<i64>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (status, finished_at) = match retry_at {
+            Some(_) => ("waiting_for_retry", None),
+            None => ("error", Some(now)),
+        };
+        let updated = with_conn!(self, |conn| {
+            sqlx::query(
+                "UPDATE steps SET status = $5, error = $6, next_run_at = COALESCE($7, next_run_at),
+                                  lease_expires_at = NULL, finished_at = $8
+                 WHERE task_id = $1 AND name = $2 AND lease_owner = $3 AND attempts = $4
+                   AND status = 'in_progress'",
+            )
+            .bind(task_id)
+            .bind(step)
+            .bind(worker)
+            .bind(attempt)
+            .bind(status)
+            .bind(error_json)
+            .bind(retry_at)
+            .bind(finished_at)
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .ctx("fail step")?;
+        self.fenced(updated, task_id, step, worker, attempt).await
+    }
+
+    /// Cancels the steps of `task_id` that have not started (pending or
+    /// waiting_for_retry) and returns how many. Steps in progress run on; their outcome
+    /// can still be committed.
+    pub async fn cancel_pending_steps(
+        &mut self,
+        task_id: &str,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        with_conn!(self, |conn| {
+            sqlx::query(
+                "UPDATE steps SET status = 'cancelled', finished_at = $2
+                 WHERE task_id = $1 AND status IN ('pending', 'waiting_for_retry')",
+            )
+            .bind(task_id)
+            .bind(now)
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .ctx("cancel steps")
+    }
+
+    /// Turns a fenced update's row count into the caller's answer.
+    async fn fenced(
+        &mut self,
+        updated: u64,
+        task_id: &str,
+        step: &str,
+        worker: &str,
+        attempt: i64,
+    ) -> Result<(), StoreError> {
+        if updated == 1 {
+            return Ok(());
+        }
+        self.step_exists(task_id, step).await?;
+        Err(StoreError::Conflict(format!(
+            "step {task_id}/{step} attempt {attempt} is no longer leased to {worker}"
+        )))
+    }
+}
