@@ -12,5 +12,6 @@ pub mod classify;
 pub mod cli;
 pub mod crypto;
 pub mod engine;
+pub mod policy;
 pub mod sandbox;
 pub mod store;

@@ -1,0 +1,464 @@
+//! The engine's face: the shared handle, the catalog (modules, workflows, namespace
+//! policies) and task creation. Every state change commits with its audit event.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::clock::Clock;
+use super::data::{self, context_aad};
+use super::{EngineError, WorkflowDef, parse_module_ref};
+use crate::audit::{self, NewEvent};
+use crate::classify::{FieldClasses, classify_context};
+use crate::crypto::KeyRing;
+use crate::policy::{NamespacePolicy, Principal};
+use crate::sandbox::{Sandbox, SecretValue, StepModule};
+use crate::store::{ModuleRow, StepRow, Store, TaskRow, TaskStatus, Tx, WorkflowRow};
+
+/// Longest lease a worker holds on a step before it must renew it.
+pub const DEFAULT_LEASE_MS: i64 = 30_000;
+
+/// The engine: cheap to clone, shared by the API and every worker of the process.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) keys: Arc<KeyRing>,
+    pub(crate) sandbox: Sandbox,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) lease_ms: i64,
+    /// Secret values by namespace and name (held in memory, never in the database yet).
+    pub(crate) secrets: BTreeMap<(String, String), SecretValue>,
+    /// Parsed workflow definitions, by namespace/name/version (immutable once applied).
+    pub(crate) workflows: Mutex<HashMap<String, Arc<(WorkflowDef, FieldClasses)>>>,
+    /// Loaded modules, by namespace/name/version.
+    pub(crate) modules: Mutex<HashMap<String, StepModule>>,
+}
+
+/// A request to create a task.
+#[derive(Debug, Clone)]
+pub struct CreateTask {
+    /// The workflow's namespace.
+    pub namespace: String,
+    /// The workflow's name.
+    pub workflow: String,
+    /// A version, or the latest.
+    pub version: Option<String>,
+    /// The context (a JSON object).
+    pub context: Value,
+    /// Why (free text, kept with the task).
+    pub reason: Option<String>,
+    /// Labels.
+    pub tags: Vec<String>,
+}
+
+/// What the caller learns about a created task.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreatedTask {
+    /// The new task's id.
+    pub id: String,
+    /// The workflow version it runs.
+    pub version: String,
+    /// The context's overall classification.
+    pub classification: String,
+    /// Whether the context holds PII.
+    pub contains_pii: bool,
+    /// Sequence number of the `task.created` audit event.
+    pub audit_seq: i64,
+}
+
+fn workflow_key(namespace: &str, name: &str, version: &str) -> String {
+    format!("{namespace}/{name}@{version}")
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Engine {
+    /// An engine over `store`, sealing data with `keys`, running steps in `sandbox`.
+    pub fn new(store: Store, keys: Arc<KeyRing>, sandbox: Sandbox, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                keys,
+                sandbox,
+                clock,
+                lease_ms: DEFAULT_LEASE_MS,
+                secrets: BTreeMap::new(),
+                workflows: Mutex::new(HashMap::new()),
+                modules: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The same engine with secret values for `namespace` (set before sharing the engine).
+    pub fn with_secret(mut self, namespace: &str, name: &str, value: SecretValue) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner
+                .secrets
+                .insert((namespace.to_owned(), name.to_owned()), value);
+        }
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn now(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// Create or replace a namespace's policy.
+    pub async fn set_policy(
+        &self,
+        namespace: &str,
+        policy: &NamespacePolicy,
+        actor: &str,
+    ) -> Result<(), EngineError> {
+        if !super::valid_name(namespace) {
+            return Err(EngineError::Invalid(format!(
+                "namespace `{namespace}` is not a valid name"
+            )));
+        }
+        let now = self.now();
+        let text =
+            serde_json::to_string(policy).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let mut tx = self.inner.store.begin().await?;
+        tx.upsert_namespace(namespace, &text, now).await?;
+        let event = NewEvent {
+            actor: actor.to_owned(),
+            action: "namespace.policy_set".into(),
+            resource: format!("namespace/{namespace}"),
+            namespace: Some(namespace.to_owned()),
+            outcome: "success".into(),
+            details: json!({ "policy": policy }),
+            ..NewEvent::default()
+        };
+        audit::record(&mut tx, &event, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn policy(
+        tx: &mut Tx<'_>,
+        namespace: &str,
+    ) -> Result<NamespacePolicy, EngineError> {
+        let row = tx
+            .get_namespace(namespace)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("namespace {namespace}")))?;
+        serde_json::from_str(&row.policy).map_err(|_| {
+            EngineError::Internal(format!("stored policy of {namespace} does not parse"))
+        })
+    }
+
+    /// Upload a module (validated by the sandbox) into a namespace. Immutable per version.
+    pub async fn register_module(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+        wasm: &[u8],
+        uploader: &str,
+    ) -> Result<String, EngineError> {
+        if !super::valid_name(name) || !super::valid_version(version) {
+            return Err(EngineError::Invalid(format!(
+                "module `{name}@{version}` is not a valid name@MAJOR.MINOR.PATCH"
+            )));
+        }
+        let module = self
+            .inner
+            .sandbox
+            .load(wasm)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let digest = hex::encode(Sha256::digest(wasm));
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        Self::policy(&mut tx, namespace).await?;
+        tx.insert_module(&ModuleRow {
+            digest: digest.clone(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            version: version.to_owned(),
+            bytes: wasm.to_vec(),
+            size: wasm.len() as i64,
+            uploader: uploader.to_owned(),
+            signature: None,
+            created_at: now,
+        })
+        .await?;
+        let event = NewEvent {
+            actor: uploader.to_owned(),
+            action: "module.uploaded".into(),
+            resource: format!("module/{namespace}/{name}@{version}"),
+            namespace: Some(namespace.to_owned()),
+            outcome: "success".into(),
+            details: json!({ "digest": digest, "size": wasm.len() }),
+            ..NewEvent::default()
+        };
+        audit::record(&mut tx, &event, now).await?;
+        tx.commit().await?;
+        lock(&self.inner.modules).insert(workflow_key(namespace, name, version), module);
+        Ok(digest)
+    }
+
+    /// Apply a workflow definition (JSON): checked on its own, then against the namespace
+    /// (its modules exist, its grants are within the policy). Immutable per version.
+    pub async fn apply_workflow(
+        &self,
+        definition: &str,
+        actor: &str,
+    ) -> Result<WorkflowDef, EngineError> {
+        let (def, classes) = WorkflowDef::parse(definition)?;
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        let policy = Self::policy(&mut tx, &def.namespace).await?;
+        for step in &def.steps {
+            let (module, version) = parse_module_ref(&step.module).unwrap_or_default();
+            if tx
+                .get_module(&def.namespace, module, version)
+                .await?
+                .is_none()
+            {
+                return Err(EngineError::Invalid(format!(
+                    "step `{}`: module `{}` is not uploaded to namespace `{}`",
+                    step.name, step.module, def.namespace
+                )));
+            }
+            for secret in &step.secrets {
+                if !policy.secrets.contains(secret) {
+                    return Err(EngineError::Invalid(format!(
+                        "step `{}`: secret `{secret}` is not granted to namespace `{}`",
+                        step.name, def.namespace
+                    )));
+                }
+            }
+            for host in &step.hosts {
+                if !policy.hosts.contains(host) {
+                    return Err(EngineError::Invalid(format!(
+                        "step `{}`: host `{host}` is not allowed for namespace `{}`",
+                        step.name, def.namespace
+                    )));
+                }
+            }
+        }
+        let stored =
+            serde_json::to_string(&def).map_err(|e| EngineError::Internal(e.to_string()))?;
+        tx.insert_workflow(&WorkflowRow {
+            namespace: def.namespace.clone(),
+            name: def.name.clone(),
+            version: def.version.clone(),
+            definition: stored,
+            created_by: actor.to_owned(),
+            created_at: now,
+        })
+        .await?;
+        let event = NewEvent {
+            actor: actor.to_owned(),
+            action: "workflow.applied".into(),
+            resource: format!("workflow/{}/{}@{}", def.namespace, def.name, def.version),
+            namespace: Some(def.namespace.clone()),
+            outcome: "success".into(),
+            details: json!({ "steps": def.steps.len() }),
+            ..NewEvent::default()
+        };
+        audit::record(&mut tx, &event, now).await?;
+        tx.commit().await?;
+        lock(&self.inner.workflows).insert(
+            workflow_key(&def.namespace, &def.name, &def.version),
+            Arc::new((def.clone(), classes)),
+        );
+        Ok(def)
+    }
+
+    /// A workflow by exact version (cached; definitions never change).
+    pub(crate) async fn workflow(
+        &self,
+        tx: &mut Tx<'_>,
+        namespace: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<(WorkflowDef, FieldClasses)>, EngineError> {
+        let key = workflow_key(namespace, name, version);
+        if let Some(found) = lock(&self.inner.workflows).get(&key) {
+            return Ok(found.clone());
+        }
+        let row = tx
+            .get_workflow(namespace, name, version)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("workflow {key}")))?;
+        let parsed = Arc::new(WorkflowDef::parse(&row.definition)?);
+        lock(&self.inner.workflows).insert(key, parsed.clone());
+        Ok(parsed)
+    }
+
+    /// A module ready to run (loaded from the store once per process).
+    pub(crate) async fn module(
+        &self,
+        tx: &mut Tx<'_>,
+        namespace: &str,
+        reference: &str,
+    ) -> Result<StepModule, EngineError> {
+        let (name, version) = parse_module_ref(reference)
+            .ok_or_else(|| EngineError::Internal(format!("bad module reference {reference}")))?;
+        let key = workflow_key(namespace, name, version);
+        if let Some(found) = lock(&self.inner.modules).get(&key) {
+            return Ok(found.clone());
+        }
+        let row = tx
+            .get_module(namespace, name, version)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("module {key}")))?;
+        let module = self.inner.sandbox.load(&row.bytes).map_err(|e| {
+            EngineError::Internal(format!("stored module {key} no longer loads: {e}"))
+        })?;
+        lock(&self.inner.modules).insert(key, module.clone());
+        Ok(module)
+    }
+
+    /// Create a task: validate and classify the context, seal it, and store the task, its
+    /// steps and the `task.created` event in one transaction.
+    pub async fn create_task(
+        &self,
+        principal: &Principal,
+        request: CreateTask,
+    ) -> Result<CreatedTask, EngineError> {
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        let version = match &request.version {
+            Some(v) => v.clone(),
+            None => {
+                tx.latest_workflow(&request.namespace, &request.workflow)
+                    .await?
+                    .ok_or_else(|| {
+                        EngineError::NotFound(format!(
+                            "workflow {}/{}",
+                            request.namespace, request.workflow
+                        ))
+                    })?
+                    .version
+            }
+        };
+        let workflow = self
+            .workflow(&mut tx, &request.namespace, &request.workflow, &version)
+            .await?;
+        let (def, classes) = (&workflow.0, &workflow.1);
+
+        let Value::Object(context) = &request.context else {
+            return Err(EngineError::Invalid(
+                "the context must be a JSON object".into(),
+            ));
+        };
+        validate_context(&def.input_schema, &request.context)?;
+        let classification = classify_context(classes, context);
+        let subject = classes
+            .subject_field()
+            .and_then(|field| context.get(field))
+            .and_then(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .or_else(|| Some(v.to_string()))
+            })
+            .map(|id| self.inner.keys.blind_index().index(&id));
+
+        let id = data::new_id("task_")?;
+        let (key_id, key) =
+            data::key_for_task(&mut tx, &self.inner.keys, subject.as_deref(), now).await?;
+        let plaintext = serde_json::to_vec(&request.context)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let sealed = key.seal(&plaintext, context_aad(&id))?;
+        tx.insert_task(&TaskRow {
+            id: id.clone(),
+            namespace: def.namespace.clone(),
+            workflow_name: def.name.clone(),
+            workflow_version: def.version.clone(),
+            status: TaskStatus::Pending,
+            context: sealed,
+            data_key_id: key_id,
+            subject: subject.clone(),
+            classification: classification.level.to_string(),
+            contains_pii: classification.contains_pii,
+            created_by: principal.subject.clone(),
+            principal: serde_json::to_string(principal)
+                .map_err(|e| EngineError::Internal(e.to_string()))?,
+            reason: request.reason.clone(),
+            tags: serde_json::to_string(&request.tags).unwrap_or_else(|_| "[]".into()),
+            error_step: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        })
+        .await?;
+        let steps: Vec<StepRow> = def
+            .steps
+            .iter()
+            .map(|s| {
+                let deps: Vec<&str> = s.depends_on.iter().map(String::as_str).collect();
+                StepRow::pending(&id, &s.name, &deps, now)
+            })
+            .collect();
+        tx.insert_steps(&steps).await?;
+        let event = NewEvent {
+            actor: format!("user:{}", principal.subject),
+            action: "task.created".into(),
+            resource: format!("task/{id}"),
+            namespace: Some(def.namespace.clone()),
+            outcome: "success".into(),
+            classification: Some(classification.level.to_string()),
+            contains_pii: classification.contains_pii,
+            correlation_id: None,
+            details: json!({
+                "workflow": format!("{}@{}", def.name, def.version),
+                "subject": subject,
+                "fields": classification.fields.keys().collect::<Vec<_>>(),
+            }),
+        };
+        let audit_seq = audit::record(&mut tx, &event, now).await?;
+        tx.commit().await?;
+        Ok(CreatedTask {
+            id,
+            version: def.version.clone(),
+            classification: classification.level.to_string(),
+            contains_pii: classification.contains_pii,
+            audit_seq,
+        })
+    }
+}
+
+/// Check the context against the workflow's schema; errors name the field and the rule,
+/// never the value (it may be PII).
+fn validate_context(schema: &Value, context: &Value) -> Result<(), EngineError> {
+    let validator = jsonschema::validator_for(schema).map_err(|_| {
+        EngineError::Invalid("the workflow's input schema is not a valid JSON Schema".into())
+    })?;
+    let problems: Vec<String> = validator
+        .iter_errors(context)
+        .take(5)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            let rule = e.schema_path().to_string();
+            format!(
+                "`{}` violates {}",
+                if at.is_empty() { "/" } else { &at },
+                rule
+            )
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(format!(
+            "context does not match the input schema: {}",
+            problems.join("; ")
+        )))
+    }
+}

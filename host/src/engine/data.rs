@@ -1,0 +1,107 @@
+//! Task data at rest: every task's context, step results and attempt records are sealed
+//! under a data key. Data about a data subject uses that subject's own key (found through
+//! the blind index), so destroying it later shreds the subject's data everywhere; other
+//! tasks get a key of their own. Associated data binds each ciphertext to its row and
+//! field.
+
+use crate::crypto::{Aad, DataKey, KeyRing};
+use crate::store::{DataKeyRow, Tx};
+
+use super::EngineError;
+
+fn random_id(prefix: &str) -> Result<String, EngineError> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| EngineError::Internal(format!("no randomness: {e}")))?;
+    Ok(format!("{prefix}{}", hex::encode(bytes)))
+}
+
+/// A fresh prefixed id (`task_…`, `dk_…`).
+pub(crate) fn new_id(prefix: &str) -> Result<String, EngineError> {
+    random_id(prefix)
+}
+
+/// The data key for a new task: the subject's (created on first use) or a new one.
+pub(crate) async fn key_for_task(
+    tx: &mut Tx<'_>,
+    keys: &KeyRing,
+    subject: Option<&str>,
+    now: i64,
+) -> Result<(String, DataKey), EngineError> {
+    if let Some(blind) = subject
+        && let Some(existing) = tx.get_subject(blind).await?
+    {
+        let key = unwrap(tx, keys, &existing.data_key_id).await?;
+        return Ok((existing.data_key_id, key));
+    }
+    let id = random_id("dk_")?;
+    let key = DataKey::generate()?;
+    let wrapped = keys.wrap(&key, &id)?;
+    tx.insert_data_key(&DataKeyRow {
+        id: id.clone(),
+        kek_id: wrapped.kek_id.as_str().to_owned(),
+        wrapped: wrapped.bytes,
+        subject: subject.map(str::to_owned),
+        created_at: now,
+        destroyed_at: None,
+    })
+    .await?;
+    if let Some(blind) = subject {
+        // Two tasks for a new subject may race: whoever inserts first owns the key.
+        let owner = tx.get_or_insert_subject(blind, &id, now).await?;
+        if owner.data_key_id != id {
+            let key = unwrap(tx, keys, &owner.data_key_id).await?;
+            return Ok((owner.data_key_id, key));
+        }
+    }
+    Ok((id, key))
+}
+
+/// Unwrap a stored data key.
+pub(crate) async fn unwrap(
+    tx: &mut Tx<'_>,
+    keys: &KeyRing,
+    id: &str,
+) -> Result<DataKey, EngineError> {
+    let row = tx
+        .get_data_key(id)
+        .await?
+        .ok_or_else(|| EngineError::NotFound(format!("data key {id}")))?;
+    if row.destroyed_at.is_some() {
+        return Err(EngineError::Invalid(format!(
+            "data key {id} was destroyed (subject erased)"
+        )));
+    }
+    let wrapped = crate::crypto::WrappedKey {
+        kek_id: crate::crypto::KeyId::new(row.kek_id)?,
+        bytes: row.wrapped,
+    };
+    Ok(keys.unwrap(&wrapped, id)?)
+}
+
+/// Where a task's context lives.
+pub(crate) fn context_aad(task_id: &str) -> Aad<'_> {
+    Aad {
+        table: "tasks",
+        row: task_id,
+        field: "context",
+    }
+}
+
+/// Where a step's result lives (`row` is `task_id/step`).
+pub(crate) fn result_aad(row: &str) -> Aad<'_> {
+    Aad {
+        table: "steps",
+        row,
+        field: "result",
+    }
+}
+
+/// Where an attempt's record lives (`row` is `task_id/step/attempt`).
+pub(crate) fn record_aad(row: &str) -> Aad<'_> {
+    Aad {
+        table: "step_attempts",
+        row,
+        field: "record",
+    }
+}

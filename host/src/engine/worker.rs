@@ -1,0 +1,525 @@
+//! Workers: claim a ready step under a lease, re-check its permission against the
+//! creator's snapshot and the namespace policy as it is now, run it in the sandbox while
+//! renewing the lease, and commit the outcome — result, retry or failure — with its audit
+//! events in one transaction. A worker that lost its lease commits nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::core::Engine;
+use super::data::{self, context_aad, record_aad, result_aad};
+use super::{EngineError, StepDef};
+use crate::audit::{self, NewEvent};
+use crate::crypto::DataKey;
+use crate::policy::Principal;
+use crate::sandbox::{Attempt, AttemptReport, Grants, Origin, Outcome, TaskData};
+use crate::store::{AttemptRow, ClaimedStep, StepStatus, TaskRow, TaskStatus, Tx};
+
+/// What one call of [`Engine::run_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ran {
+    /// No step was ready.
+    Idle,
+    /// A step ran (or was denied) and its outcome was committed.
+    Step {
+        /// The task.
+        task_id: String,
+        /// The step.
+        step: String,
+        /// `complete`, `waiting_for_retry`, `error` or `denied`.
+        status: String,
+    },
+    /// The step ran but another worker had taken it over: nothing was committed.
+    LostLease,
+}
+
+fn system(worker: &str) -> String {
+    format!("system:{worker}")
+}
+
+impl Engine {
+    /// Claim one ready step and see it through. Never runs a step twice concurrently and
+    /// never commits a result twice.
+    pub async fn run_once(&self, worker: &str) -> Result<Ran, EngineError> {
+        let now = self.now();
+        let Some(claim) = self
+            .inner
+            .store
+            .claim_ready_step(worker, now, self.inner.lease_ms)
+            .await?
+        else {
+            return Ok(Ran::Idle);
+        };
+
+        let mut tx = self.inner.store.begin_read().await?;
+        let task = tx
+            .get_task(&claim.task_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("task {}", claim.task_id)))?;
+        let workflow = self
+            .workflow(
+                &mut tx,
+                &task.namespace,
+                &task.workflow_name,
+                &task.workflow_version,
+            )
+            .await?;
+        let def = workflow
+            .0
+            .steps
+            .iter()
+            .find(|s| s.name == claim.step)
+            .cloned()
+            .ok_or_else(|| {
+                EngineError::Internal(format!("step {} is not in its workflow", claim.step))
+            })?;
+        let policy = Self::policy(&mut tx, &task.namespace).await?;
+        let principal: Principal = serde_json::from_str(&task.principal).map_err(|_| {
+            EngineError::Internal("stored permission snapshot does not parse".into())
+        })?;
+
+        // Policy before work: no instantiation for a step its creator may no longer run.
+        if let Some(permission) = &def.requires_permission
+            && let Err(denial) = policy.check(&principal, permission)
+        {
+            tx.commit().await?;
+            return self.deny(&claim, &task, worker, &denial.to_string()).await;
+        }
+
+        let key = data::unwrap(&mut tx, &self.inner.keys, &task.data_key_id).await?;
+        let context = open_json(&key, &task.context, context_aad(&task.id))?;
+        let steps = tx.get_steps(&task.id).await?;
+        let mut upstream = BTreeMap::new();
+        for step in steps.iter().filter(|s| def.depends_on.contains(&s.name)) {
+            if let Some(sealed) = &step.result {
+                let row = format!("{}/{}", task.id, step.name);
+                upstream.insert(
+                    step.name.clone(),
+                    open_json(&key, sealed, result_aad(&row))?,
+                );
+            }
+        }
+        let module = self.module(&mut tx, &task.namespace, &def.module).await?;
+        tx.commit().await?;
+
+        let Value::Object(context) = context else {
+            return Err(EngineError::Internal(
+                "stored context is not an object".into(),
+            ));
+        };
+        let classification = crate::classify::classify_context(&workflow.1, &context);
+        let attempt = Attempt {
+            task_id: task.id.clone(),
+            step_name: def.name.clone(),
+            attempt: u32::try_from(claim.attempt).unwrap_or(u32::MAX),
+            config: def.config.clone(),
+            grants: self.grants(&task.namespace, &def),
+            data: Arc::new(TaskData {
+                context,
+                classification,
+                upstream,
+            }),
+            limits: def.limits(),
+        };
+        let report = self.run_with_lease(&module, attempt, &claim, worker).await;
+        self.commit(&claim, &task, &def, &key, worker, now, report)
+            .await
+    }
+
+    fn grants(&self, namespace: &str, def: &StepDef) -> Grants {
+        Grants {
+            reads: def.reads.iter().cloned().collect(),
+            upstream: def.depends_on.iter().cloned().collect(),
+            clearance: def.clearance,
+            secrets: def
+                .secrets
+                .iter()
+                .filter_map(|name| {
+                    let value = self
+                        .inner
+                        .secrets
+                        .get(&(namespace.to_owned(), name.clone()))?;
+                    Some((name.clone(), value.clone()))
+                })
+                .collect(),
+            origins: def
+                .hosts
+                .iter()
+                .filter_map(|h| Origin::parse(h).ok())
+                .collect(),
+        }
+    }
+
+    /// Run the attempt, renewing the lease every third of its length meanwhile.
+    async fn run_with_lease(
+        &self,
+        module: &crate::sandbox::StepModule,
+        attempt: Attempt,
+        claim: &ClaimedStep,
+        worker: &str,
+    ) -> AttemptReport {
+        let every = Duration::from_millis(
+            u64::try_from(self.inner.lease_ms / 3)
+                .unwrap_or(1_000)
+                .max(10),
+        );
+        let run = self.inner.sandbox.run(module, attempt);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                report = &mut run => return report,
+                () = tokio::time::sleep(every) => {
+                    let now = self.now();
+                    if let Err(e) = self.inner.store.renew_lease(&claim.task_id, &claim.step, worker, now, self.inner.lease_ms).await {
+                        tracing::warn!(task = %claim.task_id, step = %claim.step, error = %e, "lease renewal failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn deny(
+        &self,
+        claim: &ClaimedStep,
+        task: &TaskRow,
+        worker: &str,
+        reason: &str,
+    ) -> Result<Ran, EngineError> {
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        let error = json!({ "kind": "permanent", "code": "permission_denied", "message": reason })
+            .to_string();
+        if let Err(e) = tx
+            .fail_step(
+                &task.id,
+                &claim.step,
+                worker,
+                claim.attempt,
+                &error,
+                None,
+                now,
+            )
+            .await
+        {
+            tx.rollback().await?;
+            return lost_or(e);
+        }
+        self.finish_task(&mut tx, task, TaskStatus::Error, Some(&claim.step), now)
+            .await?;
+        let event = step_event(
+            task,
+            &claim.step,
+            claim.attempt,
+            worker,
+            "step.denied",
+            "denied",
+            json!({ "reason": reason }),
+        );
+        audit::record(&mut tx, &event, now).await?;
+        tx.commit().await?;
+        Ok(Ran::Step {
+            task_id: task.id.clone(),
+            step: claim.step.clone(),
+            status: "denied".into(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &self,
+        claim: &ClaimedStep,
+        task: &TaskRow,
+        def: &StepDef,
+        key: &DataKey,
+        worker: &str,
+        started: i64,
+        report: AttemptReport,
+    ) -> Result<Ran, EngineError> {
+        let now = self.now();
+        let row = format!("{}/{}", task.id, claim.step);
+        let attempt_row = format!("{row}/{}", claim.attempt);
+        let record =
+            serde_json::to_vec(&report.record).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let record = key.seal(&record, record_aad(&attempt_row))?;
+        let outcome_name = match &report.outcome {
+            Outcome::Success { .. } => "success".to_owned(),
+            Outcome::StepError { code, .. } => format!("step_error:{code}"),
+            Outcome::Contained { containment, .. } => format!(
+                "contained:{}",
+                serde_json::to_value(containment)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ),
+        };
+
+        let mut tx = self.inner.store.begin().await?;
+        let written = match &report.outcome {
+            Outcome::Success { result } => {
+                let plaintext =
+                    serde_json::to_vec(result).map_err(|e| EngineError::Internal(e.to_string()))?;
+                let sealed = key.seal(&plaintext, result_aad(&row))?;
+                tx.complete_step(&task.id, &claim.step, worker, claim.attempt, &sealed, now)
+                    .await
+                    .map(|()| StepStatus::Complete)
+            }
+            failure => {
+                let retryable = match failure {
+                    Outcome::StepError { kind, .. } => {
+                        *kind == crate::sandbox::ErrorKind::Retryable
+                    }
+                    _ => true,
+                };
+                let attempts_left = claim.attempt < i64::from(def.retry.max_attempts);
+                let retry_at = (retryable && attempts_left).then(|| {
+                    let hint = match failure {
+                        Outcome::StepError {
+                            retry_after_ms: Some(ms),
+                            ..
+                        } => i64::try_from(*ms).unwrap_or(i64::MAX),
+                        _ => 0,
+                    };
+                    let backoff = def.retry.backoff(
+                        u32::try_from(claim.attempt + 1).unwrap_or(u32::MAX),
+                        jitter(),
+                    );
+                    now + i64::try_from(backoff.as_millis())
+                        .unwrap_or(i64::MAX)
+                        .max(hint)
+                });
+                let error = serde_json::to_string(failure)
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+                tx.fail_step(
+                    &task.id,
+                    &claim.step,
+                    worker,
+                    claim.attempt,
+                    &error,
+                    retry_at,
+                    now,
+                )
+                .await
+                .map(|()| {
+                    if retry_at.is_some() {
+                        StepStatus::WaitingForRetry
+                    } else {
+                        StepStatus::Error
+                    }
+                })
+            }
+        };
+        let status = match written {
+            Ok(status) => status,
+            Err(e) => {
+                tx.rollback().await?;
+                return lost_or(e);
+            }
+        };
+        tx.insert_attempt(&AttemptRow {
+            task_id: task.id.clone(),
+            step: claim.step.clone(),
+            attempt: claim.attempt,
+            worker: worker.to_owned(),
+            outcome: outcome_name.clone(),
+            record,
+            started_at: started,
+            duration_ms: i64::try_from(report.duration_ms).unwrap_or(i64::MAX),
+        })
+        .await?;
+
+        let (action, outcome) = match status {
+            StepStatus::Complete => ("step.completed", "success"),
+            StepStatus::WaitingForRetry => ("step.retrying", "failure"),
+            _ => ("step.failed", "failure"),
+        };
+        let mut details = json!({
+            "outcome": outcome_name,
+            "duration_ms": report.duration_ms,
+            "cpu_ticks": report.cpu_ticks,
+        });
+        if def.audit_level == super::AuditLevel::Full {
+            details["fields_read"] = json!(report.record.fields_read);
+            details["upstream_read"] = json!(report.record.upstream_read);
+            details["secrets_used"] = json!(report.record.secrets_used);
+            details["hosts_called"] = json!(report.record.http_calls);
+            details["denials"] = json!(report.record.denials);
+        }
+        audit::record(
+            &mut tx,
+            &step_event(
+                task,
+                &claim.step,
+                claim.attempt,
+                worker,
+                action,
+                outcome,
+                details,
+            ),
+            now,
+        )
+        .await?;
+        if def.audit_level == super::AuditLevel::Full {
+            for event in &report.record.audit_events {
+                let business = step_event(
+                    task,
+                    &claim.step,
+                    claim.attempt,
+                    worker,
+                    "step.business_event",
+                    "success",
+                    json!({ "action": event.action, "subject": event.subject, "metadata": event.metadata }),
+                );
+                audit::record(&mut tx, &business, now).await?;
+            }
+        }
+
+        match status {
+            StepStatus::Complete => {
+                let steps = tx.get_steps(&task.id).await?;
+                if steps.iter().all(|s| s.status == StepStatus::Complete) {
+                    self.finish_task(&mut tx, task, TaskStatus::Complete, None, now)
+                        .await?;
+                }
+            }
+            StepStatus::Error => {
+                self.finish_task(&mut tx, task, TaskStatus::Error, Some(&claim.step), now)
+                    .await?;
+            }
+            _ => {}
+        }
+        tx.commit().await?;
+        Ok(Ran::Step {
+            task_id: task.id.clone(),
+            step: claim.step.clone(),
+            status: status.as_str().to_owned(),
+        })
+    }
+
+    async fn finish_task(
+        &self,
+        tx: &mut Tx<'_>,
+        task: &TaskRow,
+        status: TaskStatus,
+        error_step: Option<&str>,
+        now: i64,
+    ) -> Result<(), EngineError> {
+        if status == TaskStatus::Error {
+            tx.cancel_pending_steps(&task.id, now).await?;
+        }
+        tx.set_task_status(&task.id, status, error_step, now)
+            .await?;
+        let action = if status == TaskStatus::Complete {
+            "task.completed"
+        } else {
+            "task.failed"
+        };
+        let event = NewEvent {
+            actor: "system:engine".into(),
+            action: action.into(),
+            resource: format!("task/{}", task.id),
+            namespace: Some(task.namespace.clone()),
+            outcome: if status == TaskStatus::Complete {
+                "success"
+            } else {
+                "failure"
+            }
+            .into(),
+            classification: Some(task.classification.clone()),
+            contains_pii: task.contains_pii,
+            correlation_id: Some(task.id.clone()),
+            details: json!({ "error_step": error_step }),
+        };
+        audit::record(tx, &event, now).await?;
+        Ok(())
+    }
+
+    /// Run workers until `stop` resolves: each loops over [`Engine::run_once`], sleeping
+    /// `idle` when nothing is ready.
+    pub async fn run_workers(
+        &self,
+        count: usize,
+        worker_prefix: &str,
+        idle: Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let handles: Vec<_> = (0..count)
+            .map(|n| {
+                let engine = self.clone();
+                let worker = format!("{worker_prefix}-{n}");
+                let mut stop = stop.clone();
+                tokio::spawn(async move {
+                    while !*stop.borrow() {
+                        match engine.run_once(&worker).await {
+                            Ok(Ran::Idle) => {
+                                tokio::select! {
+                                    () = tokio::time::sleep(idle) => {}
+                                    _ = stop.changed() => {}
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::error!(worker = %worker, error = %e, "worker step failed");
+                                tokio::time::sleep(idle).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            let _ = handle.await;
+        }
+    }
+}
+
+fn lost_or(e: crate::store::StoreError) -> Result<Ran, EngineError> {
+    match e {
+        crate::store::StoreError::Conflict(_) => Ok(Ran::LostLease),
+        other => Err(other.into()),
+    }
+}
+
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn open_json(
+    key: &DataKey,
+    sealed: &[u8],
+    aad: crate::crypto::Aad<'_>,
+) -> Result<Value, EngineError> {
+    let plaintext = key.open(sealed, aad)?;
+    serde_json::from_slice(&plaintext)
+        .map_err(|_| EngineError::Internal("stored data is not JSON".into()))
+}
+
+fn step_event(
+    task: &TaskRow,
+    step: &str,
+    attempt: i64,
+    worker: &str,
+    action: &str,
+    outcome: &str,
+    mut details: Value,
+) -> NewEvent {
+    details["attempt"] = json!(attempt);
+    details["step"] = json!(step);
+    NewEvent {
+        actor: system(worker),
+        action: action.into(),
+        resource: format!("step/{}/{step}", task.id),
+        namespace: Some(task.namespace.clone()),
+        outcome: outcome.into(),
+        classification: Some(task.classification.clone()),
+        contains_pii: task.contains_pii,
+        correlation_id: Some(task.id.clone()),
+        details,
+    }
+}

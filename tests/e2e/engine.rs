@@ -1,0 +1,391 @@
+//! The engine end to end on both databases: real components, real SQLite and
+//! PostgreSQL, real HTTP for the notification step, the audit chain verified afterwards.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+use stepbox::audit;
+use stepbox::crypto::KeyRing;
+use stepbox::engine::{CreateTask, Engine, ManualClock, Ran};
+use stepbox::policy::{NamespacePolicy, Principal};
+use stepbox::sandbox::SecretValue;
+use stepbox::store::{DatabaseUrl, StepStatus, Store, TaskStatus};
+
+use crate::support::*;
+
+const NS: &str = "customer_success";
+const PERMISSION: &str = "customer_success.process_refund:execute";
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A database of its own for one test: a SQLite file, or a fresh PostgreSQL database.
+pub struct TestDb {
+    pub url: DatabaseUrl,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            url: DatabaseUrl::Sqlite(dir.path().join("stepbox.db")),
+            _dir: Some(dir),
+            pg_name: None,
+        }
+    }
+
+    /// `None` (after saying so) when PostgreSQL is unreachable and not required.
+    pub async fn postgres() -> Option<Self> {
+        let admin = match sqlx::PgConnection::connect(ADMIN_URL).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                assert!(
+                    std::env::var("STEPBOX_REQUIRE_POSTGRES").is_err(),
+                    "PostgreSQL required but unreachable: {e}"
+                );
+                eprintln!("skipped: PostgreSQL not reachable at {ADMIN_URL}");
+                return None;
+            }
+        };
+        let mut admin = admin;
+        let mut bytes = [0u8; 6];
+        getrandom::fill(&mut bytes).unwrap();
+        let name = format!("stepbox_e2e_{}", hex::encode(bytes));
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let url = DatabaseUrl::Postgres(format!("postgres://postgres@127.0.0.1:5432/{name}"));
+        Some(Self {
+            url,
+            _dir: None,
+            pg_name: Some(name),
+        })
+    }
+
+    /// Drop the PostgreSQL database (best effort).
+    pub async fn drop(self) {
+        if let Some(name) = self.pg_name
+            && let Ok(mut admin) = sqlx::PgConnection::connect(ADMIN_URL).await
+        {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+/// Run `test` on SQLite, then on PostgreSQL.
+async fn both<F, Fut>(test: F)
+where
+    F: Fn(DatabaseUrl) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let sqlite = TestDb::sqlite();
+    test(sqlite.url.clone()).await;
+    if let Some(pg) = TestDb::postgres().await {
+        let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(test(
+            pg.url.clone(),
+        )))
+        .await;
+        pg.drop().await;
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+fn definition(notify_endpoint: &str, notify_origin: &str, max_attempts: u32) -> String {
+    json!({
+        "namespace": NS,
+        "name": "process_refund",
+        "version": "1.0.0",
+        "input_schema": {
+            "type": "object",
+            "required": ["customer_id", "customer_email", "order_id", "refund_amount", "reason"],
+            "properties": {
+                "customer_id": { "type": "string", "x-data-classification": "pii-identifier", "x-data-subject": true },
+                "customer_email": { "type": "string", "format": "email", "x-data-classification": "pii-contact" },
+                "order_id": { "type": "string", "x-data-classification": "internal" },
+                "refund_amount": { "type": "number", "x-data-classification": "financial" },
+                "currency": { "type": "string", "x-data-classification": "internal" },
+                "reason": { "type": "string", "x-data-classification": "internal" }
+            }
+        },
+        "steps": [
+            { "name": "validate_refund_request", "module": "validate_refund_request@0.1.0",
+              "reads": ["refund_amount", "order_id", "currency", "reason"], "clearance": "confidential",
+              "config": { "max_amount": 1000.0, "approval_threshold": 100.0 } },
+            { "name": "get_manager_approval", "module": "get_manager_approval@0.1.0",
+              "depends_on": ["validate_refund_request"], "clearance": "confidential",
+              "config": { "auto_approve_limit": 500.0, "on_exceed": "reject" } },
+            { "name": "execute_refund", "module": "execute_refund@0.1.0", "requires_permission": PERMISSION,
+              "depends_on": ["get_manager_approval", "validate_refund_request"], "clearance": "confidential" },
+            { "name": "notify_customer", "module": "notify_customer@0.1.0", "depends_on": ["execute_refund"],
+              "reads": ["customer_email"], "clearance": "confidential",
+              "retry": { "max_attempts": max_attempts, "initial_backoff_ms": 1000, "max_backoff_ms": 5000 },
+              "secrets": ["NOTIFY_API_KEY"], "hosts": [notify_origin],
+              "config": { "endpoint": notify_endpoint } }
+        ]
+    })
+    .to_string()
+}
+
+struct Setup {
+    engine: Engine,
+    clock: ManualClock,
+    store: Store,
+}
+
+async fn setup(url: &DatabaseUrl, server: &TestServer, path: &str, max_attempts: u32) -> Setup {
+    let store = Store::open(url).await.unwrap();
+    let clock = ManualClock::at(1_764_000_000_000);
+    let keys = Arc::new(KeyRing::generate().unwrap());
+    let engine = Engine::new(
+        store.clone(),
+        keys,
+        sandbox().clone(),
+        Arc::new(clock.clone()),
+    )
+    .with_secret(NS, "NOTIFY_API_KEY", SecretValue::new(NOTIFY_KEY));
+    let policy = NamespacePolicy {
+        hosts: [server.origin()].into(),
+        secrets: ["NOTIFY_API_KEY".to_owned()].into(),
+        ..NamespacePolicy::default()
+    };
+    engine.set_policy(NS, &policy, "user:admin").await.unwrap();
+    for name in [
+        "validate_refund_request",
+        "get_manager_approval",
+        "execute_refund",
+        "notify_customer",
+    ] {
+        engine
+            .register_module(NS, name, "0.1.0", &component(name), "user:team_lead")
+            .await
+            .unwrap();
+    }
+    engine
+        .apply_workflow(
+            &definition(&server.url(path), &server.origin(), max_attempts),
+            "user:team_lead",
+        )
+        .await
+        .unwrap();
+    Setup {
+        engine,
+        clock,
+        store,
+    }
+}
+
+fn agent() -> Principal {
+    Principal {
+        subject: "user_123".into(),
+        roles: ["customer_success_agent".to_owned()].into(),
+        permissions: [PERMISSION.to_owned()].into(),
+    }
+}
+
+fn refund_request(amount: f64) -> CreateTask {
+    CreateTask {
+        namespace: NS.into(),
+        workflow: "process_refund".into(),
+        version: None,
+        context: json!({
+            "customer_id": "cus_8812", "customer_email": CUSTOMER_EMAIL, "order_id": "ord_5521",
+            "refund_amount": amount, "currency": "EUR", "reason": "item arrived damaged"
+        }),
+        reason: Some("customer called".into()),
+        tags: vec![],
+    }
+}
+
+/// Run steps until none is ready.
+async fn drain(engine: &Engine) -> Vec<Ran> {
+    let mut ran = Vec::new();
+    loop {
+        match engine.run_once("worker-test").await.unwrap() {
+            Ran::Idle => return ran,
+            other => ran.push(other),
+        }
+    }
+}
+
+async fn task_status(store: &Store, id: &str) -> (TaskStatus, Vec<(String, StepStatus)>) {
+    let mut tx = store.begin_read().await.unwrap();
+    let task = tx.get_task(id).await.unwrap().unwrap();
+    let steps = tx
+        .get_steps(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.status))
+        .collect();
+    tx.commit().await.unwrap();
+    (task.status, steps)
+}
+
+async fn chain_is_intact(store: &Store) -> u64 {
+    audit::seal_pending(store).await.unwrap();
+    let report = audit::verify(store).await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    report.checked
+}
+
+#[tokio::test]
+async fn the_refund_workflow_runs_to_completion_on_both_databases() {
+    both(|url| async move {
+        let server = TestServer::start().await;
+        let Setup { engine, store, .. } = setup(&url, &server, "/notify", 3).await;
+        let created = engine
+            .create_task(&agent(), refund_request(150.0))
+            .await
+            .unwrap();
+        assert_eq!(
+            (created.classification.as_str(), created.contains_pii),
+            ("restricted", true)
+        );
+
+        let ran = drain(&engine).await;
+        assert_eq!(ran.len(), 4, "{ran:?}");
+        let (status, steps) = task_status(&store, &created.id).await;
+        assert_eq!(status, TaskStatus::Complete, "{steps:?}");
+        assert!(steps.iter().all(|(_, s)| *s == StepStatus::Complete));
+        let body: Value = serde_json::from_slice(&server.seen()[0].body).unwrap();
+        assert_eq!(body["to"], CUSTOMER_EMAIL);
+        assert!(body["refund_id"].as_str().unwrap().starts_with("rf_"));
+        assert!(chain_is_intact(&store).await >= 10);
+
+        if let DatabaseUrl::Sqlite(path) = &url {
+            // Nothing readable at rest: the database files hold no plaintext context.
+            store.close().await;
+            for file in [path.clone(), path.with_extension("db-wal")] {
+                if let Ok(bytes) = std::fs::read(&file) {
+                    let text = String::from_utf8_lossy(&bytes);
+                    for secret in [
+                        CUSTOMER_EMAIL,
+                        "cus_8812",
+                        "item arrived damaged",
+                        NOTIFY_KEY,
+                    ] {
+                        assert!(
+                            !text.contains(secret),
+                            "{secret} found in {}",
+                            file.display()
+                        );
+                    }
+                }
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_permission_revoked_after_creation_stops_the_step_before_it_runs() {
+    both(|url| async move {
+        let server = TestServer::start().await;
+        let Setup { engine, store, .. } = setup(&url, &server, "/notify", 3).await;
+        let created = engine.create_task(&agent(), refund_request(150.0)).await.unwrap();
+        let revoked = NamespacePolicy {
+            hosts: [server.origin()].into(),
+            secrets: ["NOTIFY_API_KEY".to_owned()].into(),
+            revoked_permissions: [PERMISSION.to_owned()].into(),
+            ..NamespacePolicy::default()
+        };
+        engine.set_policy(NS, &revoked, "user:admin").await.unwrap();
+
+        let ran = drain(&engine).await;
+        assert!(ran.iter().any(|r| matches!(r, Ran::Step { step, status, .. } if step == "execute_refund" && status == "denied")), "{ran:?}");
+        let (status, steps) = task_status(&store, &created.id).await;
+        assert_eq!(status, TaskStatus::Error);
+        let mut tx = store.begin_read().await.unwrap();
+        let attempts = tx.get_attempts(&created.id).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(attempts.iter().all(|a| a.step != "execute_refund"), "the denied step must not run");
+        assert!(steps.iter().any(|(name, s)| name == "notify_customer" && *s == StepStatus::Cancelled), "{steps:?}");
+        assert!(server.seen().is_empty());
+        chain_is_intact(&store).await;
+        let mut tx = store.begin_read().await.unwrap();
+        let events = tx.audit_events(i64::MIN, 1000).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(events.iter().any(|e| e.action == "step.denied" && e.outcome == "denied"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retries_follow_backoff_and_stop_at_the_limit() {
+    both(|url| async move {
+        let server = TestServer::start().await;
+        let Setup {
+            engine,
+            clock,
+            store,
+        } = setup(&url, &server, "/unavailable", 3).await;
+        let created = engine
+            .create_task(&agent(), refund_request(150.0))
+            .await
+            .unwrap();
+        drain(&engine).await;
+        let (_, steps) = task_status(&store, &created.id).await;
+        assert!(
+            steps.contains(&("notify_customer".to_owned(), StepStatus::WaitingForRetry)),
+            "{steps:?}"
+        );
+        assert_eq!(server.seen().len(), 1);
+        // Not before the backoff has passed (1 s ± 20 %)…
+        clock.advance(700);
+        assert_eq!(drain(&engine).await, vec![]);
+        // …then again, and a third time, and then it stops.
+        clock.advance(6_000);
+        drain(&engine).await;
+        assert_eq!(server.seen().len(), 2);
+        clock.advance(6_000);
+        drain(&engine).await;
+        assert_eq!(server.seen().len(), 3);
+        clock.advance(60_000);
+        assert_eq!(drain(&engine).await, vec![]);
+        let (status, steps) = task_status(&store, &created.id).await;
+        assert_eq!(status, TaskStatus::Error);
+        assert!(steps.contains(&("notify_customer".to_owned(), StepStatus::Error)));
+        chain_is_intact(&store).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_permanent_error_stops_at_once_and_a_bad_context_is_refused() {
+    both(|url| async move {
+        let server = TestServer::start().await;
+        let Setup { engine, store, .. } = setup(&url, &server, "/notify", 3).await;
+        let created = engine
+            .create_task(&agent(), refund_request(5_000.0))
+            .await
+            .unwrap();
+        drain(&engine).await;
+        let (status, steps) = task_status(&store, &created.id).await;
+        assert_eq!(status, TaskStatus::Error);
+        assert!(
+            steps.contains(&("validate_refund_request".to_owned(), StepStatus::Error)),
+            "{steps:?}"
+        );
+
+        let mut bad = refund_request(10.0);
+        bad.context["refund_amount"] = json!("a lot");
+        bad.context["customer_email"] = json!("jane.doe@example.com");
+        let error = engine
+            .create_task(&agent(), bad)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/refund_amount"), "{error}");
+        assert!(
+            !error.contains("a lot") && !error.contains("jane.doe"),
+            "the error must not echo values: {error}"
+        );
+    })
+    .await;
+}
