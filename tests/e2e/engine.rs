@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 use stepbox::audit;
 use stepbox::crypto::KeyRing;
-use stepbox::engine::{CreateTask, Engine, ManualClock, Ran};
+use stepbox::engine::{Clock, CreateTask, Engine, ManualClock, Ran};
 use stepbox::policy::{NamespacePolicy, Principal};
 use stepbox::sandbox::SecretValue;
 use stepbox::store::{DatabaseUrl, StepStatus, Store, TaskStatus};
@@ -386,6 +386,92 @@ async fn a_permanent_error_stops_at_once_and_a_bad_context_is_refused() {
             !error.contains("a lot") && !error.contains("jane.doe"),
             "the error must not echo values: {error}"
         );
+    })
+    .await;
+}
+
+/// Read every task's context back (a worker would): proves each still decrypts.
+async fn contexts_decrypt(engine: &Engine, ids: &[String]) -> Result<(), String> {
+    for id in ids {
+        engine.task_context(id).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn after_key_rotation_everything_still_decrypts_and_a_moved_ciphertext_does_not() {
+    both(|url| async move {
+        let server = TestServer::start().await;
+        let Setup {
+            engine,
+            store,
+            clock,
+        } = setup(&url, &server, "/notify", 3).await;
+        let first = engine
+            .create_task(&agent(), refund_request(20.0))
+            .await
+            .unwrap();
+        let mut other = refund_request(30.0);
+        other.context["customer_id"] = json!("cus_9999");
+        let second = engine.create_task(&agent(), other).await.unwrap();
+        let ids = vec![first.id.clone(), second.id.clone()];
+
+        // Rotate: a new active KEK; the old one kept only to unwrap during the re-wrap.
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("keys.json");
+        engine.keys().save_file(&key_file).unwrap();
+        let mut ring = KeyRing::load_file(&key_file).unwrap();
+        let old = ring.active_id().clone();
+        ring.rotate().unwrap();
+        let rotation = stepbox::engine::rewrap_all(&store, &ring, "user:admin", clock.now_ms())
+            .await
+            .unwrap();
+        assert_eq!(rotation.rewrapped, 2);
+        ring.retire(&old).unwrap();
+        let rotated = Engine::new(
+            store.clone(),
+            Arc::new(ring),
+            sandbox().clone(),
+            Arc::new(clock.clone()),
+        )
+        .with_secret(NS, "NOTIFY_API_KEY", SecretValue::new(NOTIFY_KEY));
+        contexts_decrypt(&rotated, &ids).await.unwrap();
+        drain(&rotated).await;
+        assert_eq!(task_status(&store, &first.id).await.0, TaskStatus::Complete);
+
+        // Copy one task's sealed context onto the other: it must not open there.
+        let copy =
+            "UPDATE tasks SET context = (SELECT context FROM tasks WHERE id = $1) WHERE id = $2";
+        match &url {
+            DatabaseUrl::Sqlite(path) => {
+                let mut conn =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .unwrap();
+                sqlx::query(copy)
+                    .bind(&first.id)
+                    .bind(&second.id)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            DatabaseUrl::Postgres(pg) => {
+                let mut conn = sqlx::PgConnection::connect(pg).await.unwrap();
+                sqlx::query(copy)
+                    .bind(&first.id)
+                    .bind(&second.id)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+        let error = rotated
+            .task_context(&second.id)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("decryption failed"), "{error}");
+        chain_is_intact(&store).await;
     })
     .await;
 }

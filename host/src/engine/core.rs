@@ -113,6 +113,25 @@ impl Engine {
         &self.inner.store
     }
 
+    /// The key ring.
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.inner.keys
+    }
+
+    /// A task's context, decrypted (the API redacts it for the caller).
+    pub async fn task_context(&self, task_id: &str) -> Result<Value, EngineError> {
+        let mut tx = self.inner.store.begin_read().await?;
+        let task = tx
+            .get_task(task_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("task {task_id}")))?;
+        let key = data::unwrap(&mut tx, &self.inner.keys, &task.data_key_id).await?;
+        tx.commit().await?;
+        let plaintext = key.open(&task.context, context_aad(&task.id))?;
+        serde_json::from_slice(&plaintext)
+            .map_err(|_| EngineError::Internal("stored context is not JSON".into()))
+    }
+
     pub(crate) fn now(&self) -> i64 {
         self.inner.clock.now_ms()
     }

@@ -8,6 +8,7 @@ mod core;
 mod data;
 mod definition;
 mod error;
+mod keys;
 mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -17,4 +18,5 @@ pub use definition::{
     valid_version,
 };
 pub use error::EngineError;
+pub use keys::{Rotation, rewrap_all};
 pub use worker::Ran;
