@@ -6,5 +6,6 @@ mod engine;
 mod hostile;
 mod http_defences;
 mod loading;
+mod ops;
 mod refund;
 mod support;

@@ -1,13 +1,15 @@
 //! The command line: argument types (clap) and the commands they run. Commands talk to
-//! the library's faces (`sandbox`, `classify`); they never print secrets or unredacted
-//! guest output.
+//! the library's faces (`sandbox`, `engine`, `audit`, `crypto`, `store`); they never print
+//! secrets, key material or unredacted guest output.
 
+mod ops;
 mod step_run;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub use ops::{AuditCommand, DataArgs, KeysCommand, WorkerArgs};
 pub use step_run::StepRunArgs;
 
 /// stepbox: WebAssembly workflow steps with policy, audit and encryption.
@@ -25,6 +27,14 @@ pub enum Command {
     /// Work with a single step component.
     #[command(subcommand)]
     Step(StepCommand),
+    /// Run workers (and the audit sealer) against a database until interrupted.
+    Worker(WorkerArgs),
+    /// Manage key-encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Check the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 /// `stepbox step …`
@@ -61,6 +71,9 @@ impl Cli {
     pub async fn run(self) -> Result<ExitCode, CliError> {
         match self.command {
             Command::Step(StepCommand::Run(args)) => step_run::run(args).await,
+            Command::Worker(args) => ops::worker(args).await,
+            Command::Keys(command) => ops::keys(command).await,
+            Command::Audit(command) => ops::audit(command).await,
         }
     }
 }

@@ -108,6 +108,15 @@ impl Engine {
         self
     }
 
+    /// The same engine with step leases of `lease_ms` (set before sharing the engine): how
+    /// long a crashed worker's step waits before another worker takes it over.
+    pub fn with_lease_ms(mut self, lease_ms: i64) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.lease_ms = lease_ms.max(100);
+        }
+        self
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store

@@ -1,0 +1,228 @@
+//! Operator commands over a database and a key file: `keys init|rotate`, `audit verify`
+//! and `worker`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use super::CliError;
+use crate::audit;
+use crate::crypto::KeyRing;
+use crate::engine::{Clock, Engine, SystemClock, rewrap_all};
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::{DatabaseUrl, Store};
+
+/// Where the data and keys live.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// Data directory: SQLite database `stepbox.db` and key file `keys.json` by default.
+    #[arg(long, env = "STEPBOX_DATA_DIR", default_value = "stepbox-data")]
+    pub data_dir: PathBuf,
+    /// Database URL (`postgres://…` or a SQLite path); overrides the data directory's.
+    #[arg(long, env = "STEPBOX_DATABASE_URL")]
+    pub database: Option<String>,
+    /// Key file; overrides the data directory's. Keep it apart from the database.
+    #[arg(long, env = "STEPBOX_KEYS_FILE")]
+    pub keys: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn database_url(&self) -> Result<DatabaseUrl, CliError> {
+        match &self.database {
+            Some(url) => {
+                DatabaseUrl::parse(url).map_err(|e| CliError::Usage(format!("--database: {e}")))
+            }
+            None => Ok(DatabaseUrl::in_data_dir(&self.data_dir)),
+        }
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.keys
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys.json"))
+    }
+
+    fn ring(&self) -> Result<KeyRing, CliError> {
+        KeyRing::load_file(&self.key_file()).map_err(|e| CliError::Usage(e.to_string()))
+    }
+
+    async fn store(&self) -> Result<Store, CliError> {
+        Store::open(&self.database_url()?)
+            .await
+            .map_err(|e| CliError::Usage(format!("database: {e}")))
+    }
+}
+
+/// `stepbox keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key file with a fresh key-encryption key (refuses to overwrite one).
+    Init(DataArgs),
+    /// Introduce a new key-encryption key and re-wrap every data key under it.
+    Rotate {
+        /// Where the data and keys live.
+        #[command(flatten)]
+        data: DataArgs,
+        /// After re-wrapping, drop the old keys from the key file.
+        #[arg(long)]
+        retire_old: bool,
+    },
+}
+
+/// `stepbox audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Seal pending events and walk the chain; exit 1 and name the first bad sequence
+    /// number if it is broken.
+    Verify(DataArgs),
+}
+
+/// `stepbox worker`
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Where the data and keys live.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Concurrent workers in this process.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Name prefix of this process's workers (defaults to `worker-<pid>`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Step lease, milliseconds: how long a crashed worker's step waits before another
+    /// worker takes it over. Renewed every third of it while the step runs.
+    #[arg(long, default_value_t = crate::engine::DEFAULT_LEASE_MS)]
+    pub lease_ms: i64,
+}
+
+/// How long an idle worker waits before looking for work again.
+const IDLE: Duration = Duration::from_millis(50);
+/// How often a worker process seals committed audit events into the chain.
+const SEAL_EVERY: Duration = Duration::from_millis(500);
+
+fn print(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+pub(super) async fn keys(command: KeysCommand) -> Result<ExitCode, CliError> {
+    match command {
+        KeysCommand::Init(data) => {
+            let path = data.key_file();
+            if path.exists() {
+                return Err(CliError::Usage(format!(
+                    "{} exists; refusing to overwrite keys",
+                    path.display()
+                )));
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| CliError::Read {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            let ring = KeyRing::generate().map_err(|e| CliError::Usage(e.to_string()))?;
+            ring.save_file(&path)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            print(&serde_json::json!({ "key_file": path, "active": ring.active_id() }));
+        }
+        KeysCommand::Rotate { data, retire_old } => {
+            let path = data.key_file();
+            let mut ring = data.ring()?;
+            let old = ring.ids();
+            ring.rotate().map_err(|e| CliError::Usage(e.to_string()))?;
+            // Save first: if the re-wrap is interrupted, the new key is already kept.
+            ring.save_file(&path)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let store = data.store().await?;
+            let rotation = rewrap_all(&store, &ring, "system:cli", SystemClock.now_ms())
+                .await
+                .map_err(|e| CliError::Usage(format!("re-wrap: {e}")))?;
+            if retire_old {
+                for id in &old {
+                    ring.retire(id)
+                        .map_err(|e| CliError::Usage(e.to_string()))?;
+                }
+                ring.save_file(&path)
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+            }
+            print(&rotation);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn audit(command: AuditCommand) -> Result<ExitCode, CliError> {
+    let AuditCommand::Verify(data) = command;
+    let store = data.store().await?;
+    audit::seal_pending(&store)
+        .await
+        .map_err(|e| CliError::Usage(format!("seal: {e}")))?;
+    let report = audit::verify(&store)
+        .await
+        .map_err(|e| CliError::Usage(format!("verify: {e}")))?;
+    print(&report);
+    Ok(match &report.broken {
+        None => ExitCode::SUCCESS,
+        Some(broken) => {
+            eprintln!(
+                "audit chain broken at sequence {}: {:?}",
+                broken.seq, broken.problem
+            );
+            ExitCode::from(1)
+        }
+    })
+}
+
+pub(super) async fn worker(args: WorkerArgs) -> Result<ExitCode, CliError> {
+    let store = args.data.store().await?;
+    let ring = args.data.ring()?;
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(ring),
+        sandbox,
+        Arc::new(SystemClock),
+    )
+    .with_lease_ms(args.lease_ms);
+    let name = args
+        .name
+        .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+
+    let sealer_store = store.clone();
+    let mut sealer_stop = stop.clone();
+    let sealer = tokio::spawn(async move {
+        loop {
+            if let Err(e) = audit::seal_pending(&sealer_store).await {
+                tracing::warn!(error = %e, "sealing audit events failed");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(SEAL_EVERY) => {}
+                _ = sealer_stop.changed() => return,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop_tx.send(true);
+    });
+    eprintln!(
+        "stepbox worker {name}: {} workers on {}",
+        args.workers,
+        store.url()
+    );
+    engine
+        .run_workers(args.workers.max(1), &name, IDLE, stop)
+        .await;
+    let _ = sealer.await;
+    audit::seal_pending(&store)
+        .await
+        .map_err(|e| CliError::Usage(format!("seal: {e}")))?;
+    Ok(ExitCode::SUCCESS)
+}
