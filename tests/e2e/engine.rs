@@ -475,3 +475,49 @@ async fn after_key_rotation_everything_still_decrypts_and_a_moved_ciphertext_doe
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_branches_of_a_dag_run_concurrently() {
+    both(|url| async move {
+        let server = TestServer::start().await;
+        let store = Store::open(&url).await.unwrap();
+        let clock = stepbox::engine::SystemClock;
+        let engine = Engine::new(store.clone(), Arc::new(KeyRing::generate().unwrap()), sandbox().clone(), Arc::new(clock));
+        let policy = NamespacePolicy { hosts: [server.origin()].into(), ..NamespacePolicy::default() };
+        engine.set_policy(NS, &policy, "user:admin").await.unwrap();
+        engine.register_module(NS, "noop", "0.1.0", &component("noop"), "user:team_lead").await.unwrap();
+        engine.register_module(NS, "probe", "0.1.0", &component("hostile_http_probe"), "user:team_lead").await.unwrap();
+        let branch = |name: &str| json!({ "name": name, "module": "probe@0.1.0", "depends_on": ["start"],
+            "hosts": [server.origin()], "config": { "method": "GET", "url": server.url("/delay") } });
+        let definition = json!({
+            "namespace": NS, "name": "fan_out", "version": "1.0.0",
+            "input_schema": { "type": "object", "properties": {} },
+            "steps": [ { "name": "start", "module": "noop@0.1.0" }, branch("left"), branch("right"),
+                       { "name": "join", "module": "noop@0.1.0", "depends_on": ["left", "right"] } ]
+        });
+        engine.apply_workflow(&definition.to_string(), "user:team_lead").await.unwrap();
+        let request = CreateTask { namespace: NS.into(), workflow: "fan_out".into(), version: None, context: json!({}), reason: None, tags: vec![] };
+        let created = engine.create_task(&agent(), request).await.unwrap();
+
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let workers = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.run_workers(2, "w", std::time::Duration::from_millis(10), stop).await }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while task_status(&store, &created.id).await.0 != TaskStatus::Complete {
+            assert!(std::time::Instant::now() < deadline, "{:?}", task_status(&store, &created.id).await);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        stop_tx.send(true).unwrap();
+        workers.await.unwrap();
+        let seen = server.seen();
+        assert_eq!(seen.len(), 2);
+        // Each branch waits 0.4 s on the server: run one after the other, the second
+        // request would arrive at least 0.4 s after the first.
+        let gap = seen[1].at.duration_since(seen[0].at);
+        assert!(gap < std::time::Duration::from_millis(300), "branches ran one after the other ({gap:?} apart)");
+        chain_is_intact(&store).await;
+    })
+    .await;
+}

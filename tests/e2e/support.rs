@@ -141,6 +141,7 @@ pub async fn assert_still_serving() {
 /// A request the test server received.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub at: std::time::Instant,
     pub method: Method,
     pub path: String,
     pub headers: HeaderMap,
@@ -149,7 +150,7 @@ pub struct Seen {
 
 /// A real HTTP server on 127.0.0.1 that records every request. Routes:
 /// `/notify` → 200 JSON, `/echo` → echoes the authorization header and body,
-/// `/unavailable` → 503, `/slow` → answers after 5 s, `/redirect?to=URL` → 302 to URL,
+/// `/unavailable` → 503, `/delay` → answers after 0.4 s, `/slow` → answers after 5 s, `/redirect?to=URL` → 302 to URL,
 /// `/redirect307?to=URL` → 307 to URL, `/gzip` and `/partial` → the echo, claiming to be
 /// gzip-encoded or a 206 byte range.
 pub struct TestServer {
@@ -188,6 +189,7 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     seen.lock().unwrap().push(Seen {
+        at: std::time::Instant::now(),
         method,
         path: uri.path().to_owned(),
         headers: headers.clone(),
@@ -203,6 +205,10 @@ async fn handle(
             format!("auth={auth} body={}", String::from_utf8_lossy(&body)).into_response()
         }
         "/unavailable" => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        "/delay" => {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            "done".into_response()
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             StatusCode::OK.into_response()
