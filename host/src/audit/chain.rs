@@ -9,56 +9,12 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::store::AuditRow;
+
 /// Separates our hashes from any other SHA-256 use of the same bytes.
 const DOMAIN: &[u8] = b"stepbox-audit-v1\0";
 /// The `prev_hash` of the first event of a chain.
 pub const GENESIS: [u8; 32] = [0; 32];
-
-/// One audit event as stored: the columns the chain covers, plus its links.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Event {
-    /// Position in the chain, assigned by the database.
-    pub seq: i64,
-    /// Event id (`evt_…`).
-    pub id: String,
-    /// Unix milliseconds.
-    pub ts: i64,
-    /// `user:<sub>` or `system:<worker>`.
-    pub actor: String,
-    /// e.g. `task.created`.
-    pub action: String,
-    /// e.g. `task/task_01…`.
-    pub resource: String,
-    /// The namespace, if any.
-    pub namespace: Option<String>,
-    /// `success`, `denied`, `failure`.
-    pub outcome: String,
-    /// Classification of the data involved.
-    pub classification: Option<String>,
-    /// Whether PII was involved (never the PII itself).
-    pub contains_pii: bool,
-    /// Request correlation id.
-    pub correlation_id: Option<String>,
-    /// Further details: JSON object text, hashed exactly as stored.
-    pub details: String,
-    /// Link to the previous sealed event; `None` until sealed.
-    #[serde(with = "opt_hex")]
-    pub prev_hash: Option<[u8; 32]>,
-    /// This event's hash; `None` until sealed.
-    #[serde(with = "opt_hex")]
-    pub hash: Option<[u8; 32]>,
-}
-
-mod opt_hex {
-    use serde::Serializer;
-
-    pub fn serialize<S: Serializer>(value: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(bytes) => s.serialize_str(&hex::encode(bytes)),
-            None => s.serialize_none(),
-        }
-    }
-}
 
 /// Append `bytes` with a length prefix, so field boundaries are unambiguous.
 fn field(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -76,33 +32,37 @@ fn opt_field(out: &mut Vec<u8>, value: Option<&str>) {
     }
 }
 
-impl Event {
-    /// The bytes the hash covers (everything but the links).
-    pub fn canonical(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
-        field(&mut out, self.id.as_bytes());
-        out.extend_from_slice(&self.ts.to_be_bytes());
-        field(&mut out, self.actor.as_bytes());
-        field(&mut out, self.action.as_bytes());
-        field(&mut out, self.resource.as_bytes());
-        opt_field(&mut out, self.namespace.as_deref());
-        field(&mut out, self.outcome.as_bytes());
-        opt_field(&mut out, self.classification.as_deref());
-        out.push(u8::from(self.contains_pii));
-        opt_field(&mut out, self.correlation_id.as_deref());
-        field(&mut out, self.details.as_bytes());
-        out
-    }
+/// The bytes the hash covers: every column but the links.
+pub fn canonical(event: &AuditRow) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    field(&mut out, event.id.as_bytes());
+    out.extend_from_slice(&event.ts.to_be_bytes());
+    field(&mut out, event.actor.as_bytes());
+    field(&mut out, event.action.as_bytes());
+    field(&mut out, event.resource.as_bytes());
+    opt_field(&mut out, event.namespace.as_deref());
+    field(&mut out, event.outcome.as_bytes());
+    opt_field(&mut out, event.classification.as_deref());
+    out.push(u8::from(event.contains_pii));
+    opt_field(&mut out, event.correlation_id.as_deref());
+    field(&mut out, event.details.as_bytes());
+    out
+}
 
-    /// The hash this event gets when sealed after `prev`.
-    pub fn link_hash(&self, prev: &[u8; 32]) -> [u8; 32] {
-        let mut hasher = Sha256::new();
-        hasher.update(DOMAIN);
-        hasher.update(prev);
-        hasher.update(self.seq.to_be_bytes());
-        hasher.update(self.canonical());
-        hasher.finalize().into()
-    }
+/// The hash `event` gets when sealed after `prev`.
+pub fn link_hash(event: &AuditRow, prev: &[u8; 32]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(DOMAIN);
+    hasher.update(prev);
+    hasher.update(event.seq.to_be_bytes());
+    hasher.update(canonical(event));
+    hasher.finalize().into()
+}
+
+/// A stored hash, if it is one: a wrong length can only be tampering, and becomes a
+/// value no hash will match.
+pub(crate) fn stored_hash(bytes: Option<&[u8]>) -> Option<[u8; 32]> {
+    bytes.map(|b| b.try_into().unwrap_or([0xff; 32]))
 }
 
 /// What is wrong at the first bad sequence number.
@@ -190,9 +150,9 @@ impl Verifier {
     }
 
     /// Check the next event. After the first break, further events are ignored.
-    pub fn push(&mut self, event: &Event) {
+    pub fn push(&mut self, event: &AuditRow) {
         if let Some((target, left)) = &mut self.lookahead {
-            if event.hash == Some(*target) {
+            if stored_hash(event.hash.as_deref()) == Some(*target) {
                 if let Some(broken) = &mut self.broken {
                     broken.problem = Problem::Reordered;
                 }
@@ -210,7 +170,10 @@ impl Verifier {
         if self.prev_seq.is_some_and(|prev| event.seq <= prev) {
             return self.fail(event.seq, Problem::Reordered);
         }
-        let (Some(prev_hash), Some(hash)) = (event.prev_hash, event.hash) else {
+        let (Some(prev_hash), Some(hash)) = (
+            stored_hash(event.prev_hash.as_deref()),
+            stored_hash(event.hash.as_deref()),
+        ) else {
             self.unsealed += 1;
             self.first_unsealed.get_or_insert(event.seq);
             self.prev_seq = Some(event.seq);
@@ -221,7 +184,7 @@ impl Verifier {
             // after the chain had moved past its position.
             return self.fail(unsealed, Problem::Inserted);
         }
-        if event.link_hash(&prev_hash) != hash {
+        if link_hash(event, &prev_hash) != hash {
             // Content or position changed. If the row it links to turns up later, rows
             // were moved; otherwise this one was edited.
             self.lookahead = Some((prev_hash, REORDER_WINDOW));
@@ -268,11 +231,11 @@ impl Verifier {
 }
 
 /// Seal `events` (in sequence order, unsealed) after `prev`, in place; returns the new head.
-pub fn seal_in_order(events: &mut [Event], mut prev: [u8; 32]) -> [u8; 32] {
+pub fn seal_in_order(events: &mut [AuditRow], mut prev: [u8; 32]) -> [u8; 32] {
     for event in events {
-        let hash = event.link_hash(&prev);
-        event.prev_hash = Some(prev);
-        event.hash = Some(hash);
+        let hash = link_hash(event, &prev);
+        event.prev_hash = Some(prev.to_vec());
+        event.hash = Some(hash.to_vec());
         prev = hash;
     }
     prev
@@ -284,8 +247,8 @@ mod tests {
 
     use super::*;
 
-    fn event(seq: i64) -> Event {
-        Event {
+    fn event(seq: i64) -> AuditRow {
+        AuditRow {
             seq,
             id: format!("evt_{seq}"),
             ts: 1_764_000_000_000 + seq,
@@ -303,13 +266,13 @@ mod tests {
         }
     }
 
-    fn sealed(n: i64) -> Vec<Event> {
-        let mut events: Vec<Event> = (1..=n).map(event).collect();
+    fn sealed(n: i64) -> Vec<AuditRow> {
+        let mut events: Vec<AuditRow> = (1..=n).map(event).collect();
         seal_in_order(&mut events, GENESIS);
         events
     }
 
-    fn verify(events: &[Event]) -> Verification {
+    fn verify(events: &[AuditRow]) -> Verification {
         let mut verifier = Verifier::default();
         events.iter().for_each(|e| verifier.push(e));
         verifier.finish()
@@ -328,19 +291,19 @@ mod tests {
         let a = event(1);
         let mut b = event(1);
         b.details = json!({ "b": 2, "a": [true, null, "x"] }).to_string();
-        assert_ne!(a.canonical(), b.canonical());
+        assert_ne!(canonical(&a), canonical(&b));
         let mut b = event(1);
         b.contains_pii = false;
-        assert_ne!(a.canonical(), b.canonical());
+        assert_ne!(canonical(&a), canonical(&b));
         let mut b = event(1);
         b.namespace = None;
-        assert_ne!(a.canonical(), b.canonical());
+        assert_ne!(canonical(&a), canonical(&b));
         let (mut c, mut d) = (event(1), event(1));
         c.actor = "ab".into();
         c.action = "c".into();
         d.actor = "a".into();
         d.action = "bc".into();
-        assert_ne!(c.canonical(), d.canonical());
+        assert_ne!(canonical(&c), canonical(&d));
     }
 
     #[test]
@@ -360,8 +323,8 @@ mod tests {
     fn an_edited_row_with_a_recomputed_hash_breaks_the_next_link() {
         let mut events = sealed(10);
         events[4].actor = "user:someone_else".into();
-        let prev = events[4].prev_hash.unwrap();
-        events[4].hash = Some(events[4].link_hash(&prev));
+        let prev = stored_hash(events[4].prev_hash.as_deref()).unwrap();
+        events[4].hash = Some(link_hash(&events[4], &prev).to_vec());
         assert_eq!(
             verify(&events).broken,
             Some(Break {
@@ -387,7 +350,7 @@ mod tests {
     #[test]
     fn a_row_slipped_into_a_gap_is_inserted() {
         // Sealed with a gap at 5 (a rolled-back sequence value), then a row forged into it.
-        let mut events: Vec<Event> = [1, 2, 3, 4, 6, 7].into_iter().map(event).collect();
+        let mut events: Vec<AuditRow> = [1, 2, 3, 4, 6, 7].into_iter().map(event).collect();
         seal_in_order(&mut events, GENESIS);
         let mut forged = event(5);
         forged.action = "task.deleted".into();
@@ -400,8 +363,9 @@ mod tests {
             })
         );
         // Even with a hash computed to link after row 4.
-        forged.prev_hash = events[3].hash;
-        forged.hash = Some(forged.link_hash(&events[3].hash.unwrap()));
+        forged.prev_hash = events[3].hash.clone();
+        let prev = stored_hash(events[3].hash.as_deref()).unwrap();
+        forged.hash = Some(link_hash(&forged, &prev).to_vec());
         events[4] = forged;
         assert_eq!(
             verify(&events).broken,

@@ -6,5 +6,7 @@
 mod chain;
 mod trail;
 
-pub use chain::{Break, Event, GENESIS, Problem, Verification, Verifier, seal_in_order};
+pub use chain::{
+    Break, GENESIS, Problem, Verification, Verifier, canonical, link_hash, seal_in_order,
+};
 pub use trail::{AuditError, NewEvent, record, seal_pending, verify};

@@ -12,8 +12,8 @@
 
 use serde::Serialize;
 
-use super::chain::{Event, GENESIS, Verification, Verifier};
-use crate::store::{AuditRow, NewAuditRow, Store, StoreError, Tx};
+use super::chain::{GENESIS, Verification, Verifier, link_hash, stored_hash};
+use crate::store::{NewAuditRow, Store, StoreError, Tx};
 
 /// Events sealed per round trip.
 const SEAL_BATCH: i64 = 1_000;
@@ -79,33 +79,6 @@ pub async fn record(tx: &mut Tx<'_>, event: &NewEvent, now_ms: i64) -> Result<i6
     Ok(tx.insert_audit_event(&row).await?)
 }
 
-/// A stored hash, if it is one: a wrong length can only be tampering, and becomes a
-/// value no hash will match.
-fn hash32(bytes: Option<Vec<u8>>) -> Option<[u8; 32]> {
-    bytes.map(|b| b.try_into().unwrap_or([0xff; 32]))
-}
-
-impl From<AuditRow> for Event {
-    fn from(row: AuditRow) -> Self {
-        Self {
-            seq: row.seq,
-            id: row.id,
-            ts: row.ts,
-            actor: row.actor,
-            action: row.action,
-            resource: row.resource,
-            namespace: row.namespace,
-            outcome: row.outcome,
-            classification: row.classification,
-            contains_pii: row.contains_pii,
-            correlation_id: row.correlation_id,
-            details: row.details,
-            prev_hash: hash32(row.prev_hash),
-            hash: hash32(row.hash),
-        }
-    }
-}
-
 /// Seal every committed event not yet in the chain, in `seq` order. Safe to run from
 /// several processes at once: a sealer that loses a race stops and starts over.
 /// Returns how many events this call sealed.
@@ -118,7 +91,7 @@ pub async fn seal_pending(store: &Store) -> Result<u64, AuditError> {
         let tip = tx.last_sealed().await?;
         let tip_seq = tip.as_ref().map(|(seq, _)| *seq);
         let (after, mut prev) = match tip {
-            Some((seq, hash)) => (seq, hash32(Some(hash)).unwrap_or(GENESIS)),
+            Some((seq, hash)) => (seq, stored_hash(Some(&hash)).unwrap_or(GENESIS)),
             None => (0, GENESIS),
         };
         let rows = tx.unsealed_events(after, SEAL_BATCH).await?;
@@ -138,9 +111,8 @@ pub async fn seal_pending(store: &Store) -> Result<u64, AuditError> {
         let mut lost_race = false;
         let mut batch = 0;
         for row in rows {
-            let event = Event::from(row);
-            let hash = event.link_hash(&prev);
-            match tx.seal_event(event.seq, Some(&prev), &hash).await {
+            let hash = link_hash(&row, &prev);
+            match tx.seal_event(row.seq, Some(&prev), &hash).await {
                 Ok(()) => {
                     prev = hash;
                     batch += 1;
@@ -173,7 +145,7 @@ pub async fn verify(store: &Store) -> Result<Verification, AuditError> {
             break;
         };
         for row in rows {
-            verifier.push(&Event::from(row));
+            verifier.push(&row);
         }
         from = last + 1;
     }

@@ -73,7 +73,7 @@ pub struct CreatedTask {
     pub audit_seq: i64,
 }
 
-fn workflow_key(namespace: &str, name: &str, version: &str) -> String {
+fn versioned_key(namespace: &str, name: &str, version: &str) -> String {
     format!("{namespace}/{name}@{version}")
 }
 
@@ -235,7 +235,7 @@ impl Engine {
         };
         audit::record(&mut tx, &event, now).await?;
         tx.commit().await?;
-        lock(&self.inner.modules).insert(workflow_key(namespace, name, version), module);
+        lock(&self.inner.modules).insert(versioned_key(namespace, name, version), module);
         Ok(digest)
     }
 
@@ -302,7 +302,7 @@ impl Engine {
         audit::record(&mut tx, &event, now).await?;
         tx.commit().await?;
         lock(&self.inner.workflows).insert(
-            workflow_key(&def.namespace, &def.name, &def.version),
+            versioned_key(&def.namespace, &def.name, &def.version),
             Arc::new((def.clone(), classes)),
         );
         Ok(def)
@@ -316,7 +316,7 @@ impl Engine {
         name: &str,
         version: &str,
     ) -> Result<Arc<(WorkflowDef, FieldClasses)>, EngineError> {
-        let key = workflow_key(namespace, name, version);
+        let key = versioned_key(namespace, name, version);
         if let Some(found) = lock(&self.inner.workflows).get(&key) {
             return Ok(found.clone());
         }
@@ -338,7 +338,7 @@ impl Engine {
     ) -> Result<StepModule, EngineError> {
         let (name, version) = parse_module_ref(reference)
             .ok_or_else(|| EngineError::Internal(format!("bad module reference {reference}")))?;
-        let key = workflow_key(namespace, name, version);
+        let key = versioned_key(namespace, name, version);
         if let Some(found) = lock(&self.inner.modules).get(&key) {
             return Ok(found.clone());
         }

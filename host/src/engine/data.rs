@@ -9,16 +9,12 @@ use crate::store::{DataKeyRow, Tx};
 
 use super::EngineError;
 
-fn random_id(prefix: &str) -> Result<String, EngineError> {
+/// A fresh prefixed random id (`task_…`, `dk_…`).
+pub(crate) fn new_id(prefix: &str) -> Result<String, EngineError> {
     let mut bytes = [0u8; 12];
     getrandom::fill(&mut bytes)
         .map_err(|e| EngineError::Internal(format!("no randomness: {e}")))?;
     Ok(format!("{prefix}{}", hex::encode(bytes)))
-}
-
-/// A fresh prefixed id (`task_…`, `dk_…`).
-pub(crate) fn new_id(prefix: &str) -> Result<String, EngineError> {
-    random_id(prefix)
 }
 
 /// The data key for a new task: the subject's (created on first use) or a new one.
@@ -34,7 +30,7 @@ pub(crate) async fn key_for_task(
         let key = unwrap(tx, keys, &existing.data_key_id).await?;
         return Ok((existing.data_key_id, key));
     }
-    let id = random_id("dk_")?;
+    let id = new_id("dk_")?;
     let key = DataKey::generate()?;
     let wrapped = keys.wrap(&key, &id)?;
     tx.insert_data_key(&DataKeyRow {

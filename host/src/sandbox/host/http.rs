@@ -194,8 +194,8 @@ impl HttpView<'_> {
         })
     }
 
-    /// Mask every granted secret value in bytes coming back to the guest.
-    fn mask_secrets(&self, bytes: Vec<u8>) -> Vec<u8> {
+    /// A masker for every granted secret value, built once per response.
+    fn secret_mask(&self) -> SecretMask {
         let values: Vec<&str> = self
             .secrets
             .values()
@@ -203,12 +203,29 @@ impl HttpView<'_> {
             .filter(|v| !v.is_empty())
             .collect();
         if values.is_empty() {
-            return bytes;
+            return SecretMask::Nothing;
         }
         match AhoCorasick::new(&values) {
-            Ok(matcher) => matcher.replace_all_bytes(&bytes, &vec![REDACTED; values.len()]),
+            Ok(matcher) => SecretMask::Values(matcher, vec![REDACTED; values.len()]),
             // A matcher that cannot be built masks everything rather than leak.
-            Err(_) => REDACTED.as_bytes().to_vec(),
+            Err(_) => SecretMask::Everything,
+        }
+    }
+}
+
+/// Masks secret values in bytes coming back to the guest.
+enum SecretMask {
+    Nothing,
+    Values(AhoCorasick, Vec<&'static str>),
+    Everything,
+}
+
+impl SecretMask {
+    fn apply(&self, bytes: Vec<u8>) -> Vec<u8> {
+        match self {
+            Self::Nothing => bytes,
+            Self::Values(matcher, replacements) => matcher.replace_all_bytes(&bytes, replacements),
+            Self::Everything => REDACTED.as_bytes().to_vec(),
         }
     }
 }
@@ -481,13 +498,14 @@ impl Host for HttpView<'_> {
                 }
             }
         }
-        let body = self.mask_secrets(body);
+        let mask = self.secret_mask();
+        let body = mask.apply(body);
         let headers = response_headers
             .into_iter()
             .map(|(k, v)| {
                 (
                     k,
-                    String::from_utf8_lossy(&self.mask_secrets(v.into_bytes())).into_owned(),
+                    String::from_utf8_lossy(&mask.apply(v.into_bytes())).into_owned(),
                 )
             })
             .collect();
