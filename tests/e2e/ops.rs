@@ -27,8 +27,16 @@ fn stepbox(args: &[&str], data_dir: &Path) -> Command {
     command
 }
 
-fn worker(data_dir: &Path) -> Child {
-    stepbox(&["worker", "--workers", "2", "--lease-ms", "500"], data_dir)
+/// A worker process on the data directory's database, or on `database` if given.
+fn worker(data_dir: &Path, database: Option<&str>, name: &str) -> Child {
+    let mut command = stepbox(
+        &["worker", "--workers", "2", "--lease-ms", "500", "--name", name],
+        data_dir,
+    );
+    if let Some(url) = database {
+        command.arg("--database").arg(url);
+    }
+    command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -36,9 +44,11 @@ fn worker(data_dir: &Path) -> Child {
 }
 
 async fn open_engine(data_dir: &Path) -> Engine {
-    let store = Store::open(&DatabaseUrl::in_data_dir(data_dir))
-        .await
-        .unwrap();
+    open_engine_on(data_dir, &DatabaseUrl::in_data_dir(data_dir)).await
+}
+
+async fn open_engine_on(data_dir: &Path, url: &DatabaseUrl) -> Engine {
+    let store = Store::open(url).await.unwrap();
     let ring = KeyRing::load_file(&data_dir.join("keys.json")).unwrap();
     Engine::new(
         store,
@@ -49,7 +59,11 @@ async fn open_engine(data_dir: &Path) -> Engine {
 }
 
 async fn setup(data_dir: &Path) -> Engine {
-    let engine = open_engine(data_dir).await;
+    setup_on(data_dir, &DatabaseUrl::in_data_dir(data_dir)).await
+}
+
+async fn setup_on(data_dir: &Path, url: &DatabaseUrl) -> Engine {
+    let engine = open_engine_on(data_dir, url).await;
     engine
         .set_policy(NS, &NamespacePolicy::default(), "user:admin")
         .await
@@ -140,22 +154,54 @@ fn random_ms(max: u64) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_killed_at_random_moments_lose_nothing_and_commit_nothing_twice() {
+async fn workers_killed_at_random_moments_lose_nothing_and_commit_nothing_twice_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
+    let url = DatabaseUrl::in_data_dir(dir.path());
+    kill_workers_at_random(dir.path(), &url, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_at_random_moments_lose_nothing_and_commit_nothing_twice_on_postgres() {
+    let Some(db) = crate::engine::TestDb::postgres().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let DatabaseUrl::Postgres(text) = &db.url else {
+        unreachable!()
+    };
+    let text = text.clone();
+    let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+        kill_workers_at_random(dir.path(), &db.url, Some(&text)),
+    ))
+    .await;
+    db.drop().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Two worker processes at once on one database, each killed with SIGKILL at random
+/// moments and restarted, until every task completes: nothing lost, no step result
+/// committed twice, the chain intact.
+async fn kill_workers_at_random(data: &Path, url: &DatabaseUrl, database: Option<&str>) {
     assert!(stepbox(&["keys", "init"], data).status().unwrap().success());
-    let engine = setup(data).await;
+    let engine = setup_on(data, url).await;
     let store = engine.store().clone();
     let ids = create_tasks(&engine, 40).await;
 
-    // Kill -9 a worker process at random moments while the workflows run.
-    for _ in 0..6 {
-        let child = KillOnDrop(worker(data));
+    let mut kills = 0;
+    let mut workers = [
+        KillOnDrop(worker(data, database, "a-0")),
+        KillOnDrop(worker(data, database, "b-0")),
+    ];
+    for round in 1..=8 {
         tokio::time::sleep(Duration::from_millis(100 + random_ms(300))).await;
-        drop(child);
+        let victim = usize::try_from(random_ms(2)).unwrap();
+        let name = format!("{}-{round}", ["a", "b"][victim]);
+        workers[victim] = KillOnDrop(worker(data, database, &name));
+        kills += 1;
     }
     let interrupted = !all_complete(&store, &ids).await;
-    let child = KillOnDrop(worker(data));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !all_complete(&store, &ids).await {
         assert!(
@@ -164,8 +210,8 @@ async fn workers_killed_at_random_moments_lose_nothing_and_commit_nothing_twice(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    drop(child);
-    eprintln!("work left after the kills: {interrupted}");
+    drop(workers);
+    eprintln!("{kills} kills; work left after them: {interrupted}");
 
     // Each step's result was committed exactly once.
     let mut tx = store.begin_read().await.unwrap();
@@ -185,9 +231,14 @@ async fn workers_killed_at_random_moments_lose_nothing_and_commit_nothing_twice(
             assert_eq!(completed, 1, "{resource}");
         }
     }
+    store.close().await;
 
     // The chain is intact, from the CLI.
-    let output = stepbox(&["audit", "verify"], data).output().unwrap();
+    let mut verify = stepbox(&["audit", "verify"], data);
+    if let Some(url) = database {
+        verify.arg("--database").arg(url);
+    }
+    let output = verify.output().unwrap();
     assert!(
         output.status.success(),
         "{}",

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use super::CliError;
 use crate::audit;
 use crate::crypto::KeyRing;
-use crate::engine::{Clock, Engine, SystemClock, rewrap_all};
+use crate::engine::{Clock, Engine, SystemClock, WorkerPool, rewrap_all};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::store::{DatabaseUrl, Store};
 
@@ -194,20 +194,6 @@ pub(super) async fn worker(args: WorkerArgs) -> Result<ExitCode, CliError> {
         .name
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-
-    let sealer_store = store.clone();
-    let mut sealer_stop = stop.clone();
-    let sealer = tokio::spawn(async move {
-        loop {
-            if let Err(e) = audit::seal_pending(&sealer_store).await {
-                tracing::warn!(error = %e, "sealing audit events failed");
-            }
-            tokio::select! {
-                () = tokio::time::sleep(SEAL_EVERY) => {}
-                _ = sealer_stop.changed() => return,
-            }
-        }
-    });
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         let _ = stop_tx.send(true);
@@ -217,12 +203,12 @@ pub(super) async fn worker(args: WorkerArgs) -> Result<ExitCode, CliError> {
         args.workers,
         store.url()
     );
-    engine
-        .run_workers(args.workers.max(1), &name, IDLE, stop)
-        .await;
-    let _ = sealer.await;
-    audit::seal_pending(&store)
-        .await
-        .map_err(|e| CliError::Usage(format!("seal: {e}")))?;
+    let pool = WorkerPool {
+        workers: args.workers,
+        name,
+        idle: IDLE,
+        seal_every: SEAL_EVERY,
+    };
+    engine.work(&pool, stop).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::clock::Clock;
-use super::data::{self, context_aad};
+use super::data::{self, TaskKey, context_aad};
 use super::{EngineError, WorkflowDef, parse_module_ref};
 use crate::audit::{self, NewEvent};
 use crate::classify::{FieldClasses, classify_context};
@@ -36,9 +36,35 @@ pub(crate) struct Inner {
     /// Secret values by namespace and name (held in memory, never in the database yet).
     pub(crate) secrets: BTreeMap<(String, String), SecretValue>,
     /// Parsed workflow definitions, by namespace/name/version (immutable once applied).
-    pub(crate) workflows: Mutex<HashMap<String, Arc<(WorkflowDef, FieldClasses)>>>,
+    pub(crate) workflows: Mutex<HashMap<String, Arc<LoadedWorkflow>>>,
     /// Loaded modules, by namespace/name/version.
     pub(crate) modules: Mutex<HashMap<String, StepModule>>,
+    /// Task data sealed and task/step changes audited. Only the throughput benchmark's
+    /// baseline turns this off, through a build feature shipped binaries never enable.
+    pub(crate) protect: bool,
+    /// The unprotected baseline's one placeholder data key row (tasks must name one).
+    pub(crate) baseline_key: tokio::sync::OnceCell<()>,
+}
+
+/// A workflow definition ready to use: parsed, its fields classified, its input schema
+/// compiled once.
+pub(crate) struct LoadedWorkflow {
+    pub(crate) def: WorkflowDef,
+    pub(crate) classes: FieldClasses,
+    validator: jsonschema::Validator,
+}
+
+impl LoadedWorkflow {
+    fn new((def, classes): (WorkflowDef, FieldClasses)) -> Result<Self, EngineError> {
+        let validator = jsonschema::validator_for(&def.input_schema).map_err(|_| {
+            EngineError::Invalid("the workflow's input schema is not a valid JSON Schema".into())
+        })?;
+        Ok(Self {
+            def,
+            classes,
+            validator,
+        })
+    }
 }
 
 /// A request to create a task.
@@ -94,8 +120,72 @@ impl Engine {
                 secrets: BTreeMap::new(),
                 workflows: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
+                protect: true,
+                baseline_key: tokio::sync::OnceCell::new(),
             }),
         }
+    }
+
+    /// The same engine storing task data in the clear and writing no task or step audit
+    /// events: the baseline against which the throughput benchmark measures what
+    /// encryption and audit cost. Exists only in builds with the `unprotected-baseline`
+    /// feature, which the `stepbox` binary never has.
+    #[cfg(feature = "unprotected-baseline")]
+    pub fn unprotected_baseline(mut self) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.protect = false;
+        }
+        self
+    }
+
+    /// The key a task's data is sealed under.
+    pub(crate) async fn task_key(
+        &self,
+        tx: &mut Tx<'_>,
+        data_key_id: &str,
+    ) -> Result<TaskKey, EngineError> {
+        if !self.inner.protect {
+            return Ok(TaskKey::none());
+        }
+        Ok(data::unwrap(tx, &self.inner.keys, data_key_id)
+            .await?
+            .into())
+    }
+
+    /// The unprotected baseline's placeholder data key, inserted on first use.
+    async fn baseline_key_id(&self) -> Result<String, EngineError> {
+        const ID: &str = "dk_unprotected_baseline";
+        self.inner
+            .baseline_key
+            .get_or_try_init(|| async {
+                let mut tx = self.inner.store.begin().await?;
+                tx.insert_data_key(&crate::store::DataKeyRow {
+                    id: ID.into(),
+                    kek_id: "none".into(),
+                    wrapped: Vec::new(),
+                    subject: None,
+                    created_at: self.now(),
+                    destroyed_at: None,
+                })
+                .await?;
+                tx.commit().await?;
+                Ok::<(), EngineError>(())
+            })
+            .await?;
+        Ok(ID.into())
+    }
+
+    /// Record an audit event of the task path in `tx`; its sequence number.
+    pub(crate) async fn audit(
+        &self,
+        tx: &mut Tx<'_>,
+        event: &NewEvent,
+        now: i64,
+    ) -> Result<i64, EngineError> {
+        if !self.inner.protect {
+            return Ok(0);
+        }
+        Ok(audit::record(tx, event, now).await?)
     }
 
     /// The same engine with secret values for `namespace` (set before sharing the engine).
@@ -134,7 +224,7 @@ impl Engine {
             .get_task(task_id)
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("task {task_id}")))?;
-        let key = data::unwrap(&mut tx, &self.inner.keys, &task.data_key_id).await?;
+        let key = self.task_key(&mut tx, &task.data_key_id).await?;
         tx.commit().await?;
         let plaintext = key.open(&task.context, context_aad(&task.id))?;
         serde_json::from_slice(&plaintext)
@@ -246,7 +336,8 @@ impl Engine {
         definition: &str,
         actor: &str,
     ) -> Result<WorkflowDef, EngineError> {
-        let (def, classes) = WorkflowDef::parse(definition)?;
+        let loaded = LoadedWorkflow::new(WorkflowDef::parse(definition)?)?;
+        let def = &loaded.def;
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
         let policy = Self::policy(&mut tx, &def.namespace).await?;
@@ -301,10 +392,9 @@ impl Engine {
         };
         audit::record(&mut tx, &event, now).await?;
         tx.commit().await?;
-        lock(&self.inner.workflows).insert(
-            versioned_key(&def.namespace, &def.name, &def.version),
-            Arc::new((def.clone(), classes)),
-        );
+        let key = versioned_key(&def.namespace, &def.name, &def.version);
+        let def = def.clone();
+        lock(&self.inner.workflows).insert(key, Arc::new(loaded));
         Ok(def)
     }
 
@@ -315,7 +405,7 @@ impl Engine {
         namespace: &str,
         name: &str,
         version: &str,
-    ) -> Result<Arc<(WorkflowDef, FieldClasses)>, EngineError> {
+    ) -> Result<Arc<LoadedWorkflow>, EngineError> {
         let key = versioned_key(namespace, name, version);
         if let Some(found) = lock(&self.inner.workflows).get(&key) {
             return Ok(found.clone());
@@ -324,7 +414,7 @@ impl Engine {
             .get_workflow(namespace, name, version)
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("workflow {key}")))?;
-        let parsed = Arc::new(WorkflowDef::parse(&row.definition)?);
+        let parsed = Arc::new(LoadedWorkflow::new(WorkflowDef::parse(&row.definition)?)?);
         lock(&self.inner.workflows).insert(key, parsed.clone());
         Ok(parsed)
     }
@@ -361,6 +451,11 @@ impl Engine {
         request: CreateTask,
     ) -> Result<CreatedTask, EngineError> {
         let now = self.now();
+        let baseline_key = if self.inner.protect {
+            None
+        } else {
+            Some(self.baseline_key_id().await?)
+        };
         let mut tx = self.inner.store.begin().await?;
         let version = match &request.version {
             Some(v) => v.clone(),
@@ -379,14 +474,14 @@ impl Engine {
         let workflow = self
             .workflow(&mut tx, &request.namespace, &request.workflow, &version)
             .await?;
-        let (def, classes) = (&workflow.0, &workflow.1);
+        let (def, classes) = (&workflow.def, &workflow.classes);
 
         let Value::Object(context) = &request.context else {
             return Err(EngineError::Invalid(
                 "the context must be a JSON object".into(),
             ));
         };
-        validate_context(&def.input_schema, &request.context)?;
+        validate_context(&workflow.validator, &request.context)?;
         let classification = classify_context(classes, context);
         let subject = classes
             .subject_field()
@@ -399,8 +494,13 @@ impl Engine {
             .map(|id| self.inner.keys.blind_index().index(&id));
 
         let id = data::new_id("task_")?;
-        let (key_id, key) =
-            data::key_for_task(&mut tx, &self.inner.keys, subject.as_deref(), now).await?;
+        let (key_id, key): (String, TaskKey) = if self.inner.protect {
+            let (id, key) =
+                data::key_for_task(&mut tx, &self.inner.keys, subject.as_deref(), now).await?;
+            (id, key.into())
+        } else {
+            (baseline_key.unwrap_or_default(), TaskKey::none())
+        };
         let plaintext = serde_json::to_vec(&request.context)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let sealed = key.seal(&plaintext, context_aad(&id))?;
@@ -450,7 +550,7 @@ impl Engine {
                 "fields": classification.fields.keys().collect::<Vec<_>>(),
             }),
         };
-        let audit_seq = audit::record(&mut tx, &event, now).await?;
+        let audit_seq = self.audit(&mut tx, &event, now).await?;
         tx.commit().await?;
         Ok(CreatedTask {
             id,
@@ -464,10 +564,7 @@ impl Engine {
 
 /// Check the context against the workflow's schema; errors name the field and the rule,
 /// never the value (it may be PII).
-fn validate_context(schema: &Value, context: &Value) -> Result<(), EngineError> {
-    let validator = jsonschema::validator_for(schema).map_err(|_| {
-        EngineError::Invalid("the workflow's input schema is not a valid JSON Schema".into())
-    })?;
+fn validate_context(validator: &jsonschema::Validator, context: &Value) -> Result<(), EngineError> {
     let problems: Vec<String> = validator
         .iter_errors(context)
         .take(5)

@@ -19,4 +19,4 @@ pub use definition::{
 };
 pub use error::EngineError;
 pub use keys::{Rotation, rewrap_all};
-pub use worker::Ran;
+pub use worker::{Ran, WorkerPool};

@@ -10,10 +10,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::core::Engine;
-use super::data::{self, context_aad, record_aad, result_aad};
+use super::data::{TaskKey, context_aad, record_aad, result_aad};
 use super::{EngineError, StepDef};
 use crate::audit::{self, NewEvent};
-use crate::crypto::DataKey;
 use crate::policy::Principal;
 use crate::sandbox::{Attempt, AttemptReport, Grants, Origin, Outcome, TaskData};
 use crate::store::{AttemptRow, ClaimedStep, StepStatus, TaskRow, TaskStatus, Tx};
@@ -36,6 +35,19 @@ pub enum Ran {
     LostLease,
 }
 
+/// A process's workers.
+#[derive(Debug, Clone)]
+pub struct WorkerPool {
+    /// How many steps this process runs at once.
+    pub workers: usize,
+    /// Name prefix of the workers (unique per process: leases name their owner).
+    pub name: String,
+    /// How long an idle worker waits before looking for work again.
+    pub idle: Duration,
+    /// How often committed audit events are sealed into the chain.
+    pub seal_every: Duration,
+}
+
 fn system(worker: &str) -> String {
     format!("system:{worker}")
 }
@@ -45,16 +57,16 @@ impl Engine {
     /// never commits a result twice.
     pub async fn run_once(&self, worker: &str) -> Result<Ran, EngineError> {
         let now = self.now();
-        let Some(claim) = self
-            .inner
-            .store
+        // The claim and everything the attempt needs are read in one transaction: one
+        // commit per claim, and on SQLite the reads come from the writer's warm cache.
+        let mut tx = self.inner.store.begin().await?;
+        let Some(claim) = tx
             .claim_ready_step(worker, now, self.inner.lease_ms)
             .await?
         else {
+            tx.commit().await?;
             return Ok(Ran::Idle);
         };
-
-        let mut tx = self.inner.store.begin_read().await?;
         let task = tx
             .get_task(&claim.task_id)
             .await?
@@ -68,7 +80,7 @@ impl Engine {
             )
             .await?;
         let def = workflow
-            .0
+            .def
             .steps
             .iter()
             .find(|s| s.name == claim.step)
@@ -89,7 +101,7 @@ impl Engine {
             return self.deny(&claim, &task, worker, &denial.to_string()).await;
         }
 
-        let key = data::unwrap(&mut tx, &self.inner.keys, &task.data_key_id).await?;
+        let key = self.task_key(&mut tx, &task.data_key_id).await?;
         let context = open_json(&key, &task.context, context_aad(&task.id))?;
         let steps = tx.get_steps(&task.id).await?;
         let mut upstream = BTreeMap::new();
@@ -110,7 +122,7 @@ impl Engine {
                 "stored context is not an object".into(),
             ));
         };
-        let classification = crate::classify::classify_context(&workflow.1, &context);
+        let classification = crate::classify::classify_context(&workflow.classes, &context);
         let attempt = Attempt {
             task_id: task.id.clone(),
             step_name: def.name.clone(),
@@ -218,7 +230,7 @@ impl Engine {
             "denied",
             json!({ "reason": reason }),
         );
-        audit::record(&mut tx, &event, now).await?;
+        self.audit(&mut tx, &event, now).await?;
         tx.commit().await?;
         Ok(Ran::Step {
             task_id: task.id.clone(),
@@ -233,7 +245,7 @@ impl Engine {
         claim: &ClaimedStep,
         task: &TaskRow,
         def: &StepDef,
-        key: &DataKey,
+        key: &TaskKey,
         worker: &str,
         started: i64,
         report: AttemptReport,
@@ -347,7 +359,7 @@ impl Engine {
             details["hosts_called"] = json!(report.record.http_calls);
             details["denials"] = json!(report.record.denials);
         }
-        audit::record(
+        self.audit(
             &mut tx,
             &step_event(
                 task,
@@ -372,7 +384,7 @@ impl Engine {
                     "success",
                     json!({ "action": event.action, "subject": event.subject, "metadata": event.metadata }),
                 );
-                audit::record(&mut tx, &business, now).await?;
+                self.audit(&mut tx, &business, now).await?;
             }
         }
 
@@ -432,8 +444,33 @@ impl Engine {
             correlation_id: Some(task.id.clone()),
             details: json!({ "error_step": error_step }),
         };
-        audit::record(tx, &event, now).await?;
+        self.audit(tx, &event, now).await?;
         Ok(())
+    }
+
+    /// Run `workers` workers and the audit sealer until `stop` is set, then seal what
+    /// they committed: what `stepbox worker` and `stepbox serve` run.
+    pub async fn work(&self, pool: &WorkerPool, stop: tokio::sync::watch::Receiver<bool>) {
+        let store = self.inner.store.clone();
+        let every = pool.seal_every;
+        let mut sealer_stop = stop.clone();
+        let sealer = tokio::spawn(async move {
+            loop {
+                if let Err(e) = audit::seal_pending(&store).await {
+                    tracing::warn!(error = %e, "sealing audit events failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    _ = sealer_stop.changed() => return,
+                }
+            }
+        });
+        self.run_workers(pool.workers.max(1), &pool.name, pool.idle, stop)
+            .await;
+        let _ = sealer.await;
+        if let Err(e) = audit::seal_pending(&self.inner.store).await {
+            tracing::warn!(error = %e, "sealing audit events failed");
+        }
     }
 
     /// Run workers until `stop` resolves: each loops over [`Engine::run_once`], sleeping
@@ -491,7 +528,7 @@ fn jitter() -> f64 {
 }
 
 fn open_json(
-    key: &DataKey,
+    key: &TaskKey,
     sealed: &[u8],
     aad: crate::crypto::Aad<'_>,
 ) -> Result<Value, EngineError> {

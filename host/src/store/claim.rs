@@ -49,21 +49,16 @@ macro_rules! task_running {
     };
 }
 
-/// The runnable-step condition, shared by both backends' claims: due, dependencies
-/// complete, task still running. `s` is the step, `$1` now; the argument
-/// lists the step's dependencies as rows `dep` with a column `value`.
+/// The runnable-step condition, shared by both backends' claims: due, every dependency
+/// complete (`waiting_on`, kept by [`Tx::complete_step`]), task still running. `s` is the
+/// step, `$1` now. Matches the `steps_ready` partial index's predicate, so a claim reads
+/// that index in due order.
 macro_rules! runnable {
-    ($each_dependency:literal) => {
+    () => {
         concat!(
-            "s.status IN ('pending', 'waiting_for_retry') AND s.next_run_at <= $1 AND ",
-            task_running!(),
-            " AND (s.depends_on = '[]' OR NOT EXISTS (
-                     SELECT 1 FROM ",
-            $each_dependency,
-            " WHERE NOT EXISTS (
-                         SELECT 1 FROM steps d
-                         WHERE d.task_id = s.task_id AND d.name = dep.value
-                           AND d.status = 'complete')))"
+            "s.status IN ('pending', 'waiting_for_retry') AND s.waiting_on = 0
+             AND s.next_run_at <= $1 AND ",
+            task_running!()
         )
     };
 }
@@ -90,7 +85,7 @@ const SQLITE_CLAIM_RUNNABLE: &str = concat!(
     "UPDATE steps SET status = 'in_progress', lease_owner = $2, lease_expires_at = $3,
                       attempts = attempts + 1, started_at = COALESCE(started_at, $1)
      WHERE rowid = (SELECT s.rowid FROM steps s WHERE ",
-    runnable!("json_each(s.depends_on) AS dep"),
+    runnable!(),
     " ORDER BY s.next_run_at LIMIT 1)
      RETURNING task_id, name, attempts, lease_expires_at"
 );
@@ -109,7 +104,7 @@ const POSTGRES_CLAIM_EXPIRED: &str = concat!(
 const POSTGRES_CLAIM_RUNNABLE: &str = concat!(
     "WITH candidate AS (
          SELECT s.task_id, s.name FROM steps s WHERE ",
-    runnable!("json_array_elements_text(s.depends_on::json) AS dep (value)"),
+    runnable!(),
     "    ORDER BY s.next_run_at LIMIT 1
          FOR UPDATE SKIP LOCKED),
      claimed AS (
@@ -123,6 +118,12 @@ const POSTGRES_CLAIM_RUNNABLE: &str = concat!(
          FROM claimed WHERE tasks.id = claimed.task_id AND tasks.status = 'pending')
      SELECT task_id, name, attempts, lease_expires_at FROM claimed"
 );
+
+/// One fewer dependency to wait for, for each step of task `$1` that depends on `$2`.
+const SQLITE_RELEASE_DEPENDENTS: &str = "UPDATE steps SET waiting_on = waiting_on - 1
+     WHERE task_id = $1 AND EXISTS (SELECT 1 FROM json_each(steps.depends_on) WHERE value = $2)";
+const POSTGRES_RELEASE_DEPENDENTS: &str = "UPDATE steps SET waiting_on = waiting_on - 1
+     WHERE task_id = $1 AND depends_on::jsonb ? $2";
 
 type ClaimRecord = (String, String, i64, i64);
 
@@ -218,7 +219,21 @@ impl Tx<'_> {
             .map(|done| done.rows_affected())
         })
         .ctx("complete step")?;
-        self.fenced(updated, task_id, step, worker, attempt).await
+        self.fenced(updated, task_id, step, worker, attempt).await?;
+        let release = match self.inner {
+            TxInner::Sqlite(_) => SQLITE_RELEASE_DEPENDENTS,
+            TxInner::Postgres(_) => POSTGRES_RELEASE_DEPENDENTS,
+        };
+        with_conn!(self, |conn| {
+            sqlx::query(release)
+                .bind(task_id)
+                .bind(step)
+                .execute(conn)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .ctx("release dependent steps")?;
+        Ok(())
     }
 
     /// Records a step's failure with `error_json`. With `retry_at` the step waits for

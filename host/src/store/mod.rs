@@ -88,6 +88,11 @@ impl Default for StoreOptions {
 pub struct Store {
     pool: Pool,
     url: Arc<DatabaseUrl>,
+    /// SQLite has one writer at a time. Left to itself, SQLite makes waiting writers poll
+    /// with growing sleeps (its busy handler): unfair, and slow under load. So this
+    /// process's writers take turns here first, first come first served, and only
+    /// writers of other processes meet the busy handler.
+    write_turns: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl fmt::Debug for Store {
@@ -113,6 +118,7 @@ impl Store {
         Ok(Store {
             pool,
             url: Arc::new(url.clone()),
+            write_turns: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -138,13 +144,30 @@ impl Store {
     /// taking the lock up front makes writers queue instead of fail, and makes
     /// read-then-write sequences such as claiming a step atomic.
     pub async fn begin(&self) -> Result<Tx<'_>, StoreError> {
+        let turn = self.write_turn().await?;
         let inner = match &self.pool {
-            Pool::Sqlite(pool) => {
-                TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await.ctx("begin")?)
-            }
+            Pool::Sqlite(pools) => TxInner::Sqlite(
+                pools
+                    .writer
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .ctx("begin")?,
+            ),
             Pool::Postgres(pool) => TxInner::Postgres(pool.begin().await.ctx("begin")?),
         };
-        Ok(Tx::new(inner))
+        Ok(Tx::new(inner, turn))
+    }
+
+    /// On SQLite, wait for this process's turn to write (see `write_turns`); as long as
+    /// SQLite's own busy timeout at most, then `Unavailable`.
+    async fn write_turn(&self) -> Result<Option<backend::WriteTurn>, StoreError> {
+        if let Pool::Postgres(_) = self.pool {
+            return Ok(None);
+        }
+        tokio::time::timeout(SQLITE_BUSY_TIMEOUT, self.write_turns.clone().lock_owned())
+            .await
+            .map(Some)
+            .map_err(|_| StoreError::Unavailable("begin: the database is busy or down".to_owned()))
     }
 
     /// Starts a transaction for reading only. On SQLite it does not take the write lock,
@@ -152,12 +175,12 @@ impl Store {
     /// (`READ ONLY`) and may fail on SQLite.
     pub async fn begin_read(&self) -> Result<Tx<'_>, StoreError> {
         let inner = match &self.pool {
-            Pool::Sqlite(pool) => TxInner::Sqlite(pool.begin().await.ctx("begin")?),
+            Pool::Sqlite(pools) => TxInner::Sqlite(pools.readers.begin().await.ctx("begin")?),
             Pool::Postgres(pool) => {
                 TxInner::Postgres(pool.begin_with("BEGIN READ ONLY").await.ctx("begin")?)
             }
         };
-        Ok(Tx::new(inner))
+        Ok(Tx::new(inner, None))
     }
 
     /// Claims one ready step for `worker` in a transaction of its own; see
@@ -187,6 +210,7 @@ impl Store {
         now: i64,
         lease_ms: i64,
     ) -> Result<(), StoreError> {
+        let turn = self.write_turn().await?;
         let updated = with_pool!(&self.pool, |pool| {
             sqlx::query(
                 "UPDATE steps SET lease_expires_at = $4
@@ -201,6 +225,7 @@ impl Store {
             .map(|done| done.rows_affected())
         })
         .ctx("renew lease")?;
+        drop(turn);
         if updated == 1 {
             return Ok(());
         }
@@ -220,9 +245,9 @@ impl Store {
     /// finishing: retry later.
     pub async fn purge_erased(&self) -> Result<(), StoreError> {
         match &self.pool {
-            Pool::Sqlite(pool) => {
+            Pool::Sqlite(pools) => {
                 let (busy,): (i64,) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .fetch_one(pool)
+                    .fetch_one(&pools.writer)
                     .await
                     .ctx("checkpoint the WAL")?;
                 if busy != 0 {
@@ -244,7 +269,10 @@ impl Store {
     /// Closes every pooled connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         match &self.pool {
-            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Sqlite(pools) => {
+                pools.writer.close().await;
+                pools.readers.close().await;
+            }
             Pool::Postgres(pool) => pool.close().await,
         }
     }

@@ -15,17 +15,17 @@ macro_rules! columns {
     };
 }
 
-/// Columns of `steps`, the bind parameters per row of a multi-row insert.
-const STEP_COLUMNS: usize = 12;
+/// Bind parameters per row of a multi-row insert: the columns above and `waiting_on`.
+const STEP_COLUMNS: usize = 13;
 
-/// Rows per multi-row insert: 6,000 parameters, well inside both SQLite's (32,766) and
+/// Rows per multi-row insert: 6,500 parameters, well inside both SQLite's (32,766) and
 /// PostgreSQL's (65,535) limits per statement.
 const INSERT_BATCH: usize = 500;
 
 /// Where a step run is: pending → in_progress → complete | error, through
 /// waiting_for_retry between attempts, or cancelled with its task. A step is *ready* when
 /// it is pending or waiting_for_retry, due, and every step it depends on is complete;
-/// readiness is computed when claiming, not stored.
+/// readiness is stored as `waiting_on`, the count of dependencies not yet complete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StepStatus {
     /// Not yet run.
@@ -202,12 +202,22 @@ pub struct AttemptRow {
     pub duration_ms: i64,
 }
 
+/// How many different steps `depends_on` names: what a step starts out waiting on.
+fn distinct(depends_on: &[String]) -> i64 {
+    let names: std::collections::BTreeSet<&String> = depends_on.iter().collect();
+    i64::try_from(names.len()).unwrap_or(i64::MAX)
+}
+
 impl Tx<'_> {
     /// Stores a task's steps. `Conflict` if one exists already; `NotFound` if the task
     /// does not. Rows go in multi-row `INSERT`s, one round trip per 500 steps.
     pub async fn insert_steps(&mut self, steps: &[StepRow]) -> Result<(), StoreError> {
         for batch in steps.chunks(INSERT_BATCH) {
-            let mut sql = String::from(concat!("INSERT INTO steps (", columns!(), ") VALUES "));
+            let mut sql = String::from(concat!(
+                "INSERT INTO steps (",
+                columns!(),
+                ", waiting_on) VALUES "
+            ));
             let mut depends_on = Vec::with_capacity(batch.len());
             for (row, step) in batch.iter().enumerate() {
                 let first = row * STEP_COLUMNS;
@@ -240,7 +250,8 @@ impl Tx<'_> {
                         .bind(&step.result)
                         .bind(&step.error)
                         .bind(step.started_at)
-                        .bind(step.finished_at);
+                        .bind(step.finished_at)
+                        .bind(distinct(&step.depends_on));
                 }
                 query.execute(conn).await.map(|done| done.rows_affected())
             })

@@ -285,6 +285,25 @@ impl Tx<'_> {
         .ctx("list tasks")
     }
 
+    /// How many tasks of `namespace` are in each status (statuses with none are absent).
+    pub async fn count_tasks(
+        &mut self,
+        namespace: &str,
+    ) -> Result<Vec<(TaskStatus, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = with_conn!(self, |conn| {
+            sqlx::query_as(
+                "SELECT status, COUNT(*) FROM tasks WHERE namespace = $1 GROUP BY status",
+            )
+            .bind(namespace)
+            .fetch_all(conn)
+            .await
+        })
+        .ctx("count tasks")?;
+        rows.into_iter()
+            .map(|(status, n)| Ok((status.parse::<TaskStatus>()?, n)))
+            .collect()
+    }
+
     /// Every task about the data subject `subject` (a blind index), oldest first: for
     /// subject-access export and erasure.
     pub async fn tasks_for_subject(&mut self, subject: &str) -> Result<Vec<TaskRow>, StoreError> {

@@ -182,7 +182,7 @@ async fn sqlite_creates_missing_directories() {
     assert!(path.exists());
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(match &store.pool {
-            crate::store::backend::Pool::Sqlite(pool) => pool,
+            crate::store::backend::Pool::Sqlite(pools) => &pools.readers,
             crate::store::backend::Pool::Postgres(_) => unreachable!(),
         })
         .await

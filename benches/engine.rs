@@ -1,0 +1,321 @@
+//! Engine throughput: the 4-step refund workflow without HTTP (its last step is `noop`
+//! where `notify_customer` would call out), on SQLite and on PostgreSQL, with encryption
+//! and audit on and, as the baseline measured in the same run, off.
+//!
+//! Each configuration gets a fresh database and runs two phases: submit N tasks through
+//! `Engine::create_task` (several submitters at once), then drain them with the workers and
+//! the audit sealer, as `stepbox worker` runs them. Throughput is N over both phases; the
+//! phases are printed apart so the report shows where the time goes. Each configuration
+//! runs `ROUNDS` times, alternating protected and baseline, and the best round counts.
+//!
+//! `cargo bench --bench engine --features unprotected-baseline` (what `./dev bench` runs).
+//! Under `cargo test` (no `--bench` argument) it runs a few tasks per configuration and
+//! checks they complete and the chain verifies, so the benchmark itself stays working.
+//! Environment: `STEPBOX_BENCH_TASKS` (default 4000), `STEPBOX_BENCH_WORKERS` (default 4).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::Connection;
+use stepbox::audit;
+use stepbox::crypto::KeyRing;
+use stepbox::engine::{CreateTask, Engine, SystemClock, WorkerPool};
+use stepbox::policy::{NamespacePolicy, Principal};
+use stepbox::sandbox::{Sandbox, SandboxConfig};
+use stepbox::store::{DatabaseUrl, Store, TaskStatus};
+
+const NS: &str = "customer_success";
+const PERMISSION: &str = "customer_success.process_refund:execute";
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const SUBMITTERS: usize = 8;
+const ROUNDS: usize = 2;
+/// Distinct customers among the tasks: most tasks reuse a subject key, some create one.
+const CUSTOMERS: usize = 500;
+
+struct Run {
+    tasks: usize,
+    create: Duration,
+    drain: Duration,
+}
+
+impl Run {
+    fn total(&self) -> Duration {
+        self.create + self.drain
+    }
+
+    fn tasks_per_s(&self) -> f64 {
+        self.tasks as f64 / self.total().as_secs_f64()
+    }
+}
+
+fn component(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../example-steps/target/wasm32-wasip2/release/{name}.wasm"
+    ));
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run ./dev build-steps first)", path.display()))
+}
+
+fn definition() -> String {
+    json!({
+        "namespace": NS, "name": "process_refund", "version": "1.0.0",
+        "input_schema": {
+            "type": "object",
+            "required": ["customer_id", "customer_email", "order_id", "refund_amount", "reason"],
+            "properties": {
+                "customer_id": { "type": "string", "x-data-classification": "pii-identifier", "x-data-subject": true },
+                "customer_email": { "type": "string", "x-data-classification": "pii-contact" },
+                "order_id": { "type": "string", "x-data-classification": "internal" },
+                "refund_amount": { "type": "number", "x-data-classification": "financial" },
+                "currency": { "type": "string", "x-data-classification": "internal" },
+                "reason": { "type": "string", "x-data-classification": "internal" }
+            }
+        },
+        "steps": [
+            { "name": "validate_refund_request", "module": "validate_refund_request@0.1.0",
+              "reads": ["refund_amount", "order_id", "currency", "reason"], "clearance": "confidential",
+              "config": { "max_amount": 1000.0, "approval_threshold": 100.0 } },
+            { "name": "get_manager_approval", "module": "get_manager_approval@0.1.0",
+              "depends_on": ["validate_refund_request"], "clearance": "confidential",
+              "config": { "auto_approve_limit": 500.0, "on_exceed": "reject" } },
+            { "name": "execute_refund", "module": "execute_refund@0.1.0", "requires_permission": PERMISSION,
+              "depends_on": ["get_manager_approval", "validate_refund_request"], "clearance": "confidential" },
+            { "name": "notify_customer", "module": "noop@0.1.0", "depends_on": ["execute_refund"],
+              "reads": ["customer_email"], "clearance": "confidential" }
+        ]
+    })
+    .to_string()
+}
+
+fn request(n: usize) -> CreateTask {
+    let customer = n % CUSTOMERS;
+    CreateTask {
+        namespace: NS.into(),
+        workflow: "process_refund".into(),
+        version: None,
+        context: json!({
+            "customer_id": format!("cus_{customer}"),
+            "customer_email": format!("customer{customer}@example.com"),
+            "order_id": format!("ord_{n}"), "refund_amount": 20.0 + (n % 400) as f64,
+            "currency": "EUR", "reason": "item arrived damaged"
+        }),
+        reason: Some("benchmark".into()),
+        tags: vec![],
+    }
+}
+
+/// A fresh PostgreSQL database and its name.
+async fn postgres_db() -> (DatabaseUrl, String) {
+    let mut admin = sqlx::PgConnection::connect(ADMIN_URL).await.unwrap();
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).unwrap();
+    let name = format!("stepbox_bench_{}", hex::encode(bytes));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = DatabaseUrl::Postgres(format!("postgres://postgres@127.0.0.1:5432/{name}"));
+    (url, name)
+}
+
+async fn drop_postgres_db(name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(ADMIN_URL).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+async fn run(
+    url: &DatabaseUrl,
+    sandbox: &Sandbox,
+    protected: bool,
+    tasks: usize,
+    workers: usize,
+) -> Run {
+    let store = Store::open(url).await.unwrap();
+    let keys = Arc::new(KeyRing::generate().unwrap());
+    let engine = Engine::new(store.clone(), keys, sandbox.clone(), Arc::new(SystemClock));
+    let engine = if protected {
+        engine
+    } else {
+        engine.unprotected_baseline()
+    };
+    engine
+        .set_policy(NS, &NamespacePolicy::default(), "user:admin")
+        .await
+        .unwrap();
+    for (name, module) in [
+        ("validate_refund_request", "validate_refund_request"),
+        ("get_manager_approval", "get_manager_approval"),
+        ("execute_refund", "execute_refund"),
+        ("noop", "noop"),
+    ] {
+        engine
+            .register_module(NS, name, "0.1.0", &component(module), "user:team_lead")
+            .await
+            .unwrap();
+    }
+    engine
+        .apply_workflow(&definition(), "user:team_lead")
+        .await
+        .unwrap();
+    let agent = Principal {
+        subject: "user_123".into(),
+        roles: ["customer_success_agent".to_owned()].into(),
+        permissions: [PERMISSION.to_owned()].into(),
+    };
+
+    let start = Instant::now();
+    let submitters: Vec<_> = (0..SUBMITTERS)
+        .map(|s| {
+            let engine = engine.clone();
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                for n in (s..tasks).step_by(SUBMITTERS) {
+                    engine.create_task(&agent, request(n)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for submitter in submitters {
+        submitter.await.unwrap();
+    }
+    let create = start.elapsed();
+
+    let start = Instant::now();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let pool = WorkerPool {
+        workers,
+        name: "bench".into(),
+        idle: Duration::from_millis(1),
+        seal_every: Duration::from_millis(100),
+    };
+    let running = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.work(&pool, stop).await })
+    };
+    loop {
+        let counts = store
+            .begin_read()
+            .await
+            .unwrap()
+            .count_tasks(NS)
+            .await
+            .unwrap();
+        let done: i64 = counts
+            .iter()
+            .filter(|(status, _)| status.is_terminal())
+            .map(|(_, n)| n)
+            .sum();
+        if done as usize == tasks {
+            let complete = counts
+                .iter()
+                .find(|(status, _)| *status == TaskStatus::Complete)
+                .map_or(0, |(_, n)| *n);
+            assert_eq!(complete as usize, tasks, "every task completes: {counts:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let drain = start.elapsed();
+    stop_tx.send(true).unwrap();
+    running.await.unwrap();
+
+    if protected {
+        audit::seal_pending(&store).await.unwrap();
+        let report = audit::verify(&store).await.unwrap();
+        assert!(report.broken.is_none(), "chain intact: {report:?}");
+    }
+    store.close().await;
+    Run {
+        tasks,
+        create,
+        drain,
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let tasks = if benching {
+        env_usize("STEPBOX_BENCH_TASKS", 4000)
+    } else {
+        12
+    };
+    let workers = env_usize("STEPBOX_BENCH_WORKERS", 4);
+    let rounds = if benching { ROUNDS } else { 1 };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+
+    runtime.block_on(async {
+        let mut backends = vec!["sqlite"];
+        if sqlx::PgConnection::connect(ADMIN_URL).await.is_ok() {
+            backends.push("postgres");
+        } else {
+            assert!(
+                std::env::var("STEPBOX_REQUIRE_POSTGRES").is_err(),
+                "PostgreSQL required but unreachable"
+            );
+            eprintln!("skipped: PostgreSQL not reachable at {ADMIN_URL}");
+        }
+        println!(
+            "engine throughput: {tasks} tasks of the 4-step refund workflow, {workers} workers, best of {rounds}"
+        );
+        for backend in backends {
+            let mut best: [Option<Run>; 2] = [None, None];
+            for _ in 0..rounds {
+                for (slot, protected) in [(0, true), (1, false)] {
+                    let (url, pg, _dir) = if backend == "sqlite" {
+                        let dir = tempfile::tempdir().unwrap();
+                        (
+                            DatabaseUrl::Sqlite(dir.path().join("stepbox.db")),
+                            None,
+                            Some(dir),
+                        )
+                    } else {
+                        let (url, name) = postgres_db().await;
+                        (url, Some(name), None)
+                    };
+                    let figures = run(&url, &sandbox, protected, tasks, workers).await;
+                    if let Some(name) = pg {
+                        drop_postgres_db(&name).await;
+                    }
+                    if best[slot]
+                        .as_ref()
+                        .is_none_or(|b| figures.total() < b.total())
+                    {
+                        best[slot] = Some(figures);
+                    }
+                }
+            }
+            let [Some(on), Some(off)] = best else {
+                unreachable!()
+            };
+            for (label, r) in [("encryption+audit on ", &on), ("baseline (both off)", &off)] {
+                println!(
+                    "  {backend:<8} {label}: {:>7.0} tasks/s ({:>6.0} steps/s) | create {:>6.0} tasks/s, run {:>6.0} tasks/s",
+                    r.tasks_per_s(),
+                    r.tasks_per_s() * 4.0,
+                    r.tasks as f64 / r.create.as_secs_f64(),
+                    r.tasks as f64 / r.drain.as_secs_f64(),
+                );
+            }
+            println!(
+                "  {backend:<8} cost of encryption + audit: {:+.1}% time per task",
+                (on.total().as_secs_f64() / off.total().as_secs_f64() - 1.0) * 100.0
+            );
+        }
+    });
+}
