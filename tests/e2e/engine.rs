@@ -14,8 +14,8 @@ use stepbox::store::{DatabaseUrl, StepStatus, Store, TaskStatus};
 
 use crate::support::*;
 
-const NS: &str = "customer_success";
-const PERMISSION: &str = "customer_success.process_refund:execute";
+pub(crate) const NS: &str = "customer_success";
+pub(crate) const PERMISSION: &str = "customer_success.process_refund:execute";
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A database of its own for one test: a SQLite file, or a fresh PostgreSQL database.
@@ -77,7 +77,7 @@ impl TestDb {
 }
 
 /// Run `test` on SQLite, then on PostgreSQL.
-async fn both<F, Fut>(test: F)
+pub(crate) async fn both<F, Fut>(test: F)
 where
     F: Fn(DatabaseUrl) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -132,13 +132,18 @@ fn definition(notify_endpoint: &str, notify_origin: &str, max_attempts: u32) -> 
     .to_string()
 }
 
-struct Setup {
-    engine: Engine,
-    clock: ManualClock,
-    store: Store,
+pub(crate) struct Setup {
+    pub(crate) engine: Engine,
+    pub(crate) clock: ManualClock,
+    pub(crate) store: Store,
 }
 
-async fn setup(url: &DatabaseUrl, server: &TestServer, path: &str, max_attempts: u32) -> Setup {
+pub(crate) async fn setup(
+    url: &DatabaseUrl,
+    server: &TestServer,
+    path: &str,
+    max_attempts: u32,
+) -> Setup {
     let store = Store::open(url).await.unwrap();
     let clock = ManualClock::at(1_764_000_000_000);
     let keys = Arc::new(KeyRing::generate().unwrap());
@@ -147,14 +152,22 @@ async fn setup(url: &DatabaseUrl, server: &TestServer, path: &str, max_attempts:
         keys,
         sandbox().clone(),
         Arc::new(clock.clone()),
-    )
-    .with_secret(NS, "NOTIFY_API_KEY", SecretValue::new(NOTIFY_KEY));
+    );
     let policy = NamespacePolicy {
         hosts: [server.origin()].into(),
         secrets: ["NOTIFY_API_KEY".to_owned()].into(),
         ..NamespacePolicy::default()
     };
     engine.set_policy(NS, &policy, "user:admin").await.unwrap();
+    engine
+        .set_secret(
+            NS,
+            "NOTIFY_API_KEY",
+            &SecretValue::new(NOTIFY_KEY),
+            "user:admin",
+        )
+        .await
+        .unwrap();
     for name in [
         "validate_refund_request",
         "get_manager_approval",
@@ -180,7 +193,7 @@ async fn setup(url: &DatabaseUrl, server: &TestServer, path: &str, max_attempts:
     }
 }
 
-fn agent() -> Principal {
+pub(crate) fn agent() -> Principal {
     Principal {
         subject: "user_123".into(),
         roles: ["customer_success_agent".to_owned()].into(),
@@ -188,7 +201,7 @@ fn agent() -> Principal {
     }
 }
 
-fn refund_request(amount: f64) -> CreateTask {
+pub(crate) fn refund_request(amount: f64) -> CreateTask {
     CreateTask {
         namespace: NS.into(),
         workflow: "process_refund".into(),
@@ -203,7 +216,7 @@ fn refund_request(amount: f64) -> CreateTask {
 }
 
 /// Run steps until none is ready.
-async fn drain(engine: &Engine) -> Vec<Ran> {
+pub(crate) async fn drain(engine: &Engine) -> Vec<Ran> {
     let mut ran = Vec::new();
     loop {
         match engine.run_once("worker-test").await.unwrap() {
@@ -213,7 +226,10 @@ async fn drain(engine: &Engine) -> Vec<Ran> {
     }
 }
 
-async fn task_status(store: &Store, id: &str) -> (TaskStatus, Vec<(String, StepStatus)>) {
+pub(crate) async fn task_status(
+    store: &Store,
+    id: &str,
+) -> (TaskStatus, Vec<(String, StepStatus)>) {
     let mut tx = store.begin_read().await.unwrap();
     let task = tx.get_task(id).await.unwrap().unwrap();
     let steps = tx
@@ -227,7 +243,7 @@ async fn task_status(store: &Store, id: &str) -> (TaskStatus, Vec<(String, StepS
     (task.status, steps)
 }
 
-async fn chain_is_intact(store: &Store) -> u64 {
+pub(crate) async fn chain_is_intact(store: &Store) -> u64 {
     audit::seal_pending(store).await.unwrap();
     let report = audit::verify(store).await.unwrap();
     assert!(report.is_intact(), "{report:?}");
@@ -426,15 +442,15 @@ async fn after_key_rotation_everything_still_decrypts_and_a_moved_ciphertext_doe
         let rotation = stepbox::engine::rewrap_all(&store, &ring, "user:admin", clock.now_ms())
             .await
             .unwrap();
-        assert_eq!(rotation.rewrapped, 2);
+        assert_eq!(rotation.rewrapped, 3, "two subjects' keys and the secret's");
         ring.retire(&old).unwrap();
+        // The notification step's secret now comes from the store, under the new KEK.
         let rotated = Engine::new(
             store.clone(),
             Arc::new(ring),
             sandbox().clone(),
             Arc::new(clock.clone()),
-        )
-        .with_secret(NS, "NOTIFY_API_KEY", SecretValue::new(NOTIFY_KEY));
+        );
         contexts_decrypt(&rotated, &ids).await.unwrap();
         drain(&rotated).await;
         assert_eq!(task_status(&store, &first.id).await.0, TaskStatus::Complete);

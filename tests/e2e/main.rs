@@ -2,10 +2,12 @@
 //! wasmtime sandbox, real HTTP over a socket on 127.0.0.1, and the `stepbox` binary.
 
 mod cli;
+mod control;
 mod engine;
 mod hostile;
 mod http_defences;
 mod loading;
 mod ops;
 mod refund;
+mod secrets;
 mod support;

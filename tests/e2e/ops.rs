@@ -30,7 +30,15 @@ fn stepbox(args: &[&str], data_dir: &Path) -> Command {
 /// A worker process on the data directory's database, or on `database` if given.
 fn worker(data_dir: &Path, database: Option<&str>, name: &str) -> Child {
     let mut command = stepbox(
-        &["worker", "--workers", "2", "--lease-ms", "500", "--name", name],
+        &[
+            "worker",
+            "--workers",
+            "2",
+            "--lease-ms",
+            "500",
+            "--name",
+            name,
+        ],
         data_dir,
     );
     if let Some(url) = database {

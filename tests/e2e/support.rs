@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -152,20 +153,38 @@ pub struct Seen {
 /// `/notify` → 200 JSON, `/echo` → echoes the authorization header and body,
 /// `/unavailable` → 503, `/delay` → answers after 0.4 s, `/slow` → answers after 5 s, `/redirect?to=URL` → 302 to URL,
 /// `/redirect307?to=URL` → 307 to URL, `/gzip` and `/partial` → the echo, claiming to be
-/// gzip-encoded or a 206 byte range.
+/// gzip-encoded or a 206 byte range, `/switch` → 503 while [`TestServer::set_down`] says
+/// so, else like `/notify`.
 pub struct TestServer {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    down: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    down: Arc<AtomicBool>,
 }
 
 impl TestServer {
     pub async fn start() -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let app = Router::new().fallback(handle).with_state(seen.clone());
+        let down = Arc::new(AtomicBool::new(false));
+        let shared = Shared {
+            seen: seen.clone(),
+            down: down.clone(),
+        };
+        let app = Router::new().fallback(handle).with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { addr, seen }
+        Self { addr, seen, down }
+    }
+
+    /// Make `/switch` answer 503 (`true`) or 200 (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 
     pub fn origin(&self) -> String {
@@ -182,7 +201,7 @@ impl TestServer {
 }
 
 async fn handle(
-    State(seen): State<Arc<Mutex<Vec<Seen>>>>,
+    State(Shared { seen, down }): State<Shared>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -205,6 +224,8 @@ async fn handle(
             format!("auth={auth} body={}", String::from_utf8_lossy(&body)).into_response()
         }
         "/unavailable" => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        "/switch" if down.load(Ordering::SeqCst) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        "/switch" => (StatusCode::OK, axum::Json(json!({ "id": "msg_2" }))).into_response(),
         "/delay" => {
             tokio::time::sleep(Duration::from_millis(400)).await;
             "done".into_response()

@@ -3,6 +3,7 @@
 //! secrets, key material or unredacted guest output.
 
 mod ops;
+mod secrets;
 mod step_run;
 
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub use ops::{AuditCommand, DataArgs, KeysCommand, WorkerArgs};
+pub use secrets::{SecretSetArgs, SecretsCommand};
 pub use step_run::StepRunArgs;
 
 /// stepbox: WebAssembly workflow steps with policy, audit and encryption.
@@ -35,6 +37,9 @@ pub enum Command {
     /// Check the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage the secrets steps may be granted (sealed in the database).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
 }
 
 /// `stepbox step …`
@@ -74,6 +79,7 @@ impl Cli {
             Command::Worker(args) => ops::worker(args).await,
             Command::Keys(command) => ops::keys(command).await,
             Command::Audit(command) => ops::audit(command).await,
+            Command::Secrets(command) => secrets::run(command).await,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Operator commands over a database and a key file: `keys init|rotate`, `audit verify`
-//! and `worker`.
+//! and `worker` (`secrets set` lives in `secrets`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,11 +45,11 @@ impl DataArgs {
             .unwrap_or_else(|| self.data_dir.join("keys.json"))
     }
 
-    fn ring(&self) -> Result<KeyRing, CliError> {
+    pub(super) fn ring(&self) -> Result<KeyRing, CliError> {
         KeyRing::load_file(&self.key_file()).map_err(|e| CliError::Usage(e.to_string()))
     }
 
-    async fn store(&self) -> Result<Store, CliError> {
+    pub(super) async fn store(&self) -> Result<Store, CliError> {
         Store::open(&self.database_url()?)
             .await
             .map_err(|e| CliError::Usage(format!("database: {e}")))
@@ -103,7 +103,7 @@ const IDLE: Duration = Duration::from_millis(50);
 /// How often a worker process seals committed audit events into the chain.
 const SEAL_EVERY: Duration = Duration::from_millis(500);
 
-fn print(value: &impl serde::Serialize) {
+pub(super) fn print(value: &impl serde::Serialize) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()

@@ -1,7 +1,7 @@
 //! The engine's face: the shared handle, the catalog (modules, workflows, namespace
 //! policies) and task creation. Every state change commits with its audit event.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -15,7 +15,7 @@ use crate::audit::{self, NewEvent};
 use crate::classify::{FieldClasses, classify_context};
 use crate::crypto::KeyRing;
 use crate::policy::{NamespacePolicy, Principal};
-use crate::sandbox::{Sandbox, SecretValue, StepModule};
+use crate::sandbox::{Sandbox, StepModule};
 use crate::store::{ModuleRow, StepRow, Store, TaskRow, TaskStatus, Tx, WorkflowRow};
 
 /// Longest lease a worker holds on a step before it must renew it.
@@ -33,8 +33,6 @@ pub(crate) struct Inner {
     pub(crate) sandbox: Sandbox,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) lease_ms: i64,
-    /// Secret values by namespace and name (held in memory, never in the database yet).
-    pub(crate) secrets: BTreeMap<(String, String), SecretValue>,
     /// Parsed workflow definitions, by namespace/name/version (immutable once applied).
     pub(crate) workflows: Mutex<HashMap<String, Arc<LoadedWorkflow>>>,
     /// Loaded modules, by namespace/name/version.
@@ -117,7 +115,6 @@ impl Engine {
                 sandbox,
                 clock,
                 lease_ms: DEFAULT_LEASE_MS,
-                secrets: BTreeMap::new(),
                 workflows: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
                 protect: true,
@@ -186,16 +183,6 @@ impl Engine {
             return Ok(0);
         }
         Ok(audit::record(tx, event, now).await?)
-    }
-
-    /// The same engine with secret values for `namespace` (set before sharing the engine).
-    pub fn with_secret(mut self, namespace: &str, name: &str, value: SecretValue) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner
-                .secrets
-                .insert((namespace.to_owned(), name.to_owned()), value);
-        }
-        self
     }
 
     /// The same engine with step leases of `lease_ms` (set before sharing the engine): how

@@ -30,6 +30,26 @@ pub(crate) async fn key_for_task(
         let key = unwrap(tx, keys, &existing.data_key_id).await?;
         return Ok((existing.data_key_id, key));
     }
+    let (id, key) = new_data_key(tx, keys, subject, now).await?;
+    if let Some(blind) = subject {
+        // Two tasks for a new subject may race: whoever inserts first owns the key.
+        let owner = tx.get_or_insert_subject(blind, &id, now).await?;
+        if owner.data_key_id != id {
+            let key = unwrap(tx, keys, &owner.data_key_id).await?;
+            return Ok((owner.data_key_id, key));
+        }
+    }
+    Ok((id, key))
+}
+
+/// A fresh data key, stored wrapped under the ring's active KEK (and so re-wrapped by
+/// every later rotation), belonging to `subject` if given.
+pub(crate) async fn new_data_key(
+    tx: &mut Tx<'_>,
+    keys: &KeyRing,
+    subject: Option<&str>,
+    now: i64,
+) -> Result<(String, DataKey), EngineError> {
     let id = new_id("dk_")?;
     let key = DataKey::generate()?;
     let wrapped = keys.wrap(&key, &id)?;
@@ -42,14 +62,6 @@ pub(crate) async fn key_for_task(
         destroyed_at: None,
     })
     .await?;
-    if let Some(blind) = subject {
-        // Two tasks for a new subject may race: whoever inserts first owns the key.
-        let owner = tx.get_or_insert_subject(blind, &id, now).await?;
-        if owner.data_key_id != id {
-            let key = unwrap(tx, keys, &owner.data_key_id).await?;
-            return Ok((owner.data_key_id, key));
-        }
-    }
     Ok((id, key))
 }
 

@@ -218,6 +218,13 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// A valid secret name: 1-64 of `A-Z`, `a-z`, `0-9`, `_` (environment-variable style,
+/// `NOTIFY_API_KEY`).
+pub fn valid_secret_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// A valid `MAJOR.MINOR.PATCH` version.
 pub fn valid_version(version: &str) -> bool {
     let parts: Vec<&str> = version.split('.').collect();
@@ -391,12 +398,7 @@ impl StepDef {
             Origin::parse(host).map_err(|e| self.invalid(format!("host `{host}`: {e}")))?;
         }
         for secret in &self.secrets {
-            if secret.is_empty()
-                || secret.len() > MAX_NAME
-                || !secret
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
+            if !valid_secret_name(secret) {
                 return Err(self.invalid(format!("secret name `{secret}` is not valid")));
             }
         }

@@ -1,22 +1,27 @@
 //! The workflow engine: definitions and their DAG, task creation, scheduling, retries,
-//! leases and workers. It decides what runs when; it never touches the network or a
-//! secret's value itself (the sandbox does), and never writes a state change without
-//! its audit event in the same transaction.
+//! leases and workers, operator control (cancel, retry) and secrets at rest. It decides
+//! what runs when; it never touches the network or uses a secret's value itself (it
+//! unseals a step's granted secrets into the sandbox's grants, and the sandbox uses them),
+//! and never writes a state change without its audit event in the same transaction.
 
 mod clock;
+mod control;
 mod core;
 mod data;
 mod definition;
 mod error;
 mod keys;
+mod secrets;
 mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use control::{CancelledTask, RetriedStep};
 pub use core::{CreateTask, CreatedTask, DEFAULT_LEASE_MS, Engine};
 pub use definition::{
     AuditLevel, DefinitionError, RetryPolicy, StepDef, WorkflowDef, parse_module_ref, valid_name,
-    valid_version,
+    valid_secret_name, valid_version,
 };
 pub use error::EngineError;
 pub use keys::{Rotation, rewrap_all};
+pub use secrets::{MAX_SECRET_BYTES, set_secret};
 pub use worker::{Ran, WorkerPool};

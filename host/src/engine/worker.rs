@@ -1,7 +1,8 @@
 //! Workers: claim a ready step under a lease, re-check its permission against the
-//! creator's snapshot and the namespace policy as it is now, run it in the sandbox while
-//! renewing the lease, and commit the outcome — result, retry or failure — with its audit
-//! events in one transaction. A worker that lost its lease commits nothing.
+//! creator's snapshot and the namespace policy as it is now, open the secrets the policy
+//! still grants it, run it in the sandbox while renewing the lease, and commit the outcome
+//! — result, retry or failure — with its audit events in one transaction. A worker that
+//! lost its lease (or whose step was cancelled) commits nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use super::data::{TaskKey, context_aad, record_aad, result_aad};
 use super::{EngineError, StepDef};
 use crate::audit::{self, NewEvent};
 use crate::policy::Principal;
-use crate::sandbox::{Attempt, AttemptReport, Grants, Origin, Outcome, TaskData};
+use crate::sandbox::{Attempt, AttemptReport, Grants, Origin, Outcome, SecretValue, TaskData};
 use crate::store::{AttemptRow, ClaimedStep, StepStatus, TaskRow, TaskStatus, Tx};
 
 /// What one call of [`Engine::run_once`] did.
@@ -46,6 +47,21 @@ pub struct WorkerPool {
     pub idle: Duration,
     /// How often committed audit events are sealed into the chain.
     pub seal_every: Duration,
+}
+
+/// A step's grants: its declaration, and the secret values opened for it.
+fn grants(def: &StepDef, secrets: BTreeMap<String, SecretValue>) -> Grants {
+    Grants {
+        reads: def.reads.iter().cloned().collect(),
+        upstream: def.depends_on.iter().cloned().collect(),
+        clearance: def.clearance,
+        secrets,
+        origins: def
+            .hosts
+            .iter()
+            .filter_map(|h| Origin::parse(h).ok())
+            .collect(),
+    }
 }
 
 fn system(worker: &str) -> String {
@@ -115,6 +131,17 @@ impl Engine {
             }
         }
         let module = self.module(&mut tx, &task.namespace, &def.module).await?;
+        // Only secrets the namespace policy still grants: one withdrawn since the workflow
+        // was applied is denied to the step like one never set.
+        let granted: Vec<String> = def
+            .secrets
+            .iter()
+            .filter(|name| policy.secrets.contains(*name))
+            .cloned()
+            .collect();
+        let secrets = self
+            .step_secrets(&mut tx, &task.namespace, &granted)
+            .await?;
         tx.commit().await?;
 
         let Value::Object(context) = context else {
@@ -128,7 +155,7 @@ impl Engine {
             step_name: def.name.clone(),
             attempt: u32::try_from(claim.attempt).unwrap_or(u32::MAX),
             config: def.config.clone(),
-            grants: self.grants(&task.namespace, &def),
+            grants: grants(&def, secrets),
             data: Arc::new(TaskData {
                 context,
                 classification,
@@ -139,30 +166,6 @@ impl Engine {
         let report = self.run_with_lease(&module, attempt, &claim, worker).await;
         self.commit(&claim, &task, &def, &key, worker, now, report)
             .await
-    }
-
-    fn grants(&self, namespace: &str, def: &StepDef) -> Grants {
-        Grants {
-            reads: def.reads.iter().cloned().collect(),
-            upstream: def.depends_on.iter().cloned().collect(),
-            clearance: def.clearance,
-            secrets: def
-                .secrets
-                .iter()
-                .filter_map(|name| {
-                    let value = self
-                        .inner
-                        .secrets
-                        .get(&(namespace.to_owned(), name.clone()))?;
-                    Some((name.clone(), value.clone()))
-                })
-                .collect(),
-            origins: def
-                .hosts
-                .iter()
-                .filter_map(|h| Origin::parse(h).ok())
-                .collect(),
-        }
     }
 
     /// Run the attempt, renewing the lease every third of its length meanwhile.
@@ -285,7 +288,8 @@ impl Engine {
                     }
                     _ => true,
                 };
-                let attempts_left = claim.attempt < i64::from(def.retry.max_attempts);
+                let attempts_left =
+                    claim.attempt - claim.attempt_base < i64::from(def.retry.max_attempts);
                 let retry_at = (retryable && attempts_left).then(|| {
                     let hint = match failure {
                         Outcome::StepError {

@@ -35,6 +35,10 @@ pub struct ClaimedStep {
     pub step: String,
     /// This attempt's number (1 for the first run): pass it back to complete or fail.
     pub attempt: i64,
+    /// The attempt number the step's retry budget counts from: 0, or the attempts made
+    /// before an operator last retried it by hand. `attempt - attempt_base` attempts of the
+    /// current budget have been used, this one included.
+    pub attempt_base: i64,
     /// When the lease runs out unless renewed, unix ms.
     pub lease_expires_at: i64,
 }
@@ -78,7 +82,7 @@ const SQLITE_CLAIM_EXPIRED: &str = concat!(
      WHERE rowid = (SELECT s.rowid FROM steps s WHERE ",
     expired!(),
     " ORDER BY s.lease_expires_at LIMIT 1)
-     RETURNING task_id, name, attempts, lease_expires_at"
+     RETURNING task_id, name, attempts, attempt_base, lease_expires_at"
 );
 
 const SQLITE_CLAIM_RUNNABLE: &str = concat!(
@@ -87,7 +91,7 @@ const SQLITE_CLAIM_RUNNABLE: &str = concat!(
      WHERE rowid = (SELECT s.rowid FROM steps s WHERE ",
     runnable!(),
     " ORDER BY s.next_run_at LIMIT 1)
-     RETURNING task_id, name, attempts, lease_expires_at"
+     RETURNING task_id, name, attempts, attempt_base, lease_expires_at"
 );
 
 const POSTGRES_CLAIM_EXPIRED: &str = concat!(
@@ -98,7 +102,8 @@ const POSTGRES_CLAIM_EXPIRED: &str = concat!(
          FOR UPDATE SKIP LOCKED)
      UPDATE steps SET lease_owner = $2, lease_expires_at = $3, attempts = steps.attempts + 1
      FROM candidate WHERE steps.task_id = candidate.task_id AND steps.name = candidate.name
-     RETURNING steps.task_id, steps.name, steps.attempts, steps.lease_expires_at"
+     RETURNING steps.task_id, steps.name, steps.attempts, steps.attempt_base,
+               steps.lease_expires_at"
 );
 
 const POSTGRES_CLAIM_RUNNABLE: &str = concat!(
@@ -112,11 +117,12 @@ const POSTGRES_CLAIM_RUNNABLE: &str = concat!(
                           attempts = steps.attempts + 1,
                           started_at = COALESCE(steps.started_at, $1)
          FROM candidate WHERE steps.task_id = candidate.task_id AND steps.name = candidate.name
-         RETURNING steps.task_id, steps.name, steps.attempts, steps.lease_expires_at),
+         RETURNING steps.task_id, steps.name, steps.attempts, steps.attempt_base,
+               steps.lease_expires_at),
      started AS (
          UPDATE tasks SET status = 'in_progress', updated_at = $1
          FROM claimed WHERE tasks.id = claimed.task_id AND tasks.status = 'pending')
-     SELECT task_id, name, attempts, lease_expires_at FROM claimed"
+     SELECT task_id, name, attempts, attempt_base, lease_expires_at FROM claimed"
 );
 
 /// One fewer dependency to wait for, for each step of task `$1` that depends on `$2`.
@@ -125,7 +131,7 @@ const SQLITE_RELEASE_DEPENDENTS: &str = "UPDATE steps SET waiting_on = waiting_o
 const POSTGRES_RELEASE_DEPENDENTS: &str = "UPDATE steps SET waiting_on = waiting_on - 1
      WHERE task_id = $1 AND depends_on::jsonb ? $2";
 
-type ClaimRecord = (String, String, i64, i64);
+type ClaimRecord = (String, String, i64, i64, i64);
 
 impl Tx<'_> {
     /// Leases one ready step to `worker` until `now + lease_ms`, or returns `None`.
@@ -162,7 +168,7 @@ impl Tx<'_> {
                 break;
             }
         }
-        let Some((task_id, step, attempt, lease_expires_at)) = claimed else {
+        let Some((task_id, step, attempt, attempt_base, lease_expires_at)) = claimed else {
             return Ok(None);
         };
         if let TxInner::Sqlite(_) = self.inner {
@@ -184,6 +190,7 @@ impl Tx<'_> {
             task_id,
             step,
             attempt,
+            attempt_base,
             lease_expires_at,
         }))
     }

@@ -1,23 +1,26 @@
 //! Durable storage: namespaces, modules, workflows, tasks, step runs and their attempts,
-//! wrapped data keys and the subject blind index, and the audit log, on SQLite (one file,
-//! the embedded default) or PostgreSQL (several hosts sharing the work).
+//! wrapped data keys and the subject blind index, sealed secrets, and the audit log, on
+//! SQLite (one file, the embedded default) or PostgreSQL (several hosts sharing the work).
 //!
 //! One face, [`Store`] and its transaction [`Tx`], with one file per resource; each query is
 //! written once and runs on both backends (see `backend`). Migrations live in
 //! `host/migrations/{sqlite,postgres}`, mirrored file for file, and run on [`Store::open`].
 //!
 //! This module stores and fetches bytes and rows; it must never decide policy, never see
-//! plaintext task data (contexts, results and attempt records arrive as ciphertext), never
-//! compute the audit chain, and never let SQL text or a credential reach its caller.
-//! Time is always passed in (`now`, unix milliseconds) so callers can inject a clock.
+//! plaintext task data or secret values (contexts, results, attempt records and secrets
+//! arrive as ciphertext), never compute the audit chain, and never let SQL text or a
+//! credential reach its caller. Time is always passed in (`now`, unix milliseconds) so
+//! callers can inject a clock.
 
 mod audit;
 mod backend;
 mod claim;
+mod control;
 mod error;
 mod keys;
 mod modules;
 mod namespaces;
+mod secrets;
 mod steps;
 mod tasks;
 mod url;
@@ -37,6 +40,7 @@ pub use error::StoreError;
 pub use keys::{DataKeyRow, SubjectRow};
 pub use modules::ModuleRow;
 pub use namespaces::NamespaceRow;
+pub use secrets::SecretRow;
 pub use steps::{AttemptRow, StepRow, StepStatus};
 pub use tasks::{TaskCursor, TaskRow, TaskStatus};
 pub use url::{DEFAULT_SQLITE_FILE, DatabaseUrl};

@@ -10,15 +10,15 @@ use super::{StoreError, Tx};
 
 macro_rules! columns {
     () => {
-        "task_id, name, status, depends_on, attempts, next_run_at, lease_owner,
+        "task_id, name, status, depends_on, attempts, attempt_base, next_run_at, lease_owner,
          lease_expires_at, result, error, started_at, finished_at"
     };
 }
 
 /// Bind parameters per row of a multi-row insert: the columns above and `waiting_on`.
-const STEP_COLUMNS: usize = 13;
+const STEP_COLUMNS: usize = 14;
 
-/// Rows per multi-row insert: 6,500 parameters, well inside both SQLite's (32,766) and
+/// Rows per multi-row insert: 7,000 parameters, well inside both SQLite's (32,766) and
 /// PostgreSQL's (65,535) limits per statement.
 const INSERT_BATCH: usize = 500;
 
@@ -104,6 +104,9 @@ pub struct StepRow {
     pub depends_on: Vec<String>,
     /// How many times it has been claimed.
     pub attempts: i64,
+    /// Where its retry budget counts from: `attempts` as it was when an operator last
+    /// retried it by hand (0 if never).
+    pub attempt_base: i64,
     /// Not to be claimed before this time, unix ms.
     pub next_run_at: i64,
     /// The worker that holds (or last held) its lease.
@@ -129,6 +132,7 @@ impl StepRow {
             status: StepStatus::Pending,
             depends_on: depends_on.iter().map(|dep| (*dep).to_owned()).collect(),
             attempts: 0,
+            attempt_base: 0,
             next_run_at: now,
             lease_owner: None,
             lease_expires_at: None,
@@ -149,6 +153,7 @@ struct StepRecord {
     status: StepStatus,
     depends_on: String,
     attempts: i64,
+    attempt_base: i64,
     next_run_at: i64,
     lease_owner: Option<String>,
     lease_expires_at: Option<i64>,
@@ -170,6 +175,7 @@ impl TryFrom<StepRecord> for StepRow {
             status: record.status,
             depends_on,
             attempts: record.attempts,
+            attempt_base: record.attempt_base,
             next_run_at: record.next_run_at,
             lease_owner: record.lease_owner,
             lease_expires_at: record.lease_expires_at,
@@ -244,6 +250,7 @@ impl Tx<'_> {
                         .bind(step.status.as_str())
                         .bind(depends_on)
                         .bind(step.attempts)
+                        .bind(step.attempt_base)
                         .bind(step.next_run_at)
                         .bind(&step.lease_owner)
                         .bind(step.lease_expires_at)

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use super::{NOW, both, seed_task, seed_workflow, write};
 use crate::store::{ClaimedStep, StepStatus, Store, StoreError, TaskStatus};
 
-const LEASE: i64 = 30_000;
+pub(super) const LEASE: i64 = 30_000;
 
-async fn claim(store: &Store, worker: &str, now: i64) -> Option<ClaimedStep> {
+pub(super) async fn claim(store: &Store, worker: &str, now: i64) -> Option<ClaimedStep> {
     store
         .claim_ready_step(worker, now, LEASE)
         .await
@@ -35,7 +35,7 @@ async fn complete(
     .await
 }
 
-async fn step_status(store: &Store, task: &str, step: &str) -> crate::store::StepRow {
+pub(super) async fn step_status(store: &Store, task: &str, step: &str) -> crate::store::StepRow {
     let mut tx = store.begin_read().await.expect("begin");
     tx.get_step(task, step).await.expect("get").expect("step")
 }

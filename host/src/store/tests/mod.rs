@@ -9,9 +9,11 @@
 
 mod audit;
 mod claims;
+mod control;
 mod keys;
 mod open;
 mod records;
+mod secrets;
 
 use std::future::Future;
 use std::io::Write;
