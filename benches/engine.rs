@@ -218,7 +218,7 @@ async fn run(
             assert_eq!(complete as usize, tasks, "every task completes: {counts:?}");
             break;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let drain = start.elapsed();
     stop_tx.send(true).unwrap();
