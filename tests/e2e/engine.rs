@@ -537,3 +537,58 @@ async fn parallel_branches_of_a_dag_run_concurrently() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_step_whose_data_no_longer_opens_fails_once_and_is_not_claimed_again() {
+    both(|url| async move {
+        let server = TestServer::start().await;
+        let Setup { engine, store, .. } = setup(&url, &server, "/notify", 3).await;
+        let created = engine
+            .create_task(&agent(), refund_request(150.0))
+            .await
+            .unwrap();
+        // The subject's key is destroyed (as erasure will): the context can no longer open.
+        let mut tx = store.begin().await.unwrap();
+        let task = tx.get_task(&created.id).await.unwrap().unwrap();
+        tx.destroy_data_key(&task.data_key_id, 1_764_000_000_001)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let ran = engine.run_once("w1").await.unwrap();
+        assert_eq!(
+            ran,
+            Ran::Step {
+                task_id: created.id.clone(),
+                step: "validate_refund_request".into(),
+                status: "error".into()
+            }
+        );
+        assert_eq!(
+            engine.run_once("w1").await.unwrap(),
+            Ran::Idle,
+            "not claimed again"
+        );
+        assert_eq!(task_status(&store, &created.id).await.0, TaskStatus::Error);
+        let mut tx = store.begin_read().await.unwrap();
+        let failed = tx
+            .get_step(&created.id, "validate_refund_request")
+            .await
+            .unwrap()
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert!(
+            failed.error.as_deref().unwrap().contains("unrunnable"),
+            "{:?}",
+            failed.error
+        );
+        let mut tx = store.begin_read().await.unwrap();
+        let events = tx.audit_events(i64::MIN, 1000).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(events.iter().any(|e| e.action == "step.failed"
+            && e.details.contains("unrunnable")
+            && !e.details.contains(CUSTOMER_EMAIL)));
+        chain_is_intact(&store).await;
+    })
+    .await;
+}

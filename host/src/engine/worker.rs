@@ -36,6 +36,20 @@ pub enum Ran {
     LostLease,
 }
 
+/// What a claimed step's attempt needs.
+struct Prepared {
+    def: StepDef,
+    key: TaskKey,
+    module: crate::sandbox::StepModule,
+    attempt: Attempt,
+}
+
+enum Preparation {
+    Ready(Prepared),
+    /// The creator may no longer run the step: why.
+    Denied(String),
+}
+
 /// A process's workers.
 #[derive(Debug, Clone)]
 pub struct WorkerPool {
@@ -87,9 +101,68 @@ impl Engine {
             .get_task(&claim.task_id)
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("task {}", claim.task_id)))?;
+        let prepared = match self.prepare(&mut tx, &claim, &task).await {
+            Ok(prepared) => prepared,
+            // The database is briefly away: undo the claim, so the step is claimed again.
+            Err(e @ EngineError::Unavailable(_)) => return Err(e),
+            // Anything else will not get better by trying again (its data key destroyed, a
+            // ciphertext that does not open, its module gone): keep the claim and fail the
+            // step for good, audited, rather than claim it again and again.
+            Err(e) => {
+                tx.commit().await?;
+                let reason = e.to_string();
+                return self
+                    .fail_unrun(
+                        &claim,
+                        &task,
+                        worker,
+                        "unrunnable",
+                        "step.failed",
+                        "failure",
+                        &reason,
+                    )
+                    .await;
+            }
+        };
+        let Prepared {
+            def,
+            key,
+            module,
+            attempt,
+        } = match prepared {
+            Preparation::Ready(ready) => ready,
+            Preparation::Denied(reason) => {
+                tx.commit().await?;
+                return self
+                    .fail_unrun(
+                        &claim,
+                        &task,
+                        worker,
+                        "permission_denied",
+                        "step.denied",
+                        "denied",
+                        &reason,
+                    )
+                    .await;
+            }
+        };
+        tx.commit().await?;
+        let report = self.run_with_lease(&module, attempt, &claim, worker).await;
+        self.commit(&claim, &task, &def, &key, worker, now, report)
+            .await
+    }
+
+    /// Everything an attempt of the claimed step needs, read in the claim's transaction;
+    /// or why the step may not run.
+    async fn prepare(
+        &self,
+        tx: &mut Tx<'_>,
+        claim: &ClaimedStep,
+        task: &TaskRow,
+    ) -> Result<Preparation, EngineError> {
         let workflow = self
             .workflow(
-                &mut tx,
+                tx,
                 &task.namespace,
                 &task.workflow_name,
                 &task.workflow_version,
@@ -104,7 +177,7 @@ impl Engine {
             .ok_or_else(|| {
                 EngineError::Internal(format!("step {} is not in its workflow", claim.step))
             })?;
-        let policy = Self::policy(&mut tx, &task.namespace).await?;
+        let policy = Self::policy(tx, &task.namespace).await?;
         let principal: Principal = serde_json::from_str(&task.principal).map_err(|_| {
             EngineError::Internal("stored permission snapshot does not parse".into())
         })?;
@@ -113,11 +186,10 @@ impl Engine {
         if let Some(permission) = &def.requires_permission
             && let Err(denial) = policy.check(&principal, permission)
         {
-            tx.commit().await?;
-            return self.deny(&claim, &task, worker, &denial.to_string()).await;
+            return Ok(Preparation::Denied(denial.to_string()));
         }
 
-        let key = self.task_key(&mut tx, &task.data_key_id).await?;
+        let key = self.task_key(tx, &task.data_key_id).await?;
         let context = open_json(&key, &task.context, context_aad(&task.id))?;
         let steps = tx.get_steps(&task.id).await?;
         let mut upstream = BTreeMap::new();
@@ -130,7 +202,7 @@ impl Engine {
                 );
             }
         }
-        let module = self.module(&mut tx, &task.namespace, &def.module).await?;
+        let module = self.module(tx, &task.namespace, &def.module).await?;
         // Only secrets the namespace policy still grants: one withdrawn since the workflow
         // was applied is denied to the step like one never set.
         let granted: Vec<String> = def
@@ -139,11 +211,7 @@ impl Engine {
             .filter(|name| policy.secrets.contains(*name))
             .cloned()
             .collect();
-        let secrets = self
-            .step_secrets(&mut tx, &task.namespace, &granted)
-            .await?;
-        tx.commit().await?;
-
+        let secrets = self.step_secrets(tx, &task.namespace, &granted).await?;
         let Value::Object(context) = context else {
             return Err(EngineError::Internal(
                 "stored context is not an object".into(),
@@ -163,9 +231,12 @@ impl Engine {
             }),
             limits: def.limits(),
         };
-        let report = self.run_with_lease(&module, attempt, &claim, worker).await;
-        self.commit(&claim, &task, &def, &key, worker, now, report)
-            .await
+        Ok(Preparation::Ready(Prepared {
+            def,
+            key,
+            module,
+            attempt,
+        }))
     }
 
     /// Run the attempt, renewing the lease every third of its length meanwhile.
@@ -196,17 +267,22 @@ impl Engine {
         }
     }
 
-    async fn deny(
+    /// Fail a claimed step for good without running it: its creator may no longer run
+    /// it (`permission_denied`), or it cannot be prepared (`unrunnable`).
+    #[allow(clippy::too_many_arguments)]
+    async fn fail_unrun(
         &self,
         claim: &ClaimedStep,
         task: &TaskRow,
         worker: &str,
+        code: &str,
+        action: &str,
+        outcome: &str,
         reason: &str,
     ) -> Result<Ran, EngineError> {
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
-        let error = json!({ "kind": "permanent", "code": "permission_denied", "message": reason })
-            .to_string();
+        let error = json!({ "kind": "permanent", "code": code, "message": reason }).to_string();
         if let Err(e) = tx
             .fail_step(
                 &task.id,
@@ -229,16 +305,21 @@ impl Engine {
             &claim.step,
             claim.attempt,
             worker,
-            "step.denied",
-            "denied",
-            json!({ "reason": reason }),
+            action,
+            outcome,
+            json!({ "code": code, "reason": reason }),
         );
         self.audit(&mut tx, &event, now).await?;
         tx.commit().await?;
         Ok(Ran::Step {
             task_id: task.id.clone(),
             step: claim.step.clone(),
-            status: "denied".into(),
+            status: if code == "permission_denied" {
+                "denied"
+            } else {
+                "error"
+            }
+            .into(),
         })
     }
 
