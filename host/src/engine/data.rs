@@ -93,6 +93,11 @@ pub(crate) async fn unwrap(
 pub(crate) struct TaskKey(Option<DataKey>);
 
 impl TaskKey {
+    /// No key: the unprotected baseline.
+    pub(crate) fn none() -> Self {
+        Self(None)
+    }
+
     pub(crate) fn seal(&self, plaintext: &[u8], aad: Aad<'_>) -> Result<Vec<u8>, EngineError> {
         match &self.0 {
             Some(key) => Ok(key.seal(plaintext, aad)?),
@@ -111,13 +116,6 @@ impl TaskKey {
 impl From<DataKey> for TaskKey {
     fn from(key: DataKey) -> Self {
         Self(Some(key))
-    }
-}
-
-impl TaskKey {
-    /// No key: the unprotected baseline.
-    pub(crate) fn none() -> Self {
-        Self(None)
     }
 }
 
