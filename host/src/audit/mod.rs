@@ -9,4 +9,4 @@ mod trail;
 pub use chain::{
     Break, GENESIS, Problem, Verification, Verifier, canonical, link_hash, seal_in_order,
 };
-pub use trail::{AuditError, NewEvent, record, seal_pending, verify};
+pub use trail::{AuditError, NewEvent, record, record_many, seal_pending, verify};

@@ -63,7 +63,24 @@ fn event_id() -> Result<String, AuditError> {
 /// Record `event` at time `now_ms` inside `tx`, so it commits or rolls back with the change
 /// it describes. Returns its sequence number.
 pub async fn record(tx: &mut Tx<'_>, event: &NewEvent, now_ms: i64) -> Result<i64, AuditError> {
-    let row = NewAuditRow {
+    Ok(tx.insert_audit_event(&row(event, now_ms)?).await?)
+}
+
+/// Record `events` at time `now_ms` inside `tx`, many per statement, in the order given.
+pub async fn record_many(
+    tx: &mut Tx<'_>,
+    events: &[NewEvent],
+    now_ms: i64,
+) -> Result<(), AuditError> {
+    let rows = events
+        .iter()
+        .map(|event| row(event, now_ms))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(tx.insert_audit_events(&rows).await?)
+}
+
+fn row(event: &NewEvent, now_ms: i64) -> Result<NewAuditRow, AuditError> {
+    Ok(NewAuditRow {
         id: event_id()?,
         ts: now_ms,
         actor: event.actor.clone(),
@@ -75,8 +92,7 @@ pub async fn record(tx: &mut Tx<'_>, event: &NewEvent, now_ms: i64) -> Result<i6
         contains_pii: event.contains_pii,
         correlation_id: event.correlation_id.clone(),
         details: event.details.to_string(),
-    };
-    Ok(tx.insert_audit_event(&row).await?)
+    })
 }
 
 /// Seal every committed event not yet in the chain, in `seq` order. Safe to run from
@@ -108,26 +124,26 @@ pub async fn seal_pending(store: &Store) -> Result<u64, AuditError> {
             tx.rollback().await?;
             continue;
         }
-        let mut lost_race = false;
-        let mut batch = 0;
-        for row in rows {
-            let hash = link_hash(&row, &prev);
-            match tx.seal_event(row.seq, Some(&prev), &hash).await {
-                Ok(()) => {
-                    prev = hash;
-                    batch += 1;
-                }
-                Err(StoreError::Conflict(_)) => {
-                    lost_race = true;
-                    break;
-                }
-                Err(e) => return Err(e.into()),
+        let mut seals: Vec<(i64, [u8; 32], [u8; 32])> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let hash = link_hash(row, &prev);
+            seals.push((row.seq, prev, hash));
+            prev = hash;
+        }
+        let seals: Vec<(i64, &[u8], &[u8])> = seals
+            .iter()
+            .map(|(seq, prev, hash)| (*seq, &prev[..], &hash[..]))
+            .collect();
+        match tx.seal_events(&seals).await {
+            Ok(()) => {}
+            // Another sealer got there first: start over from its tip.
+            Err(StoreError::Conflict(_)) => {
+                tx.rollback().await?;
+                continue;
             }
+            Err(e) => return Err(e.into()),
         }
-        if lost_race {
-            tx.rollback().await?;
-            continue;
-        }
+        let batch = seals.len() as u64;
         tx.commit().await?;
         sealed += batch;
     }

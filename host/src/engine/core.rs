@@ -42,6 +42,10 @@ pub(crate) struct Inner {
     pub(crate) protect: bool,
     /// The unprotected baseline's one placeholder data key row (tasks must name one).
     pub(crate) baseline_key: tokio::sync::OnceCell<()>,
+    /// Woken when this process made a step ready (created a task, completed a step,
+    /// scheduled a retry), so an idle claimer looks again at once instead of at its next
+    /// poll. Steps made ready by other processes are found by polling.
+    pub(crate) work_ready: tokio::sync::Notify,
 }
 
 /// A workflow definition ready to use: parsed, its fields classified, its input schema
@@ -119,6 +123,7 @@ impl Engine {
                 modules: Mutex::new(HashMap::new()),
                 protect: true,
                 baseline_key: tokio::sync::OnceCell::new(),
+                work_ready: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -406,6 +411,18 @@ impl Engine {
         Ok(parsed)
     }
 
+    /// A workflow by exact version if this process has loaded it already.
+    pub(crate) fn cached_workflow(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+    ) -> Option<Arc<LoadedWorkflow>> {
+        lock(&self.inner.workflows)
+            .get(&versioned_key(namespace, name, version))
+            .cloned()
+    }
+
     /// A module ready to run (loaded from the store once per process).
     pub(crate) async fn module(
         &self,
@@ -539,6 +556,7 @@ impl Engine {
         };
         let audit_seq = self.audit(&mut tx, &event, now).await?;
         tx.commit().await?;
+        self.inner.work_ready.notify_one();
         Ok(CreatedTask {
             id,
             version: def.version.clone(),

@@ -71,10 +71,17 @@ pub(crate) async fn unwrap(
     keys: &KeyRing,
     id: &str,
 ) -> Result<DataKey, EngineError> {
-    let row = tx
-        .get_data_key(id)
-        .await?
-        .ok_or_else(|| EngineError::NotFound(format!("data key {id}")))?;
+    let row = tx.get_data_key(id).await?;
+    open_key(keys, row, id)
+}
+
+/// Unwrap data key `id` from its stored row (`None`: there is no such key).
+pub(crate) fn open_key(
+    keys: &KeyRing,
+    row: Option<DataKeyRow>,
+    id: &str,
+) -> Result<DataKey, EngineError> {
+    let row = row.ok_or_else(|| EngineError::NotFound(format!("data key {id}")))?;
     if row.destroyed_at.is_some() {
         return Err(EngineError::Invalid(format!(
             "data key {id} was destroyed (subject erased)"
@@ -90,7 +97,8 @@ pub(crate) async fn unwrap(
 /// The key a task's data is sealed under. Always a data key, except in the throughput
 /// benchmark's unprotected baseline (a build feature that shipped binaries never enable),
 /// where data is stored as it is so the cost of protection can be measured.
-pub(crate) struct TaskKey(Option<DataKey>);
+#[derive(Clone)]
+pub(crate) struct TaskKey(Option<std::sync::Arc<DataKey>>);
 
 impl TaskKey {
     /// No key: the unprotected baseline.
@@ -115,7 +123,7 @@ impl TaskKey {
 
 impl From<DataKey> for TaskKey {
     fn from(key: DataKey) -> Self {
-        Self(Some(key))
+        Self(Some(std::sync::Arc::new(key)))
     }
 }
 

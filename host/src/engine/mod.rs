@@ -11,6 +11,7 @@ mod data;
 mod definition;
 mod error;
 mod keys;
+mod pool;
 mod secrets;
 mod worker;
 
@@ -23,5 +24,6 @@ pub use definition::{
 };
 pub use error::EngineError;
 pub use keys::{Rotation, rewrap_all};
+pub use pool::WorkerPool;
 pub use secrets::{MAX_SECRET_BYTES, set_secret};
-pub use worker::{Ran, WorkerPool};
+pub use worker::Ran;

@@ -1,22 +1,30 @@
-//! Workers: claim a ready step under a lease, re-check its permission against the
+//! Workers: claim ready steps under a lease, re-check each one's permission against the
 //! creator's snapshot and the namespace policy as it is now, open the secrets the policy
 //! still grants it, run it in the sandbox while renewing the lease, and commit the outcome
-//! — result, retry or failure — with its audit events in one transaction. A worker that
-//! lost its lease (or whose step was cancelled) commits nothing.
+//! — result, retry or failure — with its audit events. A worker that lost its lease (or
+//! whose step was cancelled) commits nothing.
+//!
+//! Work is batched at both ends, because on either database the cost of a step is its
+//! statements and commits, not its run: one transaction claims several steps and reads
+//! everything they need, and one transaction commits the outcomes of every attempt that
+//! finished meanwhile, with multi-row statements (see `pool` for the loops that do this).
+//! [`Engine::run_once`] is the same path with batches of one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::core::Engine;
-use super::data::{TaskKey, context_aad, record_aad, result_aad};
+use super::core::{Engine, LoadedWorkflow};
+use super::data::{self, TaskKey, context_aad, record_aad, result_aad};
 use super::{EngineError, StepDef};
-use crate::audit::{self, NewEvent};
-use crate::policy::Principal;
+use crate::audit::NewEvent;
+use crate::policy::{NamespacePolicy, Principal};
 use crate::sandbox::{Attempt, AttemptReport, Grants, Origin, Outcome, SecretValue, TaskData};
-use crate::store::{AttemptRow, ClaimedStep, StepStatus, TaskRow, TaskStatus, Tx};
+use crate::store::{
+    AttemptRow, ClaimedStep, Completion, StepStatus, StoreError, TaskRow, TaskStatus, Tx,
+};
 
 /// What one call of [`Engine::run_once`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,31 +44,53 @@ pub enum Ran {
     LostLease,
 }
 
-/// What a claimed step's attempt needs.
-struct Prepared {
+/// A claimed step with everything its attempt needs.
+pub(crate) struct Job {
+    claim: ClaimedStep,
+    task: Arc<TaskRow>,
+    workflow: Arc<LoadedWorkflow>,
     def: StepDef,
     key: TaskKey,
     module: crate::sandbox::StepModule,
     attempt: Attempt,
 }
 
-enum Preparation {
-    Ready(Prepared),
-    /// The creator may no longer run the step: why.
-    Denied(String),
+/// A claimed step that must fail without running.
+pub(crate) struct Refusal {
+    claim: ClaimedStep,
+    task: Arc<TaskRow>,
+    /// `permission_denied` (its creator may no longer run it) or `unrunnable` (it cannot
+    /// be prepared: its data key destroyed, a ciphertext that does not open, its module
+    /// gone).
+    code: &'static str,
+    reason: String,
 }
 
-/// A process's workers.
-#[derive(Debug, Clone)]
-pub struct WorkerPool {
-    /// How many steps this process runs at once.
-    pub workers: usize,
-    /// Name prefix of the workers (unique per process: leases name their owner).
-    pub name: String,
-    /// How long an idle worker waits before looking for work again.
-    pub idle: Duration,
-    /// How often committed audit events are sealed into the chain.
-    pub seal_every: Duration,
+/// A finished attempt, waiting to be committed.
+pub(crate) struct Finished {
+    claim: ClaimedStep,
+    task: Arc<TaskRow>,
+    workflow: Arc<LoadedWorkflow>,
+    def: StepDef,
+    key: TaskKey,
+    worker: String,
+    started: i64,
+    report: AttemptReport,
+}
+
+/// What one claim transaction took.
+#[derive(Default)]
+pub(crate) struct Claimed {
+    pub(crate) jobs: Vec<Job>,
+    pub(crate) refusals: Vec<Refusal>,
+}
+
+/// The reads a claim batch shares: each task, data key and namespace policy once.
+struct BatchReads {
+    tasks: HashMap<String, Arc<TaskRow>>,
+    keys: HashMap<String, Result<TaskKey, String>>,
+    results: HashMap<(String, String), Vec<u8>>,
+    policies: HashMap<String, NamespacePolicy>,
 }
 
 /// A step's grants: its declaration, and the secret values opened for it.
@@ -86,80 +116,141 @@ impl Engine {
     /// Claim one ready step and see it through. Never runs a step twice concurrently and
     /// never commits a result twice.
     pub async fn run_once(&self, worker: &str) -> Result<Ran, EngineError> {
-        let now = self.now();
-        // The claim and everything the attempt needs are read in one transaction: one
-        // commit per claim, and on SQLite the reads come from the writer's warm cache.
-        let mut tx = self.inner.store.begin().await?;
-        let Some(claim) = tx
-            .claim_ready_step(worker, now, self.inner.lease_ms)
-            .await?
-        else {
-            tx.commit().await?;
+        let mut claimed = self.claim(worker, 1).await?;
+        if let Some(refusal) = claimed.refusals.pop() {
+            return self.refuse(&refusal, worker).await;
+        }
+        let Some(job) = claimed.jobs.pop() else {
             return Ok(Ran::Idle);
         };
-        let task = tx
-            .get_task(&claim.task_id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(format!("task {}", claim.task_id)))?;
-        let prepared = match self.prepare(&mut tx, &claim, &task).await {
-            Ok(prepared) => prepared,
-            // The database is briefly away: undo the claim, so the step is claimed again.
-            Err(e @ EngineError::Unavailable(_)) => return Err(e),
-            // Anything else will not get better by trying again (its data key destroyed, a
-            // ciphertext that does not open, its module gone): keep the claim and fail the
-            // step for good, audited, rather than claim it again and again.
-            Err(e) => {
-                tx.commit().await?;
-                let reason = e.to_string();
-                return self
-                    .fail_unrun(
-                        &claim,
-                        &task,
-                        worker,
-                        "unrunnable",
-                        "step.failed",
-                        "failure",
-                        &reason,
-                    )
-                    .await;
-            }
-        };
-        let Prepared {
-            def,
-            key,
-            module,
-            attempt,
-        } = match prepared {
-            Preparation::Ready(ready) => ready,
-            Preparation::Denied(reason) => {
-                tx.commit().await?;
-                return self
-                    .fail_unrun(
-                        &claim,
-                        &task,
-                        worker,
-                        "permission_denied",
-                        "step.denied",
-                        "denied",
-                        &reason,
-                    )
-                    .await;
-            }
-        };
-        tx.commit().await?;
-        let report = self.run_with_lease(&module, attempt, &claim, worker).await;
-        self.commit(&claim, &task, &def, &key, worker, now, report)
-            .await
+        let finished = self.run_job(job, worker).await;
+        let mut ran = self.commit(std::slice::from_ref(&finished)).await?;
+        Ok(ran.pop().unwrap_or(Ran::LostLease))
     }
 
-    /// Everything an attempt of the claimed step needs, read in the claim's transaction;
-    /// or why the step may not run.
+    /// Claim up to `limit` ready steps for `worker` and read everything they need, in one
+    /// transaction. A database error undoes every claim (the steps are claimed again
+    /// later); a step that cannot be prepared for any other reason stays claimed and comes
+    /// back as a refusal, to be failed once rather than claimed again and again.
+    pub(crate) async fn claim(&self, worker: &str, limit: usize) -> Result<Claimed, EngineError> {
+        let now = self.now();
+        let mut tx = self.inner.store.begin().await?;
+        let claims = tx
+            .claim_ready_steps(worker, now, self.inner.lease_ms, limit)
+            .await?;
+        if claims.is_empty() {
+            tx.commit().await?;
+            return Ok(Claimed::default());
+        }
+        let mut reads = self.batch_reads(&mut tx, &claims).await?;
+        let mut claimed = Claimed::default();
+        for claim in claims {
+            let Some(task) = reads.tasks.get(&claim.task_id).cloned() else {
+                return Err(EngineError::NotFound(format!("task {}", claim.task_id)));
+            };
+            match self.prepare(&mut tx, &mut reads, &claim, &task).await {
+                Ok(Ok(job)) => claimed.jobs.push(job),
+                Ok(Err(reason)) => claimed.refusals.push(Refusal {
+                    claim,
+                    task,
+                    code: "permission_denied",
+                    reason,
+                }),
+                Err(e @ EngineError::Unavailable(_)) => return Err(e),
+                Err(e) => claimed.refusals.push(Refusal {
+                    claim,
+                    task,
+                    code: "unrunnable",
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// The tasks of `claims`, their data keys and their complete steps' results, each
+    /// read once for the batch.
+    async fn batch_reads(
+        &self,
+        tx: &mut Tx<'_>,
+        claims: &[ClaimedStep],
+    ) -> Result<BatchReads, EngineError> {
+        let mut task_ids: Vec<&str> = claims.iter().map(|c| c.task_id.as_str()).collect();
+        task_ids.sort_unstable();
+        task_ids.dedup();
+        let tasks: HashMap<String, Arc<TaskRow>> = tx
+            .get_tasks(&task_ids)
+            .await?
+            .into_iter()
+            .map(|task| (task.id.clone(), Arc::new(task)))
+            .collect();
+        let mut key_ids: Vec<&str> = tasks.values().map(|t| t.data_key_id.as_str()).collect();
+        key_ids.sort_unstable();
+        key_ids.dedup();
+        let keys = if self.inner.protect {
+            let mut rows: HashMap<String, _> = tx
+                .get_data_keys(&key_ids)
+                .await?
+                .into_iter()
+                .map(|row| (row.id.clone(), row))
+                .collect();
+            key_ids
+                .iter()
+                .map(|id| {
+                    let key = data::open_key(&self.inner.keys, rows.remove(*id), id)
+                        .map(TaskKey::from)
+                        .map_err(|e| e.to_string());
+                    ((*id).to_owned(), key)
+                })
+                .collect()
+        } else {
+            key_ids
+                .iter()
+                .map(|id| ((*id).to_owned(), Ok(TaskKey::none())))
+                .collect()
+        };
+        // Only a step that has dependencies reads results; first steps skip the query.
+        let downstream: Vec<&str> = claims
+            .iter()
+            .filter(|c| {
+                tasks.get(&c.task_id).is_some_and(|t| {
+                    lock_workflow(self, t).is_none_or(|w| {
+                        w.def
+                            .steps
+                            .iter()
+                            .any(|s| s.name == c.step && !s.depends_on.is_empty())
+                    })
+                })
+            })
+            .map(|c| c.task_id.as_str())
+            .collect();
+        let results = if downstream.is_empty() {
+            HashMap::new()
+        } else {
+            tx.complete_results(&downstream)
+                .await?
+                .into_iter()
+                .map(|(task, step, result)| ((task, step), result))
+                .collect()
+        };
+        Ok(BatchReads {
+            tasks,
+            keys,
+            results,
+            policies: HashMap::new(),
+        })
+    }
+
+    /// Everything an attempt of the claimed step needs; `Ok(Err(why))` if its creator may
+    /// no longer run it.
     async fn prepare(
         &self,
         tx: &mut Tx<'_>,
+        reads: &mut BatchReads,
         claim: &ClaimedStep,
-        task: &TaskRow,
-    ) -> Result<Preparation, EngineError> {
+        task: &Arc<TaskRow>,
+    ) -> Result<Result<Job, String>, EngineError> {
         let workflow = self
             .workflow(
                 tx,
@@ -177,7 +268,11 @@ impl Engine {
             .ok_or_else(|| {
                 EngineError::Internal(format!("step {} is not in its workflow", claim.step))
             })?;
-        let policy = Self::policy(tx, &task.namespace).await?;
+        if !reads.policies.contains_key(&task.namespace) {
+            let policy = Self::policy(tx, &task.namespace).await?;
+            reads.policies.insert(task.namespace.clone(), policy);
+        }
+        let policy = &reads.policies[&task.namespace];
         let principal: Principal = serde_json::from_str(&task.principal).map_err(|_| {
             EngineError::Internal("stored permission snapshot does not parse".into())
         })?;
@@ -186,23 +281,8 @@ impl Engine {
         if let Some(permission) = &def.requires_permission
             && let Err(denial) = policy.check(&principal, permission)
         {
-            return Ok(Preparation::Denied(denial.to_string()));
+            return Ok(Err(denial.to_string()));
         }
-
-        let key = self.task_key(tx, &task.data_key_id).await?;
-        let context = open_json(&key, &task.context, context_aad(&task.id))?;
-        let steps = tx.get_steps(&task.id).await?;
-        let mut upstream = BTreeMap::new();
-        for step in steps.iter().filter(|s| def.depends_on.contains(&s.name)) {
-            if let Some(sealed) = &step.result {
-                let row = format!("{}/{}", task.id, step.name);
-                upstream.insert(
-                    step.name.clone(),
-                    open_json(&key, sealed, result_aad(&row))?,
-                );
-            }
-        }
-        let module = self.module(tx, &task.namespace, &def.module).await?;
         // Only secrets the namespace policy still grants: one withdrawn since the workflow
         // was applied is denied to the step like one never set.
         let granted: Vec<String> = def
@@ -211,7 +291,31 @@ impl Engine {
             .filter(|name| policy.secrets.contains(*name))
             .cloned()
             .collect();
-        let secrets = self.step_secrets(tx, &task.namespace, &granted).await?;
+
+        let key = match reads.keys.get(&task.data_key_id) {
+            Some(Ok(key)) => key.clone(),
+            Some(Err(why)) => return Err(EngineError::Invalid(why.clone())),
+            None => {
+                return Err(EngineError::NotFound(format!(
+                    "data key {}",
+                    task.data_key_id
+                )));
+            }
+        };
+        let context = open_json(&key, &task.context, context_aad(&task.id))?;
+        let mut upstream = BTreeMap::new();
+        for name in &def.depends_on {
+            if let Some(sealed) = reads.results.get(&(task.id.clone(), name.clone())) {
+                let row = format!("{}/{name}", task.id);
+                upstream.insert(name.clone(), open_json(&key, sealed, result_aad(&row))?);
+            }
+        }
+        let module = self.module(tx, &task.namespace, &def.module).await?;
+        let secrets = if granted.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.step_secrets(tx, &task.namespace, &granted).await?
+        };
         let Value::Object(context) = context else {
             return Err(EngineError::Internal(
                 "stored context is not an object".into(),
@@ -231,7 +335,10 @@ impl Engine {
             }),
             limits: def.limits(),
         };
-        Ok(Preparation::Ready(Prepared {
+        Ok(Ok(Job {
+            claim: claim.clone(),
+            task: task.clone(),
+            workflow,
             def,
             key,
             module,
@@ -239,24 +346,29 @@ impl Engine {
         }))
     }
 
-    /// Run the attempt, renewing the lease every third of its length meanwhile.
-    async fn run_with_lease(
-        &self,
-        module: &crate::sandbox::StepModule,
-        attempt: Attempt,
-        claim: &ClaimedStep,
-        worker: &str,
-    ) -> AttemptReport {
+    /// Run a claimed step's attempt, renewing its lease every third of its length
+    /// meanwhile.
+    pub(crate) async fn run_job(&self, job: Job, worker: &str) -> Finished {
+        let Job {
+            claim,
+            task,
+            workflow,
+            def,
+            key,
+            module,
+            attempt,
+        } = job;
+        let started = self.now();
         let every = Duration::from_millis(
             u64::try_from(self.inner.lease_ms / 3)
                 .unwrap_or(1_000)
                 .max(10),
         );
-        let run = self.inner.sandbox.run(module, attempt);
+        let run = self.inner.sandbox.run(&module, attempt);
         tokio::pin!(run);
-        loop {
+        let report = loop {
             tokio::select! {
-                report = &mut run => return report,
+                report = &mut run => break report,
                 () = tokio::time::sleep(every) => {
                     let now = self.now();
                     if let Err(e) = self.inner.store.renew_lease(&claim.task_id, &claim.step, worker, now, self.inner.lease_ms).await {
@@ -264,22 +376,33 @@ impl Engine {
                     }
                 }
             }
+        };
+        Finished {
+            claim,
+            task,
+            workflow,
+            def,
+            key,
+            worker: worker.to_owned(),
+            started,
+            report,
         }
     }
 
-    /// Fail a claimed step for good without running it: its creator may no longer run
-    /// it (`permission_denied`), or it cannot be prepared (`unrunnable`).
-    #[allow(clippy::too_many_arguments)]
-    async fn fail_unrun(
-        &self,
-        claim: &ClaimedStep,
-        task: &TaskRow,
-        worker: &str,
-        code: &str,
-        action: &str,
-        outcome: &str,
-        reason: &str,
-    ) -> Result<Ran, EngineError> {
+    /// Fail a claimed step for good without running it, audited: its creator may no
+    /// longer run it (`permission_denied`), or it cannot be prepared (`unrunnable`).
+    pub(crate) async fn refuse(&self, refusal: &Refusal, worker: &str) -> Result<Ran, EngineError> {
+        let Refusal {
+            claim,
+            task,
+            code,
+            reason,
+        } = refusal;
+        let (action, outcome, status) = if *code == "permission_denied" {
+            ("step.denied", "denied", "denied")
+        } else {
+            ("step.failed", "failure", "error")
+        };
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
         let error = json!({ "kind": "permanent", "code": code, "message": reason }).to_string();
@@ -298,9 +421,7 @@ impl Engine {
             tx.rollback().await?;
             return lost_or(e);
         }
-        self.finish_task(&mut tx, task, TaskStatus::Error, Some(&claim.step), now)
-            .await?;
-        let event = step_event(
+        let mut events = vec![step_event(
             task,
             &claim.step,
             claim.attempt,
@@ -308,39 +429,249 @@ impl Engine {
             action,
             outcome,
             json!({ "code": code, "reason": reason }),
-        );
-        self.audit(&mut tx, &event, now).await?;
+        )];
+        self.finish_task(
+            &mut tx,
+            task,
+            TaskStatus::Error,
+            Some(&claim.step),
+            now,
+            &mut events,
+        )
+        .await?;
+        self.audit_many(&mut tx, &events, now).await?;
         tx.commit().await?;
         Ok(Ran::Step {
             task_id: task.id.clone(),
             step: claim.step.clone(),
-            status: if code == "permission_denied" {
-                "denied"
-            } else {
-                "error"
-            }
-            .into(),
+            status: status.into(),
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn commit(
-        &self,
-        claim: &ClaimedStep,
-        task: &TaskRow,
-        def: &StepDef,
-        key: &TaskKey,
-        worker: &str,
-        started: i64,
-        report: AttemptReport,
-    ) -> Result<Ran, EngineError> {
+    /// Commit the outcomes of finished attempts in one transaction: results with one
+    /// statement, attempt records and audit events with one each, tasks completed with
+    /// one. An attempt whose worker lost its lease commits nothing (`Ran::LostLease`).
+    /// Any database error rolls the whole batch back; the caller may try it again.
+    pub(crate) async fn commit(&self, batch: &[Finished]) -> Result<Vec<Ran>, EngineError> {
         let now = self.now();
-        let row = format!("{}/{}", task.id, claim.step);
-        let attempt_row = format!("{row}/{}", claim.attempt);
-        let record =
-            serde_json::to_vec(&report.record).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let record = key.seal(&record, record_aad(&attempt_row))?;
-        let outcome_name = match &report.outcome {
+        // Seal everything before the transaction: no cryptography under the write lock.
+        let sealed = batch
+            .iter()
+            .map(|f| f.seal(now))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut tx = self.inner.store.begin().await?;
+        let completions: Vec<Completion<'_>> = batch
+            .iter()
+            .zip(&sealed)
+            .filter_map(|(f, s)| match &s.verdict {
+                Verdict::Success { result } => Some(Completion {
+                    task_id: &f.task.id,
+                    step: &f.claim.step,
+                    worker: &f.worker,
+                    attempt: f.claim.attempt,
+                    result,
+                }),
+                Verdict::Failure { .. } => None,
+            })
+            .collect();
+        let completed: std::collections::HashSet<(String, String)> = if completions.is_empty() {
+            Default::default()
+        } else {
+            tx.complete_steps(&completions, now)
+                .await?
+                .into_iter()
+                .collect()
+        };
+
+        let mut statuses: Vec<Option<StepStatus>> = Vec::with_capacity(batch.len());
+        for (f, s) in batch.iter().zip(&sealed) {
+            let status = match &s.verdict {
+                Verdict::Success { .. } => completed
+                    .contains(&(f.task.id.clone(), f.claim.step.clone()))
+                    .then_some(StepStatus::Complete),
+                Verdict::Failure { error, retry_at } => match tx
+                    .fail_step(
+                        &f.task.id,
+                        &f.claim.step,
+                        &f.worker,
+                        f.claim.attempt,
+                        error,
+                        *retry_at,
+                        now,
+                    )
+                    .await
+                {
+                    Ok(()) if retry_at.is_some() => Some(StepStatus::WaitingForRetry),
+                    Ok(()) => Some(StepStatus::Error),
+                    Err(StoreError::Conflict(_)) => None,
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            statuses.push(status);
+        }
+
+        // Steps waiting on the completed ones: each waits on one fewer per dependency
+        // completed (the workflow says which; definitions never change).
+        let mut released: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for (f, status) in batch.iter().zip(&statuses) {
+            if *status != Some(StepStatus::Complete) {
+                continue;
+            }
+            for next in f
+                .workflow
+                .def
+                .steps
+                .iter()
+                .filter(|s| s.depends_on.contains(&f.claim.step))
+            {
+                *released.entry((&f.task.id, &next.name)).or_default() += 1;
+            }
+        }
+        if !released.is_empty() {
+            let released: Vec<(&str, &str, i64)> = released
+                .into_iter()
+                .map(|((task, step), n)| (task, step, n))
+                .collect();
+            tx.release_steps(&released).await?;
+        }
+
+        let mut attempts = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len() * 2);
+        for ((f, s), status) in batch.iter().zip(sealed).zip(&statuses) {
+            let Some(status) = *status else { continue };
+            attempts.push(AttemptRow {
+                task_id: f.task.id.clone(),
+                step: f.claim.step.clone(),
+                attempt: f.claim.attempt,
+                worker: f.worker.clone(),
+                outcome: s.outcome.clone(),
+                record: s.record,
+                started_at: f.started,
+                duration_ms: i64::try_from(f.report.duration_ms).unwrap_or(i64::MAX),
+            });
+            f.events(status, &s.outcome, &mut events);
+        }
+        tx.insert_attempts(&attempts).await?;
+
+        for (f, status) in batch.iter().zip(&statuses) {
+            if *status == Some(StepStatus::Error) {
+                self.finish_task(
+                    &mut tx,
+                    &f.task,
+                    TaskStatus::Error,
+                    Some(&f.claim.step),
+                    now,
+                    &mut events,
+                )
+                .await?;
+            }
+        }
+        let mut maybe_done: Vec<&str> = batch
+            .iter()
+            .zip(&statuses)
+            .filter(|(_, status)| **status == Some(StepStatus::Complete))
+            .map(|(f, _)| f.task.id.as_str())
+            .collect();
+        maybe_done.sort_unstable();
+        maybe_done.dedup();
+        if !maybe_done.is_empty() {
+            for id in tx.complete_finished_tasks(&maybe_done, now).await? {
+                if let Some(f) = batch.iter().find(|f| f.task.id == id) {
+                    events.push(task_event(&f.task, TaskStatus::Complete, None));
+                }
+            }
+        }
+        self.audit_many(&mut tx, &events, now).await?;
+        tx.commit().await?;
+        if statuses
+            .iter()
+            .any(|s| matches!(s, Some(StepStatus::Complete | StepStatus::WaitingForRetry)))
+        {
+            self.inner.work_ready.notify_one();
+        }
+        Ok(batch
+            .iter()
+            .zip(&statuses)
+            .map(|(f, status)| match status {
+                Some(status) => Ran::Step {
+                    task_id: f.task.id.clone(),
+                    step: f.claim.step.clone(),
+                    status: status.as_str().to_owned(),
+                },
+                None => Ran::LostLease,
+            })
+            .collect())
+    }
+
+    /// End a task as `status` in `tx`, adding its event to `events`. Ending in error
+    /// cancels its steps that have not started. A task already finished (cancelled, or
+    /// failed by another branch first) stays as it is.
+    async fn finish_task(
+        &self,
+        tx: &mut Tx<'_>,
+        task: &TaskRow,
+        status: TaskStatus,
+        error_step: Option<&str>,
+        now: i64,
+        events: &mut Vec<NewEvent>,
+    ) -> Result<(), EngineError> {
+        if status == TaskStatus::Error {
+            tx.cancel_pending_steps(&task.id, now).await?;
+        }
+        match tx.set_task_status(&task.id, status, error_step, now).await {
+            Ok(()) => {
+                events.push(task_event(task, status, error_step));
+                Ok(())
+            }
+            Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Record audit events of the task path in `tx`, many per statement.
+    async fn audit_many(
+        &self,
+        tx: &mut Tx<'_>,
+        events: &[NewEvent],
+        now: i64,
+    ) -> Result<(), EngineError> {
+        if !self.inner.protect || events.is_empty() {
+            return Ok(());
+        }
+        Ok(crate::audit::record_many(tx, events, now).await?)
+    }
+}
+
+/// How an attempt ended, as it will be stored.
+enum Verdict {
+    /// Its result, sealed.
+    Success { result: Vec<u8> },
+    /// Its error as JSON, and when to try again (`None`: never).
+    Failure {
+        error: String,
+        retry_at: Option<i64>,
+    },
+}
+
+/// A finished attempt's outcome, sealed and ready to write.
+struct Sealed {
+    verdict: Verdict,
+    /// The attempt record, sealed.
+    record: Vec<u8>,
+    /// `success`, `step_error:<code>` or `contained:<what>`.
+    outcome: String,
+}
+
+impl Finished {
+    /// Seal the attempt's result and record, and decide whether a failure is retried.
+    fn seal(&self, now: i64) -> Result<Sealed, EngineError> {
+        let row = format!("{}/{}", self.task.id, self.claim.step);
+        let attempt_row = format!("{row}/{}", self.claim.attempt);
+        let record = serde_json::to_vec(&self.report.record)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let record = self.key.seal(&record, record_aad(&attempt_row))?;
+        let outcome = match &self.report.outcome {
             Outcome::Success { .. } => "success".to_owned(),
             Outcome::StepError { code, .. } => format!("step_error:{code}"),
             Outcome::Contained { containment, .. } => format!(
@@ -351,16 +682,13 @@ impl Engine {
                     .unwrap_or_default()
             ),
         };
-
-        let mut tx = self.inner.store.begin().await?;
-        let written = match &report.outcome {
+        let verdict = match &self.report.outcome {
             Outcome::Success { result } => {
                 let plaintext =
                     serde_json::to_vec(result).map_err(|e| EngineError::Internal(e.to_string()))?;
-                let sealed = key.seal(&plaintext, result_aad(&row))?;
-                tx.complete_step(&task.id, &claim.step, worker, claim.attempt, &sealed, now)
-                    .await
-                    .map(|()| StepStatus::Complete)
+                Verdict::Success {
+                    result: self.key.seal(&plaintext, result_aad(&row))?,
+                }
             }
             failure => {
                 let retryable = match failure {
@@ -369,8 +697,8 @@ impl Engine {
                     }
                     _ => true,
                 };
-                let attempts_left =
-                    claim.attempt - claim.attempt_base < i64::from(def.retry.max_attempts);
+                let attempts_left = self.claim.attempt - self.claim.attempt_base
+                    < i64::from(self.def.retry.max_attempts);
                 let retry_at = (retryable && attempts_left).then(|| {
                     let hint = match failure {
                         Outcome::StepError {
@@ -379,221 +707,98 @@ impl Engine {
                         } => i64::try_from(*ms).unwrap_or(i64::MAX),
                         _ => 0,
                     };
-                    let backoff = def.retry.backoff(
-                        u32::try_from(claim.attempt + 1).unwrap_or(u32::MAX),
+                    let backoff = self.def.retry.backoff(
+                        u32::try_from(self.claim.attempt + 1).unwrap_or(u32::MAX),
                         jitter(),
                     );
                     now + i64::try_from(backoff.as_millis())
                         .unwrap_or(i64::MAX)
                         .max(hint)
                 });
-                let error = serde_json::to_string(failure)
-                    .map_err(|e| EngineError::Internal(e.to_string()))?;
-                tx.fail_step(
-                    &task.id,
-                    &claim.step,
-                    worker,
-                    claim.attempt,
-                    &error,
+                Verdict::Failure {
+                    error: serde_json::to_string(failure)
+                        .map_err(|e| EngineError::Internal(e.to_string()))?,
                     retry_at,
-                    now,
-                )
-                .await
-                .map(|()| {
-                    if retry_at.is_some() {
-                        StepStatus::WaitingForRetry
-                    } else {
-                        StepStatus::Error
-                    }
-                })
+                }
             }
         };
-        let status = match written {
-            Ok(status) => status,
-            Err(e) => {
-                tx.rollback().await?;
-                return lost_or(e);
-            }
-        };
-        tx.insert_attempt(&AttemptRow {
-            task_id: task.id.clone(),
-            step: claim.step.clone(),
-            attempt: claim.attempt,
-            worker: worker.to_owned(),
-            outcome: outcome_name.clone(),
+        Ok(Sealed {
+            verdict,
             record,
-            started_at: started,
-            duration_ms: i64::try_from(report.duration_ms).unwrap_or(i64::MAX),
+            outcome,
         })
-        .await?;
+    }
 
+    /// The attempt's audit events: what became of the step, then (at audit level full)
+    /// the business events the step reported.
+    fn events(&self, status: StepStatus, outcome_name: &str, events: &mut Vec<NewEvent>) {
         let (action, outcome) = match status {
             StepStatus::Complete => ("step.completed", "success"),
             StepStatus::WaitingForRetry => ("step.retrying", "failure"),
             _ => ("step.failed", "failure"),
         };
+        let report = &self.report;
         let mut details = json!({
             "outcome": outcome_name,
             "duration_ms": report.duration_ms,
             "cpu_ticks": report.cpu_ticks,
         });
-        if def.audit_level == super::AuditLevel::Full {
+        let full = self.def.audit_level == super::AuditLevel::Full;
+        if full {
             details["fields_read"] = json!(report.record.fields_read);
             details["upstream_read"] = json!(report.record.upstream_read);
             details["secrets_used"] = json!(report.record.secrets_used);
             details["hosts_called"] = json!(report.record.http_calls);
             details["denials"] = json!(report.record.denials);
         }
-        self.audit(
-            &mut tx,
-            &step_event(
-                task,
-                &claim.step,
-                claim.attempt,
-                worker,
-                action,
-                outcome,
-                details,
-            ),
-            now,
-        )
-        .await?;
-        if def.audit_level == super::AuditLevel::Full {
+        let (task, step, attempt, worker) = (
+            &self.task,
+            &self.claim.step,
+            self.claim.attempt,
+            &self.worker,
+        );
+        events.push(step_event(
+            task, step, attempt, worker, action, outcome, details,
+        ));
+        if full {
             for event in &report.record.audit_events {
-                let business = step_event(
+                events.push(step_event(
                     task,
-                    &claim.step,
-                    claim.attempt,
+                    step,
+                    attempt,
                     worker,
                     "step.business_event",
                     "success",
                     json!({ "action": event.action, "subject": event.subject, "metadata": event.metadata }),
-                );
-                self.audit(&mut tx, &business, now).await?;
+                ));
             }
         }
-
-        match status {
-            StepStatus::Complete => {
-                let steps = tx.get_steps(&task.id).await?;
-                if steps.iter().all(|s| s.status == StepStatus::Complete) {
-                    self.finish_task(&mut tx, task, TaskStatus::Complete, None, now)
-                        .await?;
-                }
-            }
-            StepStatus::Error => {
-                self.finish_task(&mut tx, task, TaskStatus::Error, Some(&claim.step), now)
-                    .await?;
-            }
-            _ => {}
-        }
-        tx.commit().await?;
-        Ok(Ran::Step {
-            task_id: task.id.clone(),
-            step: claim.step.clone(),
-            status: status.as_str().to_owned(),
-        })
     }
+}
 
-    async fn finish_task(
-        &self,
-        tx: &mut Tx<'_>,
-        task: &TaskRow,
-        status: TaskStatus,
-        error_step: Option<&str>,
-        now: i64,
-    ) -> Result<(), EngineError> {
-        if status == TaskStatus::Error {
-            tx.cancel_pending_steps(&task.id, now).await?;
-        }
-        tx.set_task_status(&task.id, status, error_step, now)
-            .await?;
-        let action = if status == TaskStatus::Complete {
+/// The workflow of `task` if this process has it loaded already.
+fn lock_workflow(engine: &Engine, task: &TaskRow) -> Option<Arc<LoadedWorkflow>> {
+    engine.cached_workflow(&task.namespace, &task.workflow_name, &task.workflow_version)
+}
+
+/// A task's `task.completed` or `task.failed` event.
+fn task_event(task: &TaskRow, status: TaskStatus, error_step: Option<&str>) -> NewEvent {
+    let complete = status == TaskStatus::Complete;
+    NewEvent {
+        actor: "system:engine".into(),
+        action: if complete {
             "task.completed"
         } else {
             "task.failed"
-        };
-        let event = NewEvent {
-            actor: "system:engine".into(),
-            action: action.into(),
-            resource: format!("task/{}", task.id),
-            namespace: Some(task.namespace.clone()),
-            outcome: if status == TaskStatus::Complete {
-                "success"
-            } else {
-                "failure"
-            }
-            .into(),
-            classification: Some(task.classification.clone()),
-            contains_pii: task.contains_pii,
-            correlation_id: Some(task.id.clone()),
-            details: json!({ "error_step": error_step }),
-        };
-        self.audit(tx, &event, now).await?;
-        Ok(())
-    }
-
-    /// Run `workers` workers and the audit sealer until `stop` is set, then seal what
-    /// they committed: what `stepbox worker` and `stepbox serve` run.
-    pub async fn work(&self, pool: &WorkerPool, stop: tokio::sync::watch::Receiver<bool>) {
-        let store = self.inner.store.clone();
-        let every = pool.seal_every;
-        let mut sealer_stop = stop.clone();
-        let sealer = tokio::spawn(async move {
-            loop {
-                if let Err(e) = audit::seal_pending(&store).await {
-                    tracing::warn!(error = %e, "sealing audit events failed");
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(every) => {}
-                    _ = sealer_stop.changed() => return,
-                }
-            }
-        });
-        self.run_workers(pool.workers.max(1), &pool.name, pool.idle, stop)
-            .await;
-        let _ = sealer.await;
-        if let Err(e) = audit::seal_pending(&self.inner.store).await {
-            tracing::warn!(error = %e, "sealing audit events failed");
         }
-    }
-
-    /// Run workers until `stop` resolves: each loops over [`Engine::run_once`], sleeping
-    /// `idle` when nothing is ready.
-    pub async fn run_workers(
-        &self,
-        count: usize,
-        worker_prefix: &str,
-        idle: Duration,
-        stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let handles: Vec<_> = (0..count)
-            .map(|n| {
-                let engine = self.clone();
-                let worker = format!("{worker_prefix}-{n}");
-                let mut stop = stop.clone();
-                tokio::spawn(async move {
-                    while !*stop.borrow() {
-                        match engine.run_once(&worker).await {
-                            Ok(Ran::Idle) => {
-                                tokio::select! {
-                                    () = tokio::time::sleep(idle) => {}
-                                    _ = stop.changed() => {}
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::error!(worker = %worker, error = %e, "worker step failed");
-                                tokio::time::sleep(idle).await;
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        for handle in handles {
-            let _ = handle.await;
-        }
+        .into(),
+        resource: format!("task/{}", task.id),
+        namespace: Some(task.namespace.clone()),
+        outcome: if complete { "success" } else { "failure" }.into(),
+        classification: Some(task.classification.clone()),
+        contains_pii: task.contains_pii,
+        correlation_id: Some(task.id.clone()),
+        details: json!({ "error_step": error_step }),
     }
 }
 

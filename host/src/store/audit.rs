@@ -15,7 +15,7 @@
 //! until every transaction inserting events has finished, and everything it then reads is
 //! a complete prefix. Writers share the lock and never wait for each other.
 
-use super::backend::{TxInner, with_conn};
+use super::backend::{BATCH_ROWS, TxInner, param_list, row_list, with_conn};
 use super::error::Context;
 use super::{StoreError, Tx};
 
@@ -192,6 +192,56 @@ impl Tx<'_> {
         .ctx("insert audit event")
     }
 
+    /// Records events, unsealed, many per statement, their `seq`s increasing in the
+    /// order given. `Conflict` if an id is taken (and then none is recorded).
+    pub async fn insert_audit_events(&mut self, events: &[NewAuditRow]) -> Result<(), StoreError> {
+        const WIDTH: usize = 11;
+        let postgres = matches!(self.inner, TxInner::Postgres(_));
+        for batch in events.chunks(BATCH_ROWS) {
+            let sql = match self.inner {
+                TxInner::Sqlite(_) => format!(
+                    concat!(
+                        "INSERT INTO audit_events (",
+                        insert_columns!(),
+                        ") VALUES {}"
+                    ),
+                    row_list(1, batch.len(), WIDTH)
+                ),
+                // The barrier as in `POSTGRES_INSERT`; the ordinal keeps `seq` in the
+                // order given.
+                TxInner::Postgres(_) => {
+                    let rows: Vec<String> = (0..batch.len())
+                        .map(|row| format!("({}, {row})", param_list(2 + row * WIDTH, WIDTH)))
+                        .collect();
+                    format!(
+                        concat!(
+                            "WITH barrier AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1))
+                             INSERT INTO audit_events (",
+                            insert_columns!(),
+                            ") SELECT v.column1, v.column2, v.column3, v.column4, v.column5,
+                                      v.column6, v.column7, v.column8, v.column9, v.column10,
+                                      v.column11
+                               FROM barrier, (VALUES {}) AS v ORDER BY v.column12"
+                        ),
+                        rows.join(", ")
+                    )
+                }
+            };
+            with_conn!(self, |conn| {
+                let mut query = sqlx::query(&sql);
+                if postgres {
+                    query = query.bind(AUDIT_BARRIER);
+                }
+                for event in batch {
+                    query = bind_event!(query, event);
+                }
+                query.execute(conn).await.map(|done| done.rows_affected())
+            })
+            .ctx("insert audit events")?;
+        }
+        Ok(())
+    }
+
     /// Up to `limit` unsealed events after `after_seq`, in `seq` order, none of which can
     /// be preceded later by an event committed after this read.
     ///
@@ -249,6 +299,34 @@ impl Tx<'_> {
             .await
         })
         .ctx("read the audit chain tip")
+    }
+
+    /// Seals events with their chain hashes: each (seq, prev_hash, hash), many per
+    /// statement. `Conflict` if one of them is sealed already or missing (another sealer
+    /// got there first): roll back and start over.
+    pub async fn seal_events(&mut self, seals: &[(i64, &[u8], &[u8])]) -> Result<(), StoreError> {
+        for batch in seals.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "UPDATE audit_events SET prev_hash = v.column2, hash = v.column3
+                 FROM (VALUES {}) AS v
+                 WHERE audit_events.seq = v.column1 AND audit_events.hash IS NULL",
+                row_list(1, batch.len(), 3)
+            );
+            let updated = with_conn!(self, |conn| {
+                let mut query = sqlx::query(&sql);
+                for (seq, prev, hash) in batch {
+                    query = query.bind(*seq).bind(*prev).bind(*hash);
+                }
+                query.execute(conn).await.map(|done| done.rows_affected())
+            })
+            .ctx("seal audit events")?;
+            if updated != batch.len() as u64 {
+                return Err(StoreError::Conflict(
+                    "audit events were sealed by another sealer".to_owned(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Seals event `seq` with its chain hashes. `Conflict` if it is sealed already (another

@@ -84,6 +84,27 @@ macro_rules! with_pool {
 
 pub(crate) use {with_conn, with_pool};
 
+/// Most rows one batched statement carries. The widest batched row binds 14 parameters,
+/// so a batch stays far inside SQLite's (32,766) and PostgreSQL's (65,535) limits.
+pub(crate) const BATCH_ROWS: usize = 500;
+
+/// `$first, …` for `count` parameters: the inside of an `IN (…)` list.
+pub(crate) fn param_list(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($first, …), (…), …`: `rows` tuples of `width` parameters numbered from `first`, for
+/// a multi-row `VALUES`.
+pub(crate) fn row_list(first: usize, rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|row| format!("({})", param_list(first + row * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A database transaction. Every write happens inside one; dropping it without
 /// [`Tx::commit`] rolls it back.
 pub struct Tx<'a> {

@@ -22,7 +22,7 @@
 //! Each claim first looks for an in-progress step whose lease expired (its worker died),
 //! then for a runnable one; both use a partial index so an idle poll reads next to nothing.
 
-use super::backend::{TxInner, with_conn};
+use super::backend::{BATCH_ROWS, TxInner, param_list, row_list, with_conn};
 use super::error::Context;
 use super::{StoreError, Tx};
 
@@ -79,18 +79,18 @@ macro_rules! expired {
 
 const SQLITE_CLAIM_EXPIRED: &str = concat!(
     "UPDATE steps SET lease_owner = $2, lease_expires_at = $3, attempts = attempts + 1
-     WHERE rowid = (SELECT s.rowid FROM steps s WHERE ",
+     WHERE rowid IN (SELECT s.rowid FROM steps s WHERE ",
     expired!(),
-    " ORDER BY s.lease_expires_at LIMIT 1)
+    " ORDER BY s.lease_expires_at LIMIT $4)
      RETURNING task_id, name, attempts, attempt_base, lease_expires_at"
 );
 
 const SQLITE_CLAIM_RUNNABLE: &str = concat!(
     "UPDATE steps SET status = 'in_progress', lease_owner = $2, lease_expires_at = $3,
                       attempts = attempts + 1, started_at = COALESCE(started_at, $1)
-     WHERE rowid = (SELECT s.rowid FROM steps s WHERE ",
+     WHERE rowid IN (SELECT s.rowid FROM steps s WHERE ",
     runnable!(),
-    " ORDER BY s.next_run_at LIMIT 1)
+    " ORDER BY s.next_run_at LIMIT $4)
      RETURNING task_id, name, attempts, attempt_base, lease_expires_at"
 );
 
@@ -98,7 +98,7 @@ const POSTGRES_CLAIM_EXPIRED: &str = concat!(
     "WITH candidate AS (
          SELECT s.task_id, s.name FROM steps s WHERE ",
     expired!(),
-    "    ORDER BY s.lease_expires_at LIMIT 1
+    "    ORDER BY s.lease_expires_at LIMIT $4
          FOR UPDATE SKIP LOCKED)
      UPDATE steps SET lease_owner = $2, lease_expires_at = $3, attempts = steps.attempts + 1
      FROM candidate WHERE steps.task_id = candidate.task_id AND steps.name = candidate.name
@@ -110,7 +110,7 @@ const POSTGRES_CLAIM_RUNNABLE: &str = concat!(
     "WITH candidate AS (
          SELECT s.task_id, s.name FROM steps s WHERE ",
     runnable!(),
-    "    ORDER BY s.next_run_at LIMIT 1
+    "    ORDER BY s.next_run_at LIMIT $4
          FOR UPDATE SKIP LOCKED),
      claimed AS (
          UPDATE steps SET status = 'in_progress', lease_owner = $2, lease_expires_at = $3,
@@ -133,66 +133,175 @@ const POSTGRES_RELEASE_DEPENDENTS: &str = "UPDATE steps SET waiting_on = waiting
 
 type ClaimRecord = (String, String, i64, i64, i64);
 
+/// A step's result to commit with [`Tx::complete_steps`], fenced like
+/// [`Tx::complete_step`].
+#[derive(Clone, Copy, Debug)]
+pub struct Completion<'a> {
+    /// The task.
+    pub task_id: &'a str,
+    /// The step.
+    pub step: &'a str,
+    /// The worker that holds the lease.
+    pub worker: &'a str,
+    /// The attempt the worker ran.
+    pub attempt: i64,
+    /// The result, ciphertext.
+    pub result: &'a [u8],
+}
+
 impl Tx<'_> {
-    /// Leases one ready step to `worker` until `now + lease_ms`, or returns `None`.
-    ///
-    /// Ready means either an in-progress step whose lease expired (its worker died; it is
-    /// taken over as a new attempt) or a pending / waiting_for_retry step that is due
-    /// (`next_run_at <= now`) and whose `depends_on` steps are all complete; in both cases
-    /// its task must be pending or in_progress. The step becomes in_progress with
-    /// `attempts + 1` and `started_at` set on its first claim; a pending task becomes
-    /// in_progress. Earliest due first.
+    /// Leases one ready step to `worker` until `now + lease_ms`, or returns `None`; see
+    /// [`Tx::claim_ready_steps`].
     pub async fn claim_ready_step(
         &mut self,
         worker: &str,
         now: i64,
         lease_ms: i64,
     ) -> Result<Option<ClaimedStep>, StoreError> {
+        Ok(self
+            .claim_ready_steps(worker, now, lease_ms, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Leases up to `limit` ready steps to `worker` until `now + lease_ms`.
+    ///
+    /// Ready means either an in-progress step whose lease expired (its worker died; it is
+    /// taken over as a new attempt) or a pending / waiting_for_retry step that is due
+    /// (`next_run_at <= now`) and whose `depends_on` steps are all complete; in both cases
+    /// its task must be pending or in_progress. Each step becomes in_progress with
+    /// `attempts + 1` and `started_at` set on its first claim; a pending task becomes
+    /// in_progress. Expired leases first, then earliest due first.
+    pub async fn claim_ready_steps(
+        &mut self,
+        worker: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ClaimedStep>, StoreError> {
         let lease_expires_at = now.saturating_add(lease_ms);
         let (expired, runnable) = match self.inner {
             TxInner::Sqlite(_) => (SQLITE_CLAIM_EXPIRED, SQLITE_CLAIM_RUNNABLE),
             TxInner::Postgres(_) => (POSTGRES_CLAIM_EXPIRED, POSTGRES_CLAIM_RUNNABLE),
         };
-        let mut claimed = None;
+        let mut claimed: Vec<ClaimRecord> = Vec::new();
         for sql in [expired, runnable] {
-            claimed = with_conn!(self, |conn| {
+            let wanted = limit.saturating_sub(claimed.len());
+            if wanted == 0 {
+                break;
+            }
+            let rows: Vec<ClaimRecord> = with_conn!(self, |conn| {
                 sqlx::query_as::<_, ClaimRecord>(sql)
                     .bind(now)
                     .bind(worker)
                     .bind(lease_expires_at)
-                    .fetch_optional(conn)
+                    .bind(i64::try_from(wanted).unwrap_or(i64::MAX))
+                    .fetch_all(conn)
                     .await
             })
-            .ctx("claim a step")?;
-            if claimed.is_some() {
-                break;
-            }
+            .ctx("claim steps")?;
+            claimed.extend(rows);
         }
-        let Some((task_id, step, attempt, attempt_base, lease_expires_at)) = claimed else {
-            return Ok(None);
-        };
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
         if let TxInner::Sqlite(_) = self.inner {
             // PostgreSQL did this in the claim statement itself.
+            let mut task_ids: Vec<&str> = claimed.iter().map(|c| c.0.as_str()).collect();
+            task_ids.sort_unstable();
+            task_ids.dedup();
+            let sql = format!(
+                "UPDATE tasks SET status = 'in_progress', updated_at = $1
+                 WHERE status = 'pending' AND id IN ({})",
+                param_list(2, task_ids.len())
+            );
             with_conn!(self, |conn| {
-                sqlx::query(
-                    "UPDATE tasks SET status = 'in_progress', updated_at = $2
-                     WHERE id = $1 AND status = 'pending'",
-                )
-                .bind(&task_id)
-                .bind(now)
-                .execute(conn)
-                .await
-                .map(|done| done.rows_affected())
+                let mut query = sqlx::query(&sql).bind(now);
+                for id in &task_ids {
+                    query = query.bind(*id);
+                }
+                query.execute(conn).await.map(|done| done.rows_affected())
             })
-            .ctx("start a task")?;
+            .ctx("start tasks")?;
         }
-        Ok(Some(ClaimedStep {
-            task_id,
-            step,
-            attempt,
-            attempt_base,
-            lease_expires_at,
-        }))
+        Ok(claimed
+            .into_iter()
+            .map(
+                |(task_id, step, attempt, attempt_base, lease_expires_at)| ClaimedStep {
+                    task_id,
+                    step,
+                    attempt,
+                    attempt_base,
+                    lease_expires_at,
+                },
+            )
+            .collect())
+    }
+
+    /// Commits many steps' results in one statement, each fenced as in
+    /// [`Tx::complete_step`]; returns the (task, step) pairs that were committed. A step
+    /// missing from the answer was no longer leased to its worker at that attempt, and
+    /// nothing of it changed. Steps waiting on the committed ones are not released: the
+    /// caller does that with [`Tx::release_steps`], knowing the workflow.
+    pub async fn complete_steps(
+        &mut self,
+        done: &[Completion<'_>],
+        now: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut committed = Vec::with_capacity(done.len());
+        for batch in done.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "UPDATE steps SET status = 'complete', result = v.column5, error = NULL,
+                                  lease_expires_at = NULL, finished_at = $1
+                 FROM (VALUES {}) AS v
+                 WHERE steps.task_id = v.column1 AND steps.name = v.column2
+                   AND steps.lease_owner = v.column3 AND steps.attempts = v.column4
+                   AND steps.status = 'in_progress'
+                 RETURNING steps.task_id, steps.name",
+                row_list(2, batch.len(), 5)
+            );
+            let rows: Vec<(String, String)> = with_conn!(self, |conn| {
+                let mut query = sqlx::query_as(&sql).bind(now);
+                for c in batch {
+                    query = query
+                        .bind(c.task_id)
+                        .bind(c.step)
+                        .bind(c.worker)
+                        .bind(c.attempt)
+                        .bind(c.result);
+                }
+                query.fetch_all(conn).await
+            })
+            .ctx("complete steps")?;
+            committed.extend(rows);
+        }
+        Ok(committed)
+    }
+
+    /// Each (task, step, n): the step waits on `n` fewer dependencies, because `n` of
+    /// them were just completed.
+    pub async fn release_steps(
+        &mut self,
+        released: &[(&str, &str, i64)],
+    ) -> Result<(), StoreError> {
+        for batch in released.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "UPDATE steps SET waiting_on = steps.waiting_on - v.column3
+                 FROM (VALUES {}) AS v
+                 WHERE steps.task_id = v.column1 AND steps.name = v.column2",
+                row_list(1, batch.len(), 3)
+            );
+            with_conn!(self, |conn| {
+                let mut query = sqlx::query(&sql);
+                for (task_id, step, n) in batch {
+                    query = query.bind(*task_id).bind(*step).bind(*n);
+                }
+                query.execute(conn).await.map(|done| done.rows_affected())
+            })
+            .ctx("release dependent steps")?;
+        }
+        Ok(())
     }
 
     /// Commits a step's result: the step becomes complete with `result` (ciphertext).

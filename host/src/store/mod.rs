@@ -35,7 +35,7 @@ use std::time::Duration;
 
 pub use audit::{AuditFilter, AuditRow, CheckpointRow, NewAuditRow};
 pub use backend::{SQLITE_BUSY_TIMEOUT, Tx};
-pub use claim::ClaimedStep;
+pub use claim::{ClaimedStep, Completion};
 pub use error::StoreError;
 pub use keys::{DataKeyRow, SubjectRow};
 pub use modules::ModuleRow;

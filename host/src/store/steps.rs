@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::backend::with_conn;
+use super::backend::{BATCH_ROWS, param_list, row_list, with_conn};
 use super::error::{Context, internal};
 use super::{StoreError, Tx};
 
@@ -17,10 +17,6 @@ macro_rules! columns {
 
 /// Bind parameters per row of a multi-row insert: the columns above and `waiting_on`.
 const STEP_COLUMNS: usize = 14;
-
-/// Rows per multi-row insert: 7,000 parameters, well inside both SQLite's (32,766) and
-/// PostgreSQL's (65,535) limits per statement.
-const INSERT_BATCH: usize = 500;
 
 /// Where a step run is: pending → in_progress → complete | error, through
 /// waiting_for_retry between attempts, or cancelled with its task. A step is *ready* when
@@ -218,29 +214,18 @@ impl Tx<'_> {
     /// Stores a task's steps. `Conflict` if one exists already; `NotFound` if the task
     /// does not. Rows go in multi-row `INSERT`s, one round trip per 500 steps.
     pub async fn insert_steps(&mut self, steps: &[StepRow]) -> Result<(), StoreError> {
-        for batch in steps.chunks(INSERT_BATCH) {
-            let mut sql = String::from(concat!(
-                "INSERT INTO steps (",
-                columns!(),
-                ", waiting_on) VALUES "
-            ));
-            let mut depends_on = Vec::with_capacity(batch.len());
-            for (row, step) in batch.iter().enumerate() {
-                let first = row * STEP_COLUMNS;
-                let placeholders: Vec<String> = (first + 1..=first + STEP_COLUMNS)
-                    .map(|n| format!("${n}"))
-                    .collect();
-                if row > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('(');
-                sql.push_str(&placeholders.join(", "));
-                sql.push(')');
-                depends_on.push(
+        for batch in steps.chunks(BATCH_ROWS) {
+            let sql = format!(
+                concat!("INSERT INTO steps (", columns!(), ", waiting_on) VALUES {}"),
+                row_list(1, batch.len(), STEP_COLUMNS)
+            );
+            let depends_on = batch
+                .iter()
+                .map(|step| {
                     serde_json::to_string(&step.depends_on)
-                        .map_err(|err| internal(err, "encode a step's dependencies"))?,
-                );
-            }
+                        .map_err(|err| internal(err, "encode a step's dependencies"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             with_conn!(self, |conn| {
                 let mut query = sqlx::query(&sql);
                 for (step, depends_on) in batch.iter().zip(&depends_on) {
@@ -319,26 +304,63 @@ impl Tx<'_> {
     /// Records one attempt. `Conflict` if that attempt is recorded already; `NotFound`
     /// if the step does not exist.
     pub async fn insert_attempt(&mut self, attempt: &AttemptRow) -> Result<(), StoreError> {
-        with_conn!(self, |conn| {
-            sqlx::query(
+        self.insert_attempts(std::slice::from_ref(attempt)).await
+    }
+
+    /// Records attempts, many per statement. `Conflict` if one is recorded already (and
+    /// then none is); `NotFound` if a step does not exist.
+    pub async fn insert_attempts(&mut self, attempts: &[AttemptRow]) -> Result<(), StoreError> {
+        for batch in attempts.chunks(BATCH_ROWS) {
+            let sql = format!(
                 "INSERT INTO step_attempts (task_id, step, attempt, worker, outcome, record,
                                             started_at, duration_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&attempt.task_id)
-            .bind(&attempt.step)
-            .bind(attempt.attempt)
-            .bind(&attempt.worker)
-            .bind(&attempt.outcome)
-            .bind(&attempt.record)
-            .bind(attempt.started_at)
-            .bind(attempt.duration_ms)
-            .execute(conn)
-            .await
-            .map(|done| done.rows_affected())
-        })
-        .ctx("insert attempt")?;
+                 VALUES {}",
+                row_list(1, batch.len(), 8)
+            );
+            with_conn!(self, |conn| {
+                let mut query = sqlx::query(&sql);
+                for attempt in batch {
+                    query = query
+                        .bind(&attempt.task_id)
+                        .bind(&attempt.step)
+                        .bind(attempt.attempt)
+                        .bind(&attempt.worker)
+                        .bind(&attempt.outcome)
+                        .bind(&attempt.record)
+                        .bind(attempt.started_at)
+                        .bind(attempt.duration_ms);
+                }
+                query.execute(conn).await.map(|done| done.rows_affected())
+            })
+            .ctx("insert attempt")?;
+        }
         Ok(())
+    }
+
+    /// The result (ciphertext) of every complete step of the given tasks: what their
+    /// next steps read as upstream data.
+    pub async fn complete_results(
+        &mut self,
+        task_ids: &[&str],
+    ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let mut found = Vec::new();
+        for batch in task_ids.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "SELECT task_id, name, result FROM steps
+                 WHERE task_id IN ({}) AND status = 'complete' AND result IS NOT NULL",
+                param_list(1, batch.len())
+            );
+            let rows: Vec<(String, String, Vec<u8>)> = with_conn!(self, |conn| {
+                let mut query = sqlx::query_as(&sql);
+                for id in batch {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(conn).await
+            })
+            .ctx("get step results")?;
+            found.extend(rows);
+        }
+        Ok(found)
     }
 
     /// Every recorded attempt of every step of `task_id`, by step then attempt.

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::backend::with_conn;
+use super::backend::{BATCH_ROWS, param_list, with_conn};
 use super::error::Context;
 use super::{StoreError, Tx};
 
@@ -205,6 +205,59 @@ impl Tx<'_> {
                 .await
         })
         .ctx("get task")
+    }
+
+    /// The tasks among `ids` that exist, in no particular order.
+    pub async fn get_tasks(&mut self, ids: &[&str]) -> Result<Vec<TaskRow>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(BATCH_ROWS) {
+            let sql = format!(
+                concat!("SELECT ", columns!(), " FROM tasks WHERE id IN ({})"),
+                param_list(1, batch.len())
+            );
+            let rows: Vec<TaskRow> = with_conn!(self, |conn| {
+                let mut query = sqlx::query_as(&sql);
+                for id in batch {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(conn).await
+            })
+            .ctx("get tasks")?;
+            found.extend(rows);
+        }
+        Ok(found)
+    }
+
+    /// Of the still-running tasks among `ids`, those whose every step is complete become
+    /// complete (`finished_at = now`); returns their ids. A task already finished — an
+    /// error or a cancellation committed first — stays as it is.
+    pub async fn complete_finished_tasks(
+        &mut self,
+        ids: &[&str],
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut completed = Vec::new();
+        for batch in ids.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "UPDATE tasks SET status = 'complete', error_step = NULL, updated_at = $1,
+                                  finished_at = $1
+                 WHERE id IN ({}) AND status IN ('pending', 'in_progress')
+                   AND NOT EXISTS (SELECT 1 FROM steps s
+                                   WHERE s.task_id = tasks.id AND s.status <> 'complete')
+                 RETURNING id",
+                param_list(2, batch.len())
+            );
+            let ids: Vec<String> = with_conn!(self, |conn| {
+                let mut query = sqlx::query_scalar(&sql).bind(now);
+                for id in batch {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(conn).await
+            })
+            .ctx("complete tasks")?;
+            completed.extend(ids);
+        }
+        Ok(completed)
     }
 
     /// Moves a task to `status`, recording `error_step` and, for a terminal status,

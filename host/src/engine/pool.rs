@@ -1,0 +1,193 @@
+//! A process's workers, as a pipeline: one claimer, many runs, one committer.
+//!
+//! A step costs far more in database statements and commits than in running: the refund
+//! workflow's steps run in tens of microseconds, while claiming one and committing its
+//! outcome take about twenty statements. So the work is batched where it is cheap to batch:
+//! - the claimer takes as many ready steps as there are free run slots in one transaction
+//!   (one claim statement, one read per kind of row), and hands each to a run of its own;
+//! - each run executes its attempt in the sandbox, renewing its lease meanwhile, and
+//!   queues the outcome;
+//! - the committer commits every outcome queued meanwhile in one transaction, then wakes
+//!   the claimer, since completed steps make their dependents ready.
+//!
+//! While one transaction commits, the next batch gathers, so the batches grow with the
+//! load by themselves and no outcome waits for a timer. Exactly-once commits still rest on
+//! the lease fencing of each step (`store::claim`), not on the batching.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::EngineError;
+use super::core::Engine;
+use super::worker::Finished;
+use crate::audit;
+
+/// Most steps one claim transaction takes.
+const MAX_CLAIM: usize = 64;
+/// Most outcomes one commit transaction writes.
+const MAX_COMMIT: usize = 256;
+/// How often the committer tries a batch while the database is unavailable before it
+/// gives the batch up (its steps run again once their leases expire).
+const COMMIT_TRIES: u32 = 6;
+
+/// A process's workers.
+#[derive(Debug, Clone)]
+pub struct WorkerPool {
+    /// How many steps this process runs at once.
+    pub workers: usize,
+    /// The lease owner's name (unique per process: leases name their owner).
+    pub name: String,
+    /// How long an idle claimer waits before looking for work again, unless a step this
+    /// process completed made another ready first.
+    pub idle: Duration,
+    /// How often committed audit events are sealed into the chain.
+    pub seal_every: Duration,
+}
+
+impl Engine {
+    /// Run the workers and the audit sealer until `stop` is set, then seal what they
+    /// committed: what `stepbox worker` and `stepbox serve` run.
+    pub async fn work(&self, pool: &WorkerPool, stop: watch::Receiver<bool>) {
+        let store = self.inner.store.clone();
+        let every = pool.seal_every;
+        let mut sealer_stop = stop.clone();
+        let sealer = tokio::spawn(async move {
+            loop {
+                if let Err(e) = audit::seal_pending(&store).await {
+                    tracing::warn!(error = %e, "sealing audit events failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    _ = sealer_stop.changed() => return,
+                }
+            }
+        });
+        self.run_workers(pool.workers.max(1), &pool.name, pool.idle, stop)
+            .await;
+        let _ = sealer.await;
+        if let Err(e) = audit::seal_pending(&self.inner.store).await {
+            tracing::warn!(error = %e, "sealing audit events failed");
+        }
+    }
+
+    /// Run up to `count` steps at once under the lease owner `worker` until `stop` is set;
+    /// then let the runs in flight finish and commit their outcomes.
+    pub async fn run_workers(
+        &self,
+        count: usize,
+        worker: &str,
+        idle: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let count = count.max(1);
+        let slots = Arc::new(Semaphore::new(count));
+        let (outcomes, queue) = mpsc::channel::<Finished>(count.max(MAX_COMMIT));
+        let committer = tokio::spawn(self.clone().commit_loop(queue));
+        while !*stop.borrow() {
+            let first = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = stop.changed() => break,
+            };
+            let mut permits = vec![first];
+            while permits.len() < MAX_CLAIM {
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let claimed = match self.claim(worker, permits.len()).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::error!(worker, error = %e, "claiming steps failed");
+                    drop(permits);
+                    self.wait_for_work(idle, &mut stop).await;
+                    continue;
+                }
+            };
+            if claimed.jobs.is_empty() && claimed.refusals.is_empty() {
+                drop(permits);
+                self.wait_for_work(idle, &mut stop).await;
+                continue;
+            }
+            for refusal in &claimed.refusals {
+                if let Err(e) = self.refuse(refusal, worker).await {
+                    tracing::error!(worker, error = %e, "failing an unrunnable step failed");
+                }
+            }
+            for job in claimed.jobs {
+                let Some(permit) = permits.pop() else { break };
+                let engine = self.clone();
+                let outcomes = outcomes.clone();
+                let worker = worker.to_owned();
+                tokio::spawn(async move {
+                    let finished = engine.run_job(job, &worker).await;
+                    drop(permit);
+                    // The committer only stops once every sender is gone.
+                    let _ = outcomes.send(finished).await;
+                });
+            }
+        }
+        // Wait for the runs in flight, then for their outcomes to be committed.
+        let _ = slots
+            .acquire_many(u32::try_from(count).unwrap_or(u32::MAX))
+            .await;
+        drop(outcomes);
+        let _ = committer.await;
+    }
+
+    /// Sleep until `idle` passes, this process makes a step ready, or `stop` is set.
+    async fn wait_for_work(&self, idle: Duration, stop: &mut watch::Receiver<bool>) {
+        tokio::select! {
+            () = tokio::time::sleep(idle) => {}
+            () = self.inner.work_ready.notified() => {}
+            _ = stop.changed() => {}
+        }
+    }
+
+    /// Commit queued outcomes, every one that queued meanwhile in one transaction, until
+    /// the queue closes.
+    async fn commit_loop(self, mut queue: mpsc::Receiver<Finished>) {
+        let mut batch = Vec::new();
+        while queue.recv_many(&mut batch, MAX_COMMIT).await > 0 {
+            self.commit_with_retries(&batch).await;
+            batch.clear();
+        }
+    }
+
+    /// Commit a batch, riding out a short database outage. If an outcome cannot be
+    /// committed for another reason, commit the others one by one so one bad outcome
+    /// does not cost the rest.
+    async fn commit_with_retries(&self, batch: &[Finished]) {
+        let mut wait = Duration::from_millis(50);
+        for _ in 0..COMMIT_TRIES {
+            match self.commit(batch).await {
+                Ok(_) => return,
+                Err(EngineError::Unavailable(e)) => {
+                    tracing::warn!(error = %e, outcomes = batch.len(), "database unavailable; committing again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) if batch.len() > 1 => {
+                    tracing::warn!(error = %e, "committing a batch failed; committing its outcomes one by one");
+                    for one in batch.chunks(1) {
+                        Box::pin(self.commit_with_retries(one)).await;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "committing a step's outcome failed; it runs again when its lease expires");
+                    return;
+                }
+            }
+        }
+        tracing::error!(
+            outcomes = batch.len(),
+            "database unavailable; outcomes dropped, their steps run again when their leases expire"
+        );
+    }
+}
