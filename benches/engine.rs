@@ -11,7 +11,8 @@
 //! `cargo bench --bench engine --features unprotected-baseline` (what `./dev bench` runs).
 //! Under `cargo test` (no `--bench` argument) it runs a few tasks per configuration and
 //! checks they complete and the chain verifies, so the benchmark itself stays working.
-//! Environment: `STEPBOX_BENCH_TASKS` (default 4000), `STEPBOX_BENCH_WORKERS` (default 4).
+//! Environment: `STEPBOX_BENCH_TASKS` (default 4000), `STEPBOX_BENCH_WORKERS` (default 4),
+//! `STEPBOX_BENCH_BACKEND` (`sqlite` or `postgres` to run only that one).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -246,6 +247,12 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
+    if let Ok(filter) = std::env::var("STEPBOX_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let tasks = if benching {
         env_usize("STEPBOX_BENCH_TASKS", 4000)
     } else {
@@ -260,8 +267,14 @@ fn main() {
     let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
 
     runtime.block_on(async {
+        let only = std::env::var("STEPBOX_BENCH_BACKEND").ok();
         let mut backends = vec!["sqlite"];
-        if sqlx::PgConnection::connect(ADMIN_URL).await.is_ok() {
+        if only.as_deref() == Some("postgres") {
+            backends.clear();
+        }
+        if only.as_deref() == Some("sqlite") {
+            // SQLite alone.
+        } else if sqlx::PgConnection::connect(ADMIN_URL).await.is_ok() {
             backends.push("postgres");
         } else {
             assert!(

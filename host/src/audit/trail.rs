@@ -13,7 +13,7 @@
 use serde::Serialize;
 
 use super::chain::{GENESIS, Verification, Verifier, link_hash, stored_hash};
-use crate::store::{NewAuditRow, Store, StoreError, Tx};
+use crate::store::{Backend, NewAuditRow, Store, StoreError, Tx};
 
 /// Events sealed per round trip.
 const SEAL_BATCH: i64 = 1_000;
@@ -95,15 +95,24 @@ fn row(event: &NewEvent, now_ms: i64) -> Result<NewAuditRow, AuditError> {
     })
 }
 
-/// Seal every committed event not yet in the chain, in `seq` order. Safe to run from
-/// several processes at once: a sealer that loses a race stops and starts over.
-/// Returns how many events this call sealed.
+/// Seal every event committed before this call and not yet in the chain, in `seq` order.
+/// Safe to run from several processes at once: a sealer that loses a race stops and
+/// starts over. Returns how many events this call sealed.
+///
+/// It stops after the first pass that finds less than a full batch, rather than chase
+/// events committed while it runs: under load a sealer that looped until it found none
+/// would take the write lock every other transaction. The next call seals those.
 pub async fn seal_pending(store: &Store) -> Result<u64, AuditError> {
     let mut sealed = 0;
     loop {
         // Read in a short transaction of its own: on PostgreSQL the read briefly holds
-        // back new audit writers.
-        let mut tx = store.begin().await?;
+        // back new audit writers. On SQLite a reader's snapshot never has a gap behind a
+        // later event (one writer, `seq` assigned and committed in order), so the read
+        // leaves the write lock to the writers.
+        let mut tx = match store.backend() {
+            Backend::Sqlite => store.begin_read().await?,
+            Backend::Postgres => store.begin().await?,
+        };
         let tip = tx.last_sealed().await?;
         let tip_seq = tip.as_ref().map(|(seq, _)| *seq);
         let (after, mut prev) = match tip {
@@ -146,6 +155,9 @@ pub async fn seal_pending(store: &Store) -> Result<u64, AuditError> {
         let batch = seals.len() as u64;
         tx.commit().await?;
         sealed += batch;
+        if rows.len() < SEAL_BATCH as usize {
+            return Ok(sealed);
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 //! A step costs far more in database statements and commits than in running: the refund
 //! workflow's steps run in tens of microseconds, while claiming one and committing its
 //! outcome take about twenty statements. So the work is batched where it is cheap to batch:
-//! - the claimer takes as many ready steps as there are free run slots in one transaction
-//!   (one claim statement, one read per kind of row), and hands each to a run of its own;
+//! - the claimer takes up to a batch of ready steps in one transaction (one claim
+//!   statement, one read per kind of row), keeping at most one batch more claimed than
+//!   there are runs, and hands each to a run of its own;
 //! - each run executes its attempt in the sandbox, renewing its lease meanwhile, and
 //!   queues the outcome;
 //! - the committer commits every outcome queued meanwhile in one transaction, then wakes
@@ -82,7 +83,11 @@ impl Engine {
         mut stop: watch::Receiver<bool>,
     ) {
         let count = count.max(1);
-        let slots = Arc::new(Semaphore::new(count));
+        // Claimed steps in this process, running or waiting to: the runs, plus one claim
+        // batch ahead, so a claim is never smaller than the runs can use.
+        let capacity = count + MAX_CLAIM;
+        let slots = Arc::new(Semaphore::new(capacity));
+        let runs = Arc::new(Semaphore::new(count));
         let (outcomes, queue) = mpsc::channel::<Finished>(count.max(MAX_COMMIT));
         let committer = tokio::spawn(self.clone().commit_loop(queue));
         while !*stop.borrow() {
@@ -124,8 +129,17 @@ impl Engine {
                 let engine = self.clone();
                 let outcomes = outcomes.clone();
                 let worker = worker.to_owned();
+                let runs = runs.clone();
                 tokio::spawn(async move {
+                    // Claimed ahead of the runs: keep the lease while waiting for one.
+                    let Ok(run) = engine
+                        .renewing(&job.claim, &worker, runs.acquire_owned())
+                        .await
+                    else {
+                        return;
+                    };
                     let finished = engine.run_job(job, &worker).await;
+                    drop(run);
                     drop(permit);
                     // The committer only stops once every sender is gone.
                     let _ = outcomes.send(finished).await;

@@ -46,7 +46,7 @@ pub enum Ran {
 
 /// A claimed step with everything its attempt needs.
 pub(crate) struct Job {
-    claim: ClaimedStep,
+    pub(crate) claim: ClaimedStep,
     task: Arc<TaskRow>,
     workflow: Arc<LoadedWorkflow>,
     def: StepDef,
@@ -359,24 +359,9 @@ impl Engine {
             attempt,
         } = job;
         let started = self.now();
-        let every = Duration::from_millis(
-            u64::try_from(self.inner.lease_ms / 3)
-                .unwrap_or(1_000)
-                .max(10),
-        );
-        let run = self.inner.sandbox.run(&module, attempt);
-        tokio::pin!(run);
-        let report = loop {
-            tokio::select! {
-                report = &mut run => break report,
-                () = tokio::time::sleep(every) => {
-                    let now = self.now();
-                    if let Err(e) = self.inner.store.renew_lease(&claim.task_id, &claim.step, worker, now, self.inner.lease_ms).await {
-                        tracing::warn!(task = %claim.task_id, step = %claim.step, error = %e, "lease renewal failed");
-                    }
-                }
-            }
-        };
+        let report = self
+            .renewing(&claim, worker, self.inner.sandbox.run(&module, attempt))
+            .await;
         Finished {
             claim,
             task,
@@ -386,6 +371,33 @@ impl Engine {
             worker: worker.to_owned(),
             started,
             report,
+        }
+    }
+
+    /// Await `work` while renewing `worker`'s lease on the claimed step every third of the
+    /// lease's length.
+    pub(crate) async fn renewing<T>(
+        &self,
+        claim: &ClaimedStep,
+        worker: &str,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let every = Duration::from_millis(
+            u64::try_from(self.inner.lease_ms / 3)
+                .unwrap_or(1_000)
+                .max(10),
+        );
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                () = tokio::time::sleep(every) => {
+                    let now = self.now();
+                    if let Err(e) = self.inner.store.renew_lease(&claim.task_id, &claim.step, worker, now, self.inner.lease_ms).await {
+                        tracing::warn!(task = %claim.task_id, step = %claim.step, error = %e, "lease renewal failed");
+                    }
+                }
+            }
         }
     }
 

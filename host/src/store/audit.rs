@@ -15,7 +15,7 @@
 //! until every transaction inserting events has finished, and everything it then reads is
 //! a complete prefix. Writers share the lock and never wait for each other.
 
-use super::backend::{BATCH_ROWS, TxInner, param_list, row_list, with_conn};
+use super::backend::{BATCH_ROWS, TxInner, with_conn};
 use super::error::Context;
 use super::{StoreError, Tx};
 
@@ -205,13 +205,13 @@ impl Tx<'_> {
                         insert_columns!(),
                         ") VALUES {}"
                     ),
-                    row_list(1, batch.len(), WIDTH)
+                    self.row_list(1, batch.len(), WIDTH)
                 ),
                 // The barrier as in `POSTGRES_INSERT`; the ordinal keeps `seq` in the
                 // order given.
                 TxInner::Postgres(_) => {
                     let rows: Vec<String> = (0..batch.len())
-                        .map(|row| format!("({}, {row})", param_list(2 + row * WIDTH, WIDTH)))
+                        .map(|row| format!("({}, {row})", self.param_list(2 + row * WIDTH, WIDTH)))
                         .collect();
                     format!(
                         concat!(
@@ -310,7 +310,7 @@ impl Tx<'_> {
                 "UPDATE audit_events SET prev_hash = v.column2, hash = v.column3
                  FROM (VALUES {}) AS v
                  WHERE audit_events.seq = v.column1 AND audit_events.hash IS NULL",
-                row_list(1, batch.len(), 3)
+                self.row_list(1, batch.len(), 3)
             );
             let updated = with_conn!(self, |conn| {
                 let mut query = sqlx::query(&sql);

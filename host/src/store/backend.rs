@@ -88,23 +88,6 @@ pub(crate) use {with_conn, with_pool};
 /// so a batch stays far inside SQLite's (32,766) and PostgreSQL's (65,535) limits.
 pub(crate) const BATCH_ROWS: usize = 500;
 
-/// `$first, …` for `count` parameters: the inside of an `IN (…)` list.
-pub(crate) fn param_list(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// `($first, …), (…), …`: `rows` tuples of `width` parameters numbered from `first`, for
-/// a multi-row `VALUES`.
-pub(crate) fn row_list(first: usize, rows: usize, width: usize) -> String {
-    (0..rows)
-        .map(|row| format!("({})", param_list(first + row * width, width)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// A database transaction. Every write happens inside one; dropping it without
 /// [`Tx::commit`] rolls it back.
 pub struct Tx<'a> {
@@ -125,6 +108,33 @@ impl Tx<'_> {
             _turn: turn,
             _store: PhantomData,
         }
+    }
+
+    /// Placeholders for `count` parameters numbered from `first`: the inside of an
+    /// `IN (…)` list.
+    ///
+    /// On SQLite they are plain `?`, bound in the order they appear in the statement's
+    /// text: a statement built with these must use them for every parameter (sqlx counts
+    /// `?`s apart from `$N`s), each appearing once, in parameter order. (`$N` would be
+    /// simpler, but SQLite looks a named parameter up by a linear scan, so binding a
+    /// statement of many `$N`s costs time quadratic in their number.)
+    pub(crate) fn param_list(&self, first: usize, count: usize) -> String {
+        match self.inner {
+            TxInner::Sqlite(_) => vec!["?"; count].join(", "),
+            TxInner::Postgres(_) => (first..first + count)
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// `(…), (…), …`: `rows` tuples of `width` placeholders numbered from `first`, for a
+    /// multi-row `VALUES`; see [`Tx::param_list`].
+    pub(crate) fn row_list(&self, first: usize, rows: usize, width: usize) -> String {
+        (0..rows)
+            .map(|row| format!("({})", self.param_list(first + row * width, width)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Which backend this transaction runs on.

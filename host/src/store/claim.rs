@@ -22,7 +22,7 @@
 //! Each claim first looks for an in-progress step whose lease expired (its worker died),
 //! then for a runnable one; both use a partial index so an idle poll reads next to nothing.
 
-use super::backend::{BATCH_ROWS, TxInner, param_list, row_list, with_conn};
+use super::backend::{BATCH_ROWS, TxInner, with_conn};
 use super::error::Context;
 use super::{StoreError, Tx};
 
@@ -212,9 +212,12 @@ impl Tx<'_> {
             task_ids.sort_unstable();
             task_ids.dedup();
             let sql = format!(
-                "UPDATE tasks SET status = 'in_progress', updated_at = $1
-                 WHERE status = 'pending' AND id IN ({})",
-                param_list(2, task_ids.len())
+                // `+status`: look the tasks up by id; SQLite would otherwise walk every
+                // pending task through the status index.
+                "UPDATE tasks SET status = 'in_progress', updated_at = {}
+                 WHERE +status = 'pending' AND id IN ({})",
+                self.param_list(1, 1),
+                self.param_list(2, task_ids.len())
             );
             with_conn!(self, |conn| {
                 let mut query = sqlx::query(&sql).bind(now);
@@ -253,13 +256,14 @@ impl Tx<'_> {
         for batch in done.chunks(BATCH_ROWS) {
             let sql = format!(
                 "UPDATE steps SET status = 'complete', result = v.column5, error = NULL,
-                                  lease_expires_at = NULL, finished_at = $1
+                                  lease_expires_at = NULL, finished_at = {}
                  FROM (VALUES {}) AS v
                  WHERE steps.task_id = v.column1 AND steps.name = v.column2
                    AND steps.lease_owner = v.column3 AND steps.attempts = v.column4
                    AND steps.status = 'in_progress'
                  RETURNING steps.task_id, steps.name",
-                row_list(2, batch.len(), 5)
+                self.param_list(1, 1),
+                self.row_list(2, batch.len(), 5)
             );
             let rows: Vec<(String, String)> = with_conn!(self, |conn| {
                 let mut query = sqlx::query_as(&sql).bind(now);
@@ -290,7 +294,7 @@ impl Tx<'_> {
                 "UPDATE steps SET waiting_on = steps.waiting_on - v.column3
                  FROM (VALUES {}) AS v
                  WHERE steps.task_id = v.column1 AND steps.name = v.column2",
-                row_list(1, batch.len(), 3)
+                self.row_list(1, batch.len(), 3)
             );
             with_conn!(self, |conn| {
                 let mut query = sqlx::query(&sql);

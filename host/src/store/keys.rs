@@ -2,7 +2,7 @@
 //! key that is never stored here; destroying a key (crypto-shredding) overwrites its
 //! wrapped bytes so nothing it encrypted can be read again.
 
-use super::backend::{BATCH_ROWS, param_list, with_conn};
+use super::backend::{BATCH_ROWS, with_conn};
 use super::error::Context;
 use super::{StoreError, Tx};
 
@@ -97,7 +97,7 @@ impl Tx<'_> {
         for batch in ids.chunks(BATCH_ROWS) {
             let sql = format!(
                 concat!("SELECT ", columns!(), " FROM data_keys WHERE id IN ({})"),
-                param_list(1, batch.len())
+                self.param_list(1, batch.len())
             );
             let rows: Vec<DataKeyRow> = with_conn!(self, |conn| {
                 let mut query = sqlx::query_as(&sql);

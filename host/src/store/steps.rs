@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::backend::{BATCH_ROWS, param_list, row_list, with_conn};
+use super::backend::{BATCH_ROWS, with_conn};
 use super::error::{Context, internal};
 use super::{StoreError, Tx};
 
@@ -217,7 +217,7 @@ impl Tx<'_> {
         for batch in steps.chunks(BATCH_ROWS) {
             let sql = format!(
                 concat!("INSERT INTO steps (", columns!(), ", waiting_on) VALUES {}"),
-                row_list(1, batch.len(), STEP_COLUMNS)
+                self.row_list(1, batch.len(), STEP_COLUMNS)
             );
             let depends_on = batch
                 .iter()
@@ -315,7 +315,7 @@ impl Tx<'_> {
                 "INSERT INTO step_attempts (task_id, step, attempt, worker, outcome, record,
                                             started_at, duration_ms)
                  VALUES {}",
-                row_list(1, batch.len(), 8)
+                self.row_list(1, batch.len(), 8)
             );
             with_conn!(self, |conn| {
                 let mut query = sqlx::query(&sql);
@@ -348,7 +348,7 @@ impl Tx<'_> {
             let sql = format!(
                 "SELECT task_id, name, result FROM steps
                  WHERE task_id IN ({}) AND status = 'complete' AND result IS NOT NULL",
-                param_list(1, batch.len())
+                self.param_list(1, batch.len())
             );
             let rows: Vec<(String, String, Vec<u8>)> = with_conn!(self, |conn| {
                 let mut query = sqlx::query_as(&sql);

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::backend::{BATCH_ROWS, param_list, with_conn};
+use super::backend::{BATCH_ROWS, with_conn};
 use super::error::Context;
 use super::{StoreError, Tx};
 
@@ -213,7 +213,7 @@ impl Tx<'_> {
         for batch in ids.chunks(BATCH_ROWS) {
             let sql = format!(
                 concat!("SELECT ", columns!(), " FROM tasks WHERE id IN ({})"),
-                param_list(1, batch.len())
+                self.param_list(1, batch.len())
             );
             let rows: Vec<TaskRow> = with_conn!(self, |conn| {
                 let mut query = sqlx::query_as(&sql);
@@ -239,16 +239,18 @@ impl Tx<'_> {
         let mut completed = Vec::new();
         for batch in ids.chunks(BATCH_ROWS) {
             let sql = format!(
-                "UPDATE tasks SET status = 'complete', error_step = NULL, updated_at = $1,
-                                  finished_at = $1
+                "UPDATE tasks SET status = 'complete', error_step = NULL, updated_at = {},
+                                  finished_at = {}
                  WHERE id IN ({}) AND status IN ('pending', 'in_progress')
                    AND NOT EXISTS (SELECT 1 FROM steps s
                                    WHERE s.task_id = tasks.id AND s.status <> 'complete')
                  RETURNING id",
-                param_list(2, batch.len())
+                self.param_list(1, 1),
+                self.param_list(2, 1),
+                self.param_list(3, batch.len())
             );
             let ids: Vec<String> = with_conn!(self, |conn| {
-                let mut query = sqlx::query_scalar(&sql).bind(now);
+                let mut query = sqlx::query_scalar(&sql).bind(now).bind(now);
                 for id in batch {
                     query = query.bind(*id);
                 }

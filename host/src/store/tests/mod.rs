@@ -8,6 +8,7 @@
 //! case it fails.
 
 mod audit;
+mod batches;
 mod claims;
 mod control;
 mod keys;
