@@ -592,3 +592,93 @@ async fn a_step_whose_data_no_longer_opens_fails_once_and_is_not_claimed_again()
     })
     .await;
 }
+
+fn request_for(customer: &str, amount: f64) -> CreateTask {
+    let mut request = refund_request(amount);
+    request.context["customer_id"] = json!(customer);
+    request
+}
+
+#[tokio::test]
+async fn creations_made_at_once_are_stored_together_and_one_that_cannot_be_keyed_fails_alone() {
+    both(|url| async move {
+        let server = TestServer::start().await;
+        let Setup { engine, store, .. } = setup(&url, &server, "/notify", 3).await;
+        // A subject whose key is destroyed (erased): new tasks about them cannot be sealed.
+        let erased = engine
+            .create_task(&agent(), request_for("cus_erased", 10.0))
+            .await
+            .unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let erased_key = tx.get_task(&erased.id).await.unwrap().unwrap().data_key_id;
+        tx.destroy_data_key(&erased_key, 1_764_000_000_001)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        // Thirty creations at once: three new customers, ten tasks each, and one for the
+        // erased subject among them.
+        let creations: Vec<_> = (0..31)
+            .map(|n| {
+                let engine = engine.clone();
+                let customer = if n == 30 {
+                    "cus_erased".to_owned()
+                } else {
+                    format!("cus_new_{}", n % 3)
+                };
+                tokio::spawn(async move {
+                    engine
+                        .create_task(&agent(), request_for(&customer, 20.0 + n as f64))
+                        .await
+                })
+            })
+            .collect();
+        let mut created = Vec::new();
+        let mut refused = Vec::new();
+        for creation in creations {
+            match creation.await.unwrap() {
+                Ok(task) => created.push(task),
+                Err(e) => refused.push(e.to_string()),
+            }
+        }
+        assert_eq!(created.len(), 30, "refused: {refused:?}");
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0].contains("destroyed"), "{refused:?}");
+
+        // Each new customer got one key, shared by their ten tasks; each task's audit
+        // sequence number is its own `task.created` event.
+        let mut tx = store.begin_read().await.unwrap();
+        let mut keys = std::collections::HashMap::new();
+        for task in &created {
+            let row = tx.get_task(&task.id).await.unwrap().unwrap();
+            keys.entry(row.subject.clone().unwrap())
+                .or_insert_with(std::collections::HashSet::new)
+                .insert(row.data_key_id.clone());
+            let events = tx
+                .query_audit(
+                    &stepbox::store::AuditFilter {
+                        resource: Some(format!("task/{}", task.id)),
+                        action: Some("task.created".into()),
+                        ..Default::default()
+                    },
+                    10,
+                )
+                .await
+                .unwrap();
+            assert_eq!(events.len(), 1);
+            assert_eq!(events[0].seq, task.audit_seq, "{}", task.id);
+            assert_eq!(tx.get_steps(&task.id).await.unwrap().len(), 4);
+        }
+        tx.commit().await.unwrap();
+        assert_eq!(keys.len(), 3, "three subjects");
+        assert!(keys.values().all(|ids| ids.len() == 1), "{keys:?}");
+
+        // And they all run.
+        drain(&engine).await;
+        for task in &created {
+            assert_eq!(task_status(&store, &task.id).await.0, TaskStatus::Complete);
+        }
+        chain_is_intact(&store).await;
+    })
+    .await;
+}

@@ -66,12 +66,13 @@ pub async fn record(tx: &mut Tx<'_>, event: &NewEvent, now_ms: i64) -> Result<i6
     Ok(tx.insert_audit_event(&row(event, now_ms)?).await?)
 }
 
-/// Record `events` at time `now_ms` inside `tx`, many per statement, in the order given.
+/// Record `events` at time `now_ms` inside `tx`, many per statement, in the order given;
+/// returns their sequence numbers in that order.
 pub async fn record_many(
     tx: &mut Tx<'_>,
     events: &[NewEvent],
     now_ms: i64,
-) -> Result<(), AuditError> {
+) -> Result<Vec<i64>, AuditError> {
     let rows = events
         .iter()
         .map(|event| row(event, now_ms))

@@ -12,11 +12,11 @@ use super::clock::Clock;
 use super::data::{self, TaskKey, context_aad};
 use super::{EngineError, WorkflowDef, parse_module_ref};
 use crate::audit::{self, NewEvent};
-use crate::classify::{FieldClasses, classify_context};
+use crate::classify::FieldClasses;
 use crate::crypto::KeyRing;
-use crate::policy::{NamespacePolicy, Principal};
+use crate::policy::NamespacePolicy;
 use crate::sandbox::{Sandbox, StepModule};
-use crate::store::{ModuleRow, StepRow, Store, TaskRow, TaskStatus, Tx, WorkflowRow};
+use crate::store::{ModuleRow, Store, Tx, WorkflowRow};
 
 /// Longest lease a worker holds on a step before it must renew it.
 pub const DEFAULT_LEASE_MS: i64 = 30_000;
@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     /// scheduled a retry), so an idle claimer looks again at once instead of at its next
     /// poll. Steps made ready by other processes are found by polling.
     pub(crate) work_ready: tokio::sync::Notify,
+    /// Task creations waiting to be stored together (see `create`).
+    pub(crate) creations: super::create::Queue,
 }
 
 /// A workflow definition ready to use: parsed, its fields classified, its input schema
@@ -53,7 +55,7 @@ pub(crate) struct Inner {
 pub(crate) struct LoadedWorkflow {
     pub(crate) def: WorkflowDef,
     pub(crate) classes: FieldClasses,
-    validator: jsonschema::Validator,
+    pub(crate) validator: jsonschema::Validator,
 }
 
 impl LoadedWorkflow {
@@ -124,6 +126,7 @@ impl Engine {
                 protect: true,
                 baseline_key: tokio::sync::OnceCell::new(),
                 work_ready: tokio::sync::Notify::new(),
+                creations: super::create::Queue::default(),
             }),
         }
     }
@@ -155,7 +158,7 @@ impl Engine {
     }
 
     /// The unprotected baseline's placeholder data key, inserted on first use.
-    async fn baseline_key_id(&self) -> Result<String, EngineError> {
+    pub(crate) async fn baseline_key_id(&self) -> Result<String, EngineError> {
         const ID: &str = "dk_unprotected_baseline";
         self.inner
             .baseline_key
@@ -175,19 +178,6 @@ impl Engine {
             })
             .await?;
         Ok(ID.into())
-    }
-
-    /// Record an audit event of the task path in `tx`; its sequence number.
-    pub(crate) async fn audit(
-        &self,
-        tx: &mut Tx<'_>,
-        event: &NewEvent,
-        now: i64,
-    ) -> Result<i64, EngineError> {
-        if !self.inner.protect {
-            return Ok(0);
-        }
-        Ok(audit::record(tx, event, now).await?)
     }
 
     /// The same engine with step leases of `lease_ms` (set before sharing the engine): how
@@ -446,130 +436,14 @@ impl Engine {
         lock(&self.inner.modules).insert(key, module.clone());
         Ok(module)
     }
-
-    /// Create a task: validate and classify the context, seal it, and store the task, its
-    /// steps and the `task.created` event in one transaction.
-    pub async fn create_task(
-        &self,
-        principal: &Principal,
-        request: CreateTask,
-    ) -> Result<CreatedTask, EngineError> {
-        let now = self.now();
-        let baseline_key = if self.inner.protect {
-            None
-        } else {
-            Some(self.baseline_key_id().await?)
-        };
-        let mut tx = self.inner.store.begin().await?;
-        let version = match &request.version {
-            Some(v) => v.clone(),
-            None => {
-                tx.latest_workflow(&request.namespace, &request.workflow)
-                    .await?
-                    .ok_or_else(|| {
-                        EngineError::NotFound(format!(
-                            "workflow {}/{}",
-                            request.namespace, request.workflow
-                        ))
-                    })?
-                    .version
-            }
-        };
-        let workflow = self
-            .workflow(&mut tx, &request.namespace, &request.workflow, &version)
-            .await?;
-        let (def, classes) = (&workflow.def, &workflow.classes);
-
-        let Value::Object(context) = &request.context else {
-            return Err(EngineError::Invalid(
-                "the context must be a JSON object".into(),
-            ));
-        };
-        validate_context(&workflow.validator, &request.context)?;
-        let classification = classify_context(classes, context);
-        let subject = classes
-            .subject_field()
-            .and_then(|field| context.get(field))
-            .and_then(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .or_else(|| Some(v.to_string()))
-            })
-            .map(|id| self.inner.keys.blind_index().index(&id));
-
-        let id = data::new_id("task_")?;
-        let (key_id, key): (String, TaskKey) = if self.inner.protect {
-            let (id, key) =
-                data::key_for_task(&mut tx, &self.inner.keys, subject.as_deref(), now).await?;
-            (id, key.into())
-        } else {
-            (baseline_key.unwrap_or_default(), TaskKey::none())
-        };
-        let plaintext = serde_json::to_vec(&request.context)
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
-        let sealed = key.seal(&plaintext, context_aad(&id))?;
-        tx.insert_task(&TaskRow {
-            id: id.clone(),
-            namespace: def.namespace.clone(),
-            workflow_name: def.name.clone(),
-            workflow_version: def.version.clone(),
-            status: TaskStatus::Pending,
-            context: sealed,
-            data_key_id: key_id,
-            subject: subject.clone(),
-            classification: classification.level.to_string(),
-            contains_pii: classification.contains_pii,
-            created_by: principal.subject.clone(),
-            principal: serde_json::to_string(principal)
-                .map_err(|e| EngineError::Internal(e.to_string()))?,
-            reason: request.reason.clone(),
-            tags: serde_json::to_string(&request.tags).unwrap_or_else(|_| "[]".into()),
-            error_step: None,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-        })
-        .await?;
-        let steps: Vec<StepRow> = def
-            .steps
-            .iter()
-            .map(|s| {
-                let deps: Vec<&str> = s.depends_on.iter().map(String::as_str).collect();
-                StepRow::pending(&id, &s.name, &deps, now)
-            })
-            .collect();
-        tx.insert_steps(&steps).await?;
-        let event = NewEvent {
-            actor: format!("user:{}", principal.subject),
-            action: "task.created".into(),
-            resource: format!("task/{id}"),
-            namespace: Some(def.namespace.clone()),
-            outcome: "success".into(),
-            classification: Some(classification.level.to_string()),
-            contains_pii: classification.contains_pii,
-            correlation_id: None,
-            details: json!({
-                "workflow": format!("{}@{}", def.name, def.version),
-                "subject": subject,
-                "fields": classification.fields.keys().collect::<Vec<_>>(),
-            }),
-        };
-        let audit_seq = self.audit(&mut tx, &event, now).await?;
-        tx.commit().await?;
-        self.inner.work_ready.notify_one();
-        Ok(CreatedTask {
-            id,
-            version: def.version.clone(),
-            classification: classification.level.to_string(),
-            contains_pii: classification.contains_pii,
-            audit_seq,
-        })
-    }
 }
 
 /// Check the context against the workflow's schema; errors name the field and the rule,
 /// never the value (it may be PII).
-fn validate_context(validator: &jsonschema::Validator, context: &Value) -> Result<(), EngineError> {
+pub(crate) fn validate_context(
+    validator: &jsonschema::Validator,
+    context: &Value,
+) -> Result<(), EngineError> {
     let problems: Vec<String> = validator
         .iter_errors(context)
         .take(5)

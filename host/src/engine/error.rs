@@ -57,3 +57,19 @@ impl From<DefinitionError> for EngineError {
         Self::Invalid(e.to_string())
     }
 }
+
+impl EngineError {
+    /// The same error for another caller (a batch's error answers each of its members).
+    /// A cryptographic error keeps its kind's message but not its source.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::NotFound(what) => Self::NotFound(what.clone()),
+            Self::Invalid(what) => Self::Invalid(what.clone()),
+            Self::Denied(what) => Self::Denied(what.clone()),
+            Self::Conflict(what) => Self::Conflict(what.clone()),
+            Self::Unavailable(what) => Self::Unavailable(what.clone()),
+            Self::Crypto(e) => Self::Internal(e.to_string()),
+            Self::Internal(what) => Self::Internal(what.clone()),
+        }
+    }
+}

@@ -7,6 +7,7 @@
 mod clock;
 mod control;
 mod core;
+mod create;
 mod data;
 mod definition;
 mod error;

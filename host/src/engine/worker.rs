@@ -651,7 +651,8 @@ impl Engine {
         if !self.inner.protect || events.is_empty() {
             return Ok(());
         }
-        Ok(crate::audit::record_many(tx, events, now).await?)
+        crate::audit::record_many(tx, events, now).await?;
+        Ok(())
     }
 }
 

@@ -193,8 +193,13 @@ impl Tx<'_> {
     }
 
     /// Records events, unsealed, many per statement, their `seq`s increasing in the
-    /// order given. `Conflict` if an id is taken (and then none is recorded).
-    pub async fn insert_audit_events(&mut self, events: &[NewAuditRow]) -> Result<(), StoreError> {
+    /// order given; returns the `seq`s in that order. `Conflict` if an id is taken (and
+    /// then none is recorded).
+    pub async fn insert_audit_events(
+        &mut self,
+        events: &[NewAuditRow],
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut seqs = Vec::with_capacity(events.len());
         const WIDTH: usize = 11;
         let postgres = matches!(self.inner, TxInner::Postgres(_));
         for batch in events.chunks(BATCH_ROWS) {
@@ -203,7 +208,7 @@ impl Tx<'_> {
                     concat!(
                         "INSERT INTO audit_events (",
                         insert_columns!(),
-                        ") VALUES {}"
+                        ") VALUES {} RETURNING id, seq"
                     ),
                     self.row_list(1, batch.len(), WIDTH)
                 ),
@@ -221,25 +226,34 @@ impl Tx<'_> {
                             ") SELECT v.column1, v.column2, v.column3, v.column4, v.column5,
                                       v.column6, v.column7, v.column8, v.column9, v.column10,
                                       v.column11
-                               FROM barrier, (VALUES {}) AS v ORDER BY v.column12"
+                               FROM barrier, (VALUES {}) AS v ORDER BY v.column12
+                             RETURNING id, seq"
                         ),
                         rows.join(", ")
                     )
                 }
             };
-            with_conn!(self, |conn| {
-                let mut query = sqlx::query(&sql);
+            let rows: Vec<(String, i64)> = with_conn!(self, |conn| {
+                let mut query = sqlx::query_as(&sql);
                 if postgres {
                     query = query.bind(AUDIT_BARRIER);
                 }
                 for event in batch {
                     query = bind_event!(query, event);
                 }
-                query.execute(conn).await.map(|done| done.rows_affected())
+                query.fetch_all(conn).await
             })
             .ctx("insert audit events")?;
+            // RETURNING promises no order: match the seqs back by id.
+            let by_id: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+            for event in batch {
+                let seq = by_id.get(&event.id).copied().ok_or_else(|| {
+                    StoreError::Internal("an inserted audit event returned no seq".to_owned())
+                })?;
+                seqs.push(seq);
+            }
         }
-        Ok(())
+        Ok(seqs)
     }
 
     /// Up to `limit` unsealed events after `after_seq`, in `seq` order, none of which can

@@ -163,36 +163,45 @@ impl Tx<'_> {
     /// Stores a new task. `Conflict` if the id is taken; `NotFound` if its workflow or
     /// data key does not exist.
     pub async fn insert_task(&mut self, task: &TaskRow) -> Result<(), StoreError> {
-        with_conn!(self, |conn| {
-            sqlx::query(concat!(
-                "INSERT INTO tasks (",
-                columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                           $16, $17, $18)"
-            ))
-            .bind(&task.id)
-            .bind(&task.namespace)
-            .bind(&task.workflow_name)
-            .bind(&task.workflow_version)
-            .bind(task.status.as_str())
-            .bind(&task.context)
-            .bind(&task.data_key_id)
-            .bind(&task.subject)
-            .bind(&task.classification)
-            .bind(task.contains_pii)
-            .bind(&task.created_by)
-            .bind(&task.principal)
-            .bind(&task.reason)
-            .bind(&task.tags)
-            .bind(&task.error_step)
-            .bind(task.created_at)
-            .bind(task.updated_at)
-            .bind(task.finished_at)
-            .execute(conn)
-            .await
-            .map(|done| done.rows_affected())
-        })
-        .ctx("insert task")?;
+        self.insert_tasks(std::slice::from_ref(task)).await
+    }
+
+    /// Stores tasks, many per statement. `Conflict` if an id is taken (and then none is
+    /// stored).
+    pub async fn insert_tasks(&mut self, tasks: &[TaskRow]) -> Result<(), StoreError> {
+        const WIDTH: usize = 18;
+        for batch in tasks.chunks(BATCH_ROWS) {
+            let sql = format!(
+                concat!("INSERT INTO tasks (", columns!(), ") VALUES {}"),
+                self.row_list(1, batch.len(), WIDTH)
+            );
+            with_conn!(self, |conn| {
+                let mut query = sqlx::query(&sql);
+                for task in batch {
+                    query = query
+                        .bind(&task.id)
+                        .bind(&task.namespace)
+                        .bind(&task.workflow_name)
+                        .bind(&task.workflow_version)
+                        .bind(task.status.as_str())
+                        .bind(&task.context)
+                        .bind(&task.data_key_id)
+                        .bind(&task.subject)
+                        .bind(&task.classification)
+                        .bind(task.contains_pii)
+                        .bind(&task.created_by)
+                        .bind(&task.principal)
+                        .bind(&task.reason)
+                        .bind(&task.tags)
+                        .bind(&task.error_step)
+                        .bind(task.created_at)
+                        .bind(task.updated_at)
+                        .bind(task.finished_at);
+                }
+                query.execute(conn).await.map(|done| done.rows_affected())
+            })
+            .ctx("insert task")?;
+        }
         Ok(())
     }
 
