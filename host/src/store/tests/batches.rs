@@ -6,7 +6,17 @@ use std::collections::HashSet;
 
 use super::claims::{LEASE, step_status};
 use super::{NOW, both, seed_task, seed_workflow, write};
-use crate::store::{AttemptRow, Completion, NewAuditRow, StepStatus, StoreError, TaskStatus};
+use crate::store::{
+    AttemptRow, ClaimedStep, Completion, NewAuditRow, StepStatus, Store, StoreError, TaskStatus,
+};
+
+async fn claim_batch(store: &Store, worker: &str, limit: usize) -> Vec<ClaimedStep> {
+    write(store, async |tx| {
+        tx.claim_ready_steps(worker, NOW, LEASE, limit).await
+    })
+    .await
+    .expect("claim")
+}
 
 fn event(id: &str) -> NewAuditRow {
     NewAuditRow {
@@ -31,16 +41,8 @@ async fn a_batched_claim_takes_each_ready_step_once_and_starts_every_task() {
         for n in 0..5 {
             seed_task(&store, &format!("t{n}"), &[("a", &[]), ("b", &["a"])]).await;
         }
-        let first = write(&store, async |tx| {
-            tx.claim_ready_steps("w1", NOW, LEASE, 3).await
-        })
-        .await
-        .expect("claim");
-        let second = write(&store, async |tx| {
-            tx.claim_ready_steps("w2", NOW, LEASE, 10).await
-        })
-        .await
-        .expect("claim");
+        let first = claim_batch(&store, "w1", 3).await;
+        let second = claim_batch(&store, "w2", 10).await;
         assert_eq!((first.len(), second.len()), (3, 2), "the limit holds");
         let taken: HashSet<(String, String)> = first
             .iter()
@@ -65,11 +67,7 @@ async fn batched_completions_are_fenced_row_by_row_and_release_their_dependents(
         seed_workflow(&store).await;
         seed_task(&store, "t1", &[("a", &[]), ("b", &[]), ("c", &["a", "b"])]).await;
         seed_task(&store, "t2", &[("a", &[])]).await;
-        let claims = write(&store, async |tx| {
-            tx.claim_ready_steps("w1", NOW, LEASE, 10).await
-        })
-        .await
-        .expect("claim");
+        let claims = claim_batch(&store, "w1", 10).await;
         assert_eq!(claims.len(), 3);
         assert!(claims.iter().any(|c| c.task_id == "t2"), "t2/a claimed");
         let done: Vec<Completion<'_>> = claims
@@ -107,11 +105,7 @@ async fn batched_completions_are_fenced_row_by_row_and_release_their_dependents(
             Some(NOW + 5)
         );
 
-        let next = write(&store, async |tx| {
-            tx.claim_ready_steps("w1", NOW, LEASE, 10).await
-        })
-        .await
-        .expect("claim");
+        let next = claim_batch(&store, "w1", 10).await;
         assert_eq!(
             next.iter()
                 .map(|c| (c.task_id.as_str(), c.step.as_str()))
@@ -135,11 +129,7 @@ async fn only_running_tasks_with_every_step_complete_become_complete() {
         seed_task(&store, "done", &[("a", &[])]).await;
         seed_task(&store, "half", &[("a", &[]), ("b", &["a"])]).await;
         seed_task(&store, "cancelled", &[("a", &[])]).await;
-        let claims = write(&store, async |tx| {
-            tx.claim_ready_steps("w1", NOW, LEASE, 10).await
-        })
-        .await
-        .expect("claim");
+        let claims = claim_batch(&store, "w1", 10).await;
         let done: Vec<Completion<'_>> = claims
             .iter()
             .map(|c| Completion {
