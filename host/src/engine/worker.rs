@@ -215,7 +215,7 @@ impl Engine {
             .iter()
             .filter(|c| {
                 tasks.get(&c.task_id).is_some_and(|t| {
-                    lock_workflow(self, t).is_none_or(|w| {
+                    loaded_workflow(self, t).is_none_or(|w| {
                         w.def
                             .steps
                             .iter()
@@ -790,7 +790,7 @@ impl Finished {
 }
 
 /// The workflow of `task` if this process has it loaded already.
-fn lock_workflow(engine: &Engine, task: &TaskRow) -> Option<Arc<LoadedWorkflow>> {
+fn loaded_workflow(engine: &Engine, task: &TaskRow) -> Option<Arc<LoadedWorkflow>> {
     engine.cached_workflow(&task.namespace, &task.workflow_name, &task.workflow_version)
 }
 
