@@ -1,5 +1,5 @@
 //! `stepbox step run` as a step author uses it: a process, flags, JSON on stdout, a
-//! one-line message on stderr and a non-zero status on failure.
+//! one-line message on stderr and a non-zero status on failure; and `stepbox token`.
 
 use std::process::Command;
 
@@ -79,4 +79,66 @@ fn step_run_exits_non_zero_on_a_step_error_and_refuses_a_forbidden_component() {
         .unwrap();
     assert_eq!(output.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&output.stderr).contains("wasi:sockets/"));
+}
+
+#[test]
+fn token_mints_a_development_token_that_only_its_data_directorys_key_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = stepbox()
+        .args(["token", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--sub",
+            "user_123",
+            "--roles",
+            "customer_success_agent,team_lead",
+            "--permissions",
+            "customer_success.process_refund:execute",
+            "--email",
+            "agent@example.com",
+            "--mfa",
+            "--ttl",
+            "15m",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = stdout.lines().last().unwrap();
+    let key = stepbox::auth::DevKey::load_or_create(dir.path()).unwrap();
+    let verifier = stepbox::auth::Verifier::new(
+        key.key_set(),
+        stepbox::auth::DEV_ISSUER,
+        stepbox::auth::DEV_AUDIENCE,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let identity = verifier.verify(token, now).unwrap();
+    assert_eq!(identity.principal.subject, "user_123");
+    assert_eq!(identity.principal.roles.len(), 2);
+    assert!(identity.mfa_at.is_some());
+    assert_eq!(
+        verifier.verify(token, now + 15 * 60 + 60),
+        Err(stepbox::auth::AuthError::Expired)
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !stderr.contains(token),
+        "the token is printed once, on stdout"
+    );
+
+    let refused = stepbox()
+        .args(["token", "--data-dir"])
+        .arg(dir.path())
+        .args(["--sub", "user_123", "--ttl", "90d"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("30d"));
 }

@@ -5,6 +5,7 @@
 mod ops;
 mod secrets;
 mod step_run;
+mod token;
 
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 pub use ops::{AuditCommand, DataArgs, KeysCommand, WorkerArgs};
 pub use secrets::{SecretSetArgs, SecretsCommand};
 pub use step_run::StepRunArgs;
+pub use token::TokenArgs;
 
 /// stepbox: WebAssembly workflow steps with policy, audit and encryption.
 #[derive(Debug, Parser)]
@@ -40,6 +42,8 @@ pub enum Command {
     /// Manage the secrets steps may be granted (sealed in the database).
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Mint a development token with the data directory's key (the last line printed).
+    Token(TokenArgs),
 }
 
 /// `stepbox step …`
@@ -80,6 +84,7 @@ impl Cli {
             Command::Keys(command) => ops::keys(command).await,
             Command::Audit(command) => ops::audit(command).await,
             Command::Secrets(command) => secrets::run(command).await,
+            Command::Token(args) => token::run(args),
         }
     }
 }
