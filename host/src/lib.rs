@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod classify;

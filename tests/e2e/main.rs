@@ -1,6 +1,7 @@
 //! End-to-end tests of the sandbox: real components built from `example-steps/`, the real
 //! wasmtime sandbox, real HTTP over a socket on 127.0.0.1, and the `stepbox` binary.
 
+mod api;
 mod cli;
 mod control;
 mod engine;

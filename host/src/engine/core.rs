@@ -180,6 +180,19 @@ impl Engine {
         Ok(ID.into())
     }
 
+    /// Record an audit event in a transaction of its own: for events that change no
+    /// state, such as a refused token.
+    pub(crate) async fn record_event(
+        &self,
+        event: &NewEvent,
+        now: i64,
+    ) -> Result<i64, EngineError> {
+        let mut tx = self.inner.store.begin().await?;
+        let seq = audit::record(&mut tx, event, now).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
     /// The same engine with step leases of `lease_ms` (set before sharing the engine): how
     /// long a crashed worker's step waits before another worker takes it over.
     pub fn with_lease_ms(mut self, lease_ms: i64) -> Self {

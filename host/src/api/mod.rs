@@ -1,0 +1,259 @@
+//! The HTTP API (axum): routes, the bearer-token gate, and the protections every response
+//! gets — a body limit, security headers and a correlation id.
+//!
+//! Nothing under `/v1` answers without a verified token; each refused token is an
+//! `auth.failed` audit event carrying the refusal's code, the client's address and user
+//! agent, never the token. Errors are problem+json (see `error`). This module turns HTTP
+//! into calls on `auth`, `policy` and `engine`; it never touches the store's rows or a
+//! key itself.
+
+mod error;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, OriginalUri, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde_json::{Value, json};
+
+pub use error::ApiError;
+
+use crate::audit::NewEvent;
+use crate::auth::{AuthError, Identity, Verifier};
+use crate::engine::Engine;
+
+/// Largest request body accepted. Task contexts are small JSON documents; modules, the
+/// largest uploads, are capped by the sandbox's own limit when that route exists.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Longest user agent kept in an audit event.
+const MAX_USER_AGENT: usize = 200;
+
+/// The header carrying a request's correlation id, in and out.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    engine: Engine,
+    verifier: Arc<Verifier>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("verifier", &self.verifier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiState {
+    /// The API over `engine`, accepting tokens `verifier` accepts.
+    pub fn new(engine: Engine, verifier: Verifier) -> Self {
+        Self {
+            engine,
+            verifier: Arc::new(verifier),
+        }
+    }
+}
+
+/// A request's correlation id: the caller's `x-request-id` if it is a sane token, else a
+/// fresh one.
+#[derive(Clone, Debug)]
+pub struct CorrelationId(pub String);
+
+/// The routes with every protection layered on. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so refusals record the client's
+/// address.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/whoami", get(whoami))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(protect))
+        .with_state(state)
+}
+
+/// Serve `router(state)` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({ "status": "live" }))
+}
+
+/// Ready when the database answers.
+async fn ready(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let tx = state
+        .engine
+        .store()
+        .begin_read()
+        .await
+        .map_err(crate::engine::EngineError::from)?;
+    tx.commit()
+        .await
+        .map_err(crate::engine::EngineError::from)?;
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "no_route",
+        "no such endpoint",
+    )
+}
+
+/// Who the token says the caller is.
+async fn whoami(Extension(identity): Extension<Identity>) -> Json<Value> {
+    Json(json!({
+        "subject": identity.principal.subject,
+        "roles": identity.principal.roles,
+        "permissions": identity.principal.permissions,
+        "email": identity.email,
+        "team": identity.team,
+        "mfa_at": identity.mfa_at,
+        "session_id": identity.session_id,
+    }))
+}
+
+/// Correlation id in and out, and the security headers, on every response.
+async fn protect(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id);
+    request.extensions_mut().insert(CorrelationId(id.clone()));
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(HeaderName::from_static(REQUEST_ID), value);
+    }
+    for (name, value) in [
+        (
+            header::STRICT_TRANSPORT_SECURITY,
+            "max-age=63072000; includeSubDomains",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return "req_unknown".to_owned();
+    }
+    format!("req_{}", hex::encode(bytes))
+}
+
+/// The gate of `/v1`: a verified bearer token, or a 401 and an `auth.failed` event.
+async fn require_token(
+    State(state): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let now_ms = state.engine.now();
+    let verified = bearer(request.headers())
+        .and_then(|token| state.verifier.verify(token, now_ms.div_euclid(1000)));
+    match verified {
+        Ok(identity) => {
+            request.extensions_mut().insert(identity);
+            next.run(request).await
+        }
+        Err(refusal) => {
+            let event = refusal_event(&request, &refusal);
+            if let Err(e) = state.engine.record_event(&event, now_ms).await {
+                tracing::error!(error = %e, code = refusal.code(), "recording a refused token failed");
+            }
+            ApiError::from(refusal).into_response()
+        }
+    }
+}
+
+/// The bearer token of `Authorization`, if there is one.
+fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?
+        .to_str()
+        .map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Missing);
+    }
+    Ok(token.trim())
+}
+
+/// The event of a refused token: why, from where, with what client — never the token.
+fn refusal_event(request: &Request, refusal: &AuthError) -> NewEvent {
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string());
+    let user_agent = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect::<String>());
+    NewEvent {
+        actor: "anonymous".into(),
+        action: "auth.failed".into(),
+        // Inside `/v1` the router sees the path without its prefix: use the original.
+        resource: format!(
+            "api{}",
+            request
+                .extensions()
+                .get::<OriginalUri>()
+                .map_or_else(|| request.uri().path(), |uri| uri.0.path())
+        ),
+        outcome: "denied".into(),
+        correlation_id: request
+            .extensions()
+            .get::<CorrelationId>()
+            .map(|c| c.0.clone()),
+        details: json!({
+            "code": refusal.code(),
+            "method": request.method().as_str(),
+            "ip": ip,
+            "user_agent": user_agent,
+        }),
+        ..NewEvent::default()
+    }
+}
