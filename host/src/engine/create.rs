@@ -179,13 +179,22 @@ impl Engine {
         baseline_key: Option<String>,
         now: i64,
     ) -> Result<Vec<Result<CreatedTask, EngineError>>, EngineError> {
-        // Each subject's key once per batch, however many of its tasks are in it.
+        // Each subject's key once per batch, however many of its tasks are in it; and the
+        // subjects in one order, so that on PostgreSQL two batches creating the same new
+        // subjects take their row locks in the same order and never deadlock.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|a, b| batch[*a].creation.subject.cmp(&batch[*b].creation.subject));
         let mut subject_keys: HashMap<String, (String, TaskKey)> = HashMap::new();
         let mut tasks = Vec::with_capacity(batch.len());
         let mut steps = Vec::with_capacity(batch.len() * 4);
         let mut events = Vec::with_capacity(batch.len());
-        let mut outcomes: Vec<Result<CreatedTask, EngineError>> = Vec::with_capacity(batch.len());
-        for Waiting { creation: c, .. } in batch {
+        let mut created_in_order = Vec::with_capacity(batch.len());
+        let mut outcomes: Vec<Result<CreatedTask, EngineError>> = batch
+            .iter()
+            .map(|_| Err(EngineError::Internal("not stored".into())))
+            .collect();
+        for index in order {
+            let c = &batch[index].creation;
             let keyed = match (&baseline_key, &c.subject) {
                 (Some(id), _) => Ok((id.clone(), TaskKey::none())),
                 (None, Some(subject)) if subject_keys.contains_key(subject) => {
@@ -199,11 +208,15 @@ impl Engine {
             };
             let (key_id, key) = match keyed {
                 Ok(keyed) => keyed,
-                Err(e @ EngineError::Unavailable(_)) => return Err(e),
-                Err(e) => {
-                    outcomes.push(Err(e));
+                // This creation's own trouble (its subject's key destroyed, or not
+                // opening): it fails alone.
+                Err(e @ (EngineError::Invalid(_) | EngineError::Crypto(_))) => {
+                    outcomes[index] = Err(e);
                     continue;
                 }
+                // A database error may have ended the transaction (PostgreSQL aborts it):
+                // the batch fails.
+                Err(e) => return Err(e),
             };
             if let Some(subject) = &c.subject {
                 subject_keys.insert(subject.clone(), (key_id.clone(), key.clone()));
@@ -213,24 +226,26 @@ impl Engine {
                     tasks.push(task);
                     steps.extend(task_steps);
                     events.push(created_event(c));
-                    outcomes.push(Ok(CreatedTask {
+                    created_in_order.push(index);
+                    outcomes[index] = Ok(CreatedTask {
                         id: c.id.clone(),
                         version: c.workflow.def.version.clone(),
                         classification: c.level.clone(),
                         contains_pii: c.contains_pii,
                         audit_seq: 0,
-                    }));
+                    });
                 }
-                Err(e) => outcomes.push(Err(e)),
+                Err(e) => outcomes[index] = Err(e),
             }
         }
         tx.insert_tasks(&tasks).await?;
         tx.insert_steps(&steps).await?;
         if self.inner.protect && !events.is_empty() {
             let seqs = crate::audit::record_many(tx, &events, now).await?;
-            let mut seqs = seqs.into_iter();
-            for created in outcomes.iter_mut().flatten() {
-                created.audit_seq = seqs.next().unwrap_or_default();
+            for (index, seq) in created_in_order.into_iter().zip(seqs) {
+                if let Ok(created) = &mut outcomes[index] {
+                    created.audit_seq = seq;
+                }
             }
         }
         Ok(outcomes)

@@ -128,6 +128,36 @@ impl Tx<'_> {
         }
     }
 
+    /// The rows `template` selects for `ids`, in chunks of [`BATCH_ROWS`]: `template` is a
+    /// query whose one `{}` is the inside of an `IN (…)` list (its only parameters).
+    pub(crate) async fn fetch_by_ids<T>(
+        &mut self,
+        template: &str,
+        ids: &[&str],
+        what: &'static str,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        let mut found = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(BATCH_ROWS) {
+            let sql = template.replacen("{}", &self.param_list(1, batch.len()), 1);
+            let rows: Vec<T> = with_conn!(self, |conn| {
+                let mut query = sqlx::query_as(&sql);
+                for id in batch {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(conn).await
+            })
+            .ctx(what)?;
+            found.extend(rows);
+        }
+        Ok(found)
+    }
+
     /// `(…), (…), …`: `rows` tuples of `width` placeholders numbered from `first`, for a
     /// multi-row `VALUES`; see [`Tx::param_list`].
     pub(crate) fn row_list(&self, first: usize, rows: usize, width: usize) -> String {

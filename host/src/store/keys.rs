@@ -2,7 +2,7 @@
 //! key that is never stored here; destroying a key (crypto-shredding) overwrites its
 //! wrapped bytes so nothing it encrypted can be read again.
 
-use super::backend::{BATCH_ROWS, with_conn};
+use super::backend::with_conn;
 use super::error::Context;
 use super::{StoreError, Tx};
 
@@ -93,23 +93,12 @@ impl Tx<'_> {
 
     /// The data keys among `ids` that exist, in no particular order.
     pub async fn get_data_keys(&mut self, ids: &[&str]) -> Result<Vec<DataKeyRow>, StoreError> {
-        let mut found = Vec::with_capacity(ids.len());
-        for batch in ids.chunks(BATCH_ROWS) {
-            let sql = format!(
-                concat!("SELECT ", columns!(), " FROM data_keys WHERE id IN ({})"),
-                self.param_list(1, batch.len())
-            );
-            let rows: Vec<DataKeyRow> = with_conn!(self, |conn| {
-                let mut query = sqlx::query_as(&sql);
-                for id in batch {
-                    query = query.bind(*id);
-                }
-                query.fetch_all(conn).await
-            })
-            .ctx("get data keys")?;
-            found.extend(rows);
-        }
-        Ok(found)
+        self.fetch_by_ids(
+            concat!("SELECT ", columns!(), " FROM data_keys WHERE id IN ({})"),
+            ids,
+            "get data keys",
+        )
+        .await
     }
 
     /// One page of the data keys that are not destroyed, by id, starting after `after_id`

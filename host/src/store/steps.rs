@@ -343,24 +343,13 @@ impl Tx<'_> {
         &mut self,
         task_ids: &[&str],
     ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
-        let mut found = Vec::new();
-        for batch in task_ids.chunks(BATCH_ROWS) {
-            let sql = format!(
-                "SELECT task_id, name, result FROM steps
-                 WHERE task_id IN ({}) AND status = 'complete' AND result IS NOT NULL",
-                self.param_list(1, batch.len())
-            );
-            let rows: Vec<(String, String, Vec<u8>)> = with_conn!(self, |conn| {
-                let mut query = sqlx::query_as(&sql);
-                for id in batch {
-                    query = query.bind(*id);
-                }
-                query.fetch_all(conn).await
-            })
-            .ctx("get step results")?;
-            found.extend(rows);
-        }
-        Ok(found)
+        self.fetch_by_ids(
+            "SELECT task_id, name, result FROM steps
+             WHERE task_id IN ({}) AND status = 'complete' AND result IS NOT NULL",
+            task_ids,
+            "get step results",
+        )
+        .await
     }
 
     /// Every recorded attempt of every step of `task_id`, by step then attempt.

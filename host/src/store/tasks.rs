@@ -218,23 +218,12 @@ impl Tx<'_> {
 
     /// The tasks among `ids` that exist, in no particular order.
     pub async fn get_tasks(&mut self, ids: &[&str]) -> Result<Vec<TaskRow>, StoreError> {
-        let mut found = Vec::with_capacity(ids.len());
-        for batch in ids.chunks(BATCH_ROWS) {
-            let sql = format!(
-                concat!("SELECT ", columns!(), " FROM tasks WHERE id IN ({})"),
-                self.param_list(1, batch.len())
-            );
-            let rows: Vec<TaskRow> = with_conn!(self, |conn| {
-                let mut query = sqlx::query_as(&sql);
-                for id in batch {
-                    query = query.bind(*id);
-                }
-                query.fetch_all(conn).await
-            })
-            .ctx("get tasks")?;
-            found.extend(rows);
-        }
-        Ok(found)
+        self.fetch_by_ids(
+            concat!("SELECT ", columns!(), " FROM tasks WHERE id IN ({})"),
+            ids,
+            "get tasks",
+        )
+        .await
     }
 
     /// Of the still-running tasks among `ids`, those whose every step is complete become
