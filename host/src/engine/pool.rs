@@ -146,9 +146,10 @@ impl Engine {
                 });
             }
         }
-        // Wait for the runs in flight, then for their outcomes to be committed.
+        // Wait for every claimed step to have run, then for the outcomes to be committed
+        // (the committer stops once the last sender is gone).
         let _ = slots
-            .acquire_many(u32::try_from(count).unwrap_or(u32::MAX))
+            .acquire_many(u32::try_from(capacity).unwrap_or(u32::MAX))
             .await;
         drop(outcomes);
         let _ = committer.await;
