@@ -103,15 +103,8 @@ async fn live() -> Json<Value> {
 
 /// Ready when the database answers.
 async fn ready(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let tx = state
-        .engine
-        .store()
-        .begin_read()
-        .await
-        .map_err(crate::engine::EngineError::from)?;
-    tx.commit()
-        .await
-        .map_err(crate::engine::EngineError::from)?;
+    let tx = state.engine.store().begin_read().await?;
+    tx.commit().await?;
     Ok(Json(json!({ "status": "ready" })))
 }
 

@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::CliError;
 use crate::auth::{DEV_AUDIENCE, DEV_ISSUER, DevKey, DevTokenRequest};
+use crate::engine::{Clock, SystemClock};
 
 /// Longest lifetime a development token may have.
 const MAX_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -83,9 +84,7 @@ pub(super) fn run(args: TokenArgs) -> Result<ExitCode, CliError> {
         mfa: args.mfa,
         ttl_secs: args.ttl,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = SystemClock.now_ms().div_euclid(1000);
     let token = key
         .mint(&request, now)
         .map_err(|e| CliError::Usage(format!("development key: {e}")))?;

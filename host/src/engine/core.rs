@@ -107,7 +107,7 @@ fn versioned_key(namespace: &str, name: &str, version: &str) -> String {
     format!("{namespace}/{name}@{version}")
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -412,18 +412,6 @@ impl Engine {
         let parsed = Arc::new(LoadedWorkflow::new(WorkflowDef::parse(&row.definition)?)?);
         lock(&self.inner.workflows).insert(key, parsed.clone());
         Ok(parsed)
-    }
-
-    /// A workflow by exact version if this process has loaded it already.
-    pub(crate) fn cached_workflow(
-        &self,
-        namespace: &str,
-        name: &str,
-        version: &str,
-    ) -> Option<Arc<LoadedWorkflow>> {
-        lock(&self.inner.workflows)
-            .get(&versioned_key(namespace, name, version))
-            .cloned()
     }
 
     /// A module ready to run (loaded from the store once per process).

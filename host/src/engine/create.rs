@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::EngineError;
-use super::core::{CreateTask, CreatedTask, Engine, LoadedWorkflow, validate_context};
+use super::core::{CreateTask, CreatedTask, Engine, LoadedWorkflow, lock, validate_context};
 use super::data::{self, TaskKey, context_aad};
 use crate::audit::NewEvent;
 use crate::classify::classify_context;
@@ -50,10 +50,6 @@ struct Creation {
     level: String,
     contains_pii: bool,
     fields: Vec<String>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Engine {

@@ -210,30 +210,12 @@ impl Engine {
                 .map(|id| ((*id).to_owned(), Ok(TaskKey::none())))
                 .collect()
         };
-        // Only a step that has dependencies reads results; first steps skip the query.
-        let downstream: Vec<&str> = claims
-            .iter()
-            .filter(|c| {
-                tasks.get(&c.task_id).is_some_and(|t| {
-                    loaded_workflow(self, t).is_none_or(|w| {
-                        w.def
-                            .steps
-                            .iter()
-                            .any(|s| s.name == c.step && !s.depends_on.is_empty())
-                    })
-                })
-            })
-            .map(|c| c.task_id.as_str())
+        let results = tx
+            .complete_results(&task_ids)
+            .await?
+            .into_iter()
+            .map(|(task, step, result)| ((task, step), result))
             .collect();
-        let results = if downstream.is_empty() {
-            HashMap::new()
-        } else {
-            tx.complete_results(&downstream)
-                .await?
-                .into_iter()
-                .map(|(task, step, result)| ((task, step), result))
-                .collect()
-        };
         Ok(BatchReads {
             tasks,
             keys,
@@ -787,11 +769,6 @@ impl Finished {
             }
         }
     }
-}
-
-/// The workflow of `task` if this process has it loaded already.
-fn loaded_workflow(engine: &Engine, task: &TaskRow) -> Option<Arc<LoadedWorkflow>> {
-    engine.cached_workflow(&task.namespace, &task.workflow_name, &task.workflow_version)
 }
 
 /// A task's `task.completed` or `task.failed` event.

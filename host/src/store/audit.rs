@@ -38,21 +38,6 @@ macro_rules! insert_columns {
     };
 }
 
-const SQLITE_INSERT: &str = concat!(
-    "INSERT INTO audit_events (",
-    insert_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING seq"
-);
-
-// The shared barrier lock is taken in the same statement, and (a materialised CTE is
-// evaluated first) before the identity value is drawn.
-const POSTGRES_INSERT: &str = concat!(
-    "WITH barrier AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($12))
-     INSERT INTO audit_events (",
-    insert_columns!(),
-    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM barrier RETURNING seq"
-);
-
 /// An audit event to record. Never raw PII: subjects appear as blind-index references.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewAuditRow {
@@ -176,20 +161,12 @@ enum Param<'a> {
 impl Tx<'_> {
     /// Records an event, unsealed, and returns its `seq`. `Conflict` if its id is taken.
     pub async fn insert_audit_event(&mut self, event: &NewAuditRow) -> Result<i64, StoreError> {
-        match &mut self.inner {
-            TxInner::Sqlite(tx) => {
-                bind_event!(sqlx::query_scalar(SQLITE_INSERT), event)
-                    .fetch_one(&mut **tx)
-                    .await
-            }
-            TxInner::Postgres(tx) => {
-                bind_event!(sqlx::query_scalar(POSTGRES_INSERT), event)
-                    .bind(AUDIT_BARRIER)
-                    .fetch_one(&mut **tx)
-                    .await
-            }
-        }
-        .ctx("insert audit event")
+        let seqs = self
+            .insert_audit_events(std::slice::from_ref(event))
+            .await?;
+        seqs.first().copied().ok_or_else(|| {
+            StoreError::Internal("an inserted audit event returned no seq".to_owned())
+        })
     }
 
     /// Records events, unsealed, many per statement, their `seq`s increasing in the
@@ -212,8 +189,9 @@ impl Tx<'_> {
                     ),
                     self.row_list(1, batch.len(), WIDTH)
                 ),
-                // The barrier as in `POSTGRES_INSERT`; the ordinal keeps `seq` in the
-                // order given.
+                // The shared barrier lock is taken in the same statement, and (a
+                // materialised CTE is evaluated first) before the identity values are
+                // drawn; the ordinal keeps `seq` in the order given.
                 TxInner::Postgres(_) => {
                     let rows: Vec<String> = (0..batch.len())
                         .map(|row| format!("({}, {row})", self.param_list(2 + row * WIDTH, WIDTH)))

@@ -321,24 +321,14 @@ impl Tx<'_> {
         result: &[u8],
         now: i64,
     ) -> Result<(), StoreError> {
-        let updated = with_conn!(self, |conn| {
-            sqlx::query(
-                "UPDATE steps SET status = 'complete', result = $5, error = NULL,
-                                  lease_expires_at = NULL, finished_at = $6
-                 WHERE task_id = $1 AND name = $2 AND lease_owner = $3 AND attempts = $4
-                   AND status = 'in_progress'",
-            )
-            .bind(task_id)
-            .bind(step)
-            .bind(worker)
-            .bind(attempt)
-            .bind(result)
-            .bind(now)
-            .execute(conn)
-            .await
-            .map(|done| done.rows_affected())
-        })
-        .ctx("complete step")?;
+        let done = Completion {
+            task_id,
+            step,
+            worker,
+            attempt,
+            result,
+        };
+        let updated = self.complete_steps(&[done], now).await?.len() as u64;
         self.fenced(updated, task_id, step, worker, attempt).await?;
         let release = match self.inner {
             TxInner::Sqlite(_) => SQLITE_RELEASE_DEPENDENTS,
