@@ -25,7 +25,7 @@ use super::data::{self, TaskKey, context_aad};
 use crate::audit::NewEvent;
 use crate::classify::classify_context;
 use crate::policy::Principal;
-use crate::store::{StepRow, TaskRow, TaskStatus, Tx};
+use crate::store::{DataKeyRow, StepRow, TaskRow, TaskStatus, Tx};
 
 /// Creations waiting for the next transaction.
 #[derive(Default)]
@@ -149,9 +149,15 @@ impl Engine {
         // Taken only now: everything queued while this waited for the database joins.
         let batch = take(self);
         let now = self.now();
+        let timer = std::time::Instant::now();
         match self.store_batch(&mut tx, &batch, baseline_key, now).await {
             Ok(outcomes) => match tx.commit().await {
                 Ok(()) => {
+                    tracing::debug!(
+                        tasks = batch.len(),
+                        total_us = timer.elapsed().as_micros() as u64,
+                        "created"
+                    );
                     self.inner.work_ready.notify_one();
                     for (waiting, outcome) in batch.into_iter().zip(outcomes) {
                         let _ = waiting.reply.send(outcome);
@@ -181,6 +187,24 @@ impl Engine {
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by(|a, b| batch[*a].creation.subject.cmp(&batch[*b].creation.subject));
         let mut subject_keys: HashMap<String, (String, TaskKey)> = HashMap::new();
+        // The keys of the batch's subjects seen before, read in one statement; only new
+        // subjects need statements of their own.
+        let mut stored_keys: HashMap<String, DataKeyRow> = HashMap::new();
+        if baseline_key.is_none() {
+            let mut subjects: Vec<&str> = batch
+                .iter()
+                .filter_map(|w| w.creation.subject.as_deref())
+                .collect();
+            subjects.sort_unstable();
+            subjects.dedup();
+            if !subjects.is_empty() {
+                for row in tx.subject_keys(&subjects).await? {
+                    if let Some(subject) = row.subject.clone() {
+                        stored_keys.insert(subject, row);
+                    }
+                }
+            }
+        }
         let mut tasks = Vec::with_capacity(batch.len());
         let mut steps = Vec::with_capacity(batch.len() * 4);
         let mut events = Vec::with_capacity(batch.len());
@@ -195,6 +219,11 @@ impl Engine {
                 (Some(id), _) => Ok((id.clone(), TaskKey::none())),
                 (None, Some(subject)) if subject_keys.contains_key(subject) => {
                     Ok(subject_keys[subject].clone())
+                }
+                (None, Some(subject)) if stored_keys.contains_key(subject) => {
+                    let row = stored_keys.remove(subject);
+                    let id = row.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+                    data::open_key(&self.inner.keys, row, &id).map(|key| (id, TaskKey::from(key)))
                 }
                 (None, subject) => {
                     data::key_for_task(tx, &self.inner.keys, subject.as_deref(), now)

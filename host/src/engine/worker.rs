@@ -128,20 +128,31 @@ impl Engine {
         Ok(ran.pop().unwrap_or(Ran::LostLease))
     }
 
-    /// Claim up to `limit` ready steps for `worker` and read everything they need, in one
-    /// transaction. A database error undoes every claim (the steps are claimed again
-    /// later); a step that cannot be prepared for any other reason stays claimed and comes
-    /// back as a refusal, to be failed once rather than claimed again and again.
+    /// Claim up to `limit` ready steps for `worker`, then read everything they need.
+    ///
+    /// The claim is a short write transaction of its own and the reads come after it, in
+    /// a read transaction: on SQLite they no longer hold the single write lock, on
+    /// PostgreSQL the claimed rows are unlocked sooner. Reading after the claim commits is
+    /// safe because what is read cannot change under a held lease: a task's context and
+    /// its complete steps' results are written once, and a key destroyed meanwhile makes
+    /// the step unrunnable, as it would have a moment later. If the reads fail on a
+    /// database error the claims stand and their steps are taken again when the leases
+    /// expire; a step that cannot be prepared for any other reason comes back as a
+    /// refusal, to be failed once rather than claimed again and again.
     pub(crate) async fn claim(&self, worker: &str, limit: usize) -> Result<Claimed, EngineError> {
         let now = self.now();
+        let timer = std::time::Instant::now();
         let mut tx = self.inner.store.begin().await?;
+        let locked = timer.elapsed();
         let claims = tx
             .claim_ready_steps(worker, now, self.inner.lease_ms, limit)
             .await?;
+        tx.commit().await?;
+        let held = timer.elapsed() - locked;
         if claims.is_empty() {
-            tx.commit().await?;
             return Ok(Claimed::default());
         }
+        let mut tx = self.inner.store.begin_read().await?;
         let mut reads = self.batch_reads(&mut tx, &claims).await?;
         let mut claimed = Claimed::default();
         for claim in claims {
@@ -166,6 +177,13 @@ impl Engine {
             }
         }
         tx.commit().await?;
+        tracing::debug!(
+            steps = claimed.jobs.len() + claimed.refusals.len(),
+            wait_us = locked.as_micros() as u64,
+            held_us = held.as_micros() as u64,
+            total_us = timer.elapsed().as_micros() as u64,
+            "claimed"
+        );
         Ok(claimed)
     }
 
@@ -454,7 +472,9 @@ impl Engine {
             .map(|f| f.seal(now))
             .collect::<Result<Vec<_>, _>>()?;
 
+        let timer = std::time::Instant::now();
         let mut tx = self.inner.store.begin().await?;
+        let locked = timer.elapsed();
         let completions: Vec<Completion<'_>> = batch
             .iter()
             .zip(&sealed)
@@ -578,6 +598,12 @@ impl Engine {
         }
         self.audit_many(&mut tx, &events, now).await?;
         tx.commit().await?;
+        tracing::debug!(
+            outcomes = batch.len(),
+            wait_us = locked.as_micros() as u64,
+            total_us = timer.elapsed().as_micros() as u64,
+            "committed"
+        );
         if statuses
             .iter()
             .any(|s| matches!(s, Some(StepStatus::Complete | StepStatus::WaitingForRetry)))

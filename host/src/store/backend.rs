@@ -26,6 +26,10 @@ use super::{Backend, Store, StoreError, StoreOptions};
 /// transaction of ours, so hitting it means the database is wedged, not busy.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Rows sqlx's SQLite worker may hand over before the caller takes them: more than any
+/// batched statement of ours returns ([`BATCH_ROWS`]), so a batch flows without stalls.
+const SQLITE_ROW_BUFFER: usize = 1024;
+
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -213,7 +217,17 @@ pub(crate) async fn open_sqlite(path: &Path, options: &StoreOptions) -> Result<P
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
         // Crypto-shredding: content a write frees (a destroyed key's wrapped bytes) is
         // zeroed in the pages being written anyway, at no extra I/O. See `Store::purge_erased`.
-        .pragma("secure_delete", "FAST");
+        .pragma("secure_delete", "FAST")
+        // A working set of pages in memory (64 MiB per connection, allocated as used): the
+        // default 2 MiB made the writer re-read index pages it had just written.
+        .pragma("cache_size", "-65536")
+        // Statement journals (kept while a multi-row statement runs inside a transaction)
+        // in memory rather than in temporary files.
+        .pragma("temp_store", "MEMORY")
+        // sqlx's worker thread hands rows over one by one through a channel of this many;
+        // with its default of 50 a claim or commit returning a batch of rows ping-ponged
+        // between the threads once it filled.
+        .row_buffer_size(SQLITE_ROW_BUFFER);
     let writer = SqlitePoolOptions::new()
         .max_connections(1)
         .acquire_timeout(options.acquire_timeout)

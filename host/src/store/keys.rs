@@ -101,6 +101,25 @@ impl Tx<'_> {
         .await
     }
 
+    /// The data keys of the subjects among `blind_indexes` that have one, destroyed or
+    /// not, in no particular order; each row's `subject` says whose it is.
+    pub async fn subject_keys(
+        &mut self,
+        blind_indexes: &[&str],
+    ) -> Result<Vec<DataKeyRow>, StoreError> {
+        self.fetch_by_ids(
+            concat!(
+                "SELECT ",
+                columns!(),
+                " FROM data_keys WHERE id IN
+                   (SELECT data_key_id FROM subjects WHERE blind_index IN ({}))"
+            ),
+            blind_indexes,
+            "get subject keys",
+        )
+        .await
+    }
+
     /// One page of the data keys that are not destroyed, by id, starting after `after_id`
     /// (`None` for the first page). Rotation walks every page and re-wraps each key.
     pub async fn list_data_keys(

@@ -180,3 +180,58 @@ async fn subjects_round_trip_and_racing_inserts_agree_on_one_key() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subject_keys_answer_only_the_subjects_asked_for() {
+    both(|store| async move {
+        write(&store, async |tx| {
+            for (n, subject) in ["bi_jane", "bi_john", "bi_jane_doe"].iter().enumerate() {
+                let id = format!("dk_{n}");
+                tx.insert_data_key(&DataKeyRow {
+                    subject: Some((*subject).to_owned()),
+                    ..key(&id, &[n as u8; 40])
+                })
+                .await?;
+                tx.insert_subject(subject, &id, NOW).await?;
+            }
+            // A key made for a subject by a creation that lost the race to register it:
+            // not the subject's key, so never returned as one.
+            tx.insert_data_key(&key("dk_orphan", &[9; 40])).await?;
+            tx.destroy_data_key("dk_1", NOW).await
+        })
+        .await
+        .expect("seed");
+        let mut tx = store.begin_read().await.expect("begin");
+        let mut found = tx
+            .subject_keys(&["bi_jane", "bi_john", "bi_nobody"])
+            .await
+            .expect("subject keys");
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        let seen: Vec<(&str, Option<&str>, bool)> = found
+            .iter()
+            .map(|k| {
+                (
+                    k.id.as_str(),
+                    k.subject.as_deref(),
+                    k.destroyed_at.is_some(),
+                )
+            })
+            .collect();
+        // A similar blind index (bi_jane_doe) is not a match; a destroyed key still is,
+        // so the caller can say the subject was erased.
+        assert_eq!(
+            seen,
+            [
+                ("dk_0", Some("bi_jane"), false),
+                ("dk_1", Some("bi_john"), true)
+            ]
+        );
+        assert!(
+            tx.subject_keys(&["bi_nobody"])
+                .await
+                .expect("none")
+                .is_empty()
+        );
+    })
+    .await;
+}

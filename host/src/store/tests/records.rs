@@ -309,3 +309,31 @@ async fn many_steps_insert_in_batches() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unfinished_tasks_are_counted_per_namespace() {
+    both(|store| async move {
+        seed_workflow(&store).await;
+        write(&store, async |tx| {
+            for n in 0..5 {
+                tx.insert_task(&task(&format!("task_{n}"), NOW)).await?;
+            }
+            tx.set_task_status("task_1", TaskStatus::InProgress, None, NOW + 1)
+                .await?;
+            tx.set_task_status("task_2", TaskStatus::Complete, None, NOW + 1)
+                .await?;
+            tx.set_task_status("task_3", TaskStatus::Cancelled, None, NOW + 1)
+                .await
+        })
+        .await
+        .expect("seed");
+        let mut tx = store.begin_read().await.expect("begin");
+        // task_0 and task_4 pending, task_1 in progress; the finished two do not count.
+        assert_eq!(
+            tx.count_unfinished_tasks("payments").await.expect("count"),
+            3
+        );
+        assert_eq!(tx.count_unfinished_tasks("other").await.expect("count"), 0);
+    })
+    .await;
+}
