@@ -8,6 +8,7 @@
 //! key itself.
 
 mod error;
+mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, OriginalUri, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 
@@ -25,6 +26,7 @@ pub use error::ApiError;
 use crate::audit::NewEvent;
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::engine::Engine;
+use crate::policy::AccessPolicy;
 
 /// Largest request body accepted. Task contexts are small JSON documents; modules, the
 /// largest uploads, are capped by the sandbox's own limit when that route exists.
@@ -41,6 +43,7 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct ApiState {
     engine: Engine,
     verifier: Arc<Verifier>,
+    access: Arc<AccessPolicy>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -52,12 +55,21 @@ impl std::fmt::Debug for ApiState {
 }
 
 impl ApiState {
-    /// The API over `engine`, accepting tokens `verifier` accepts.
+    /// The API over `engine`, accepting tokens `verifier` accepts. No role grants any
+    /// permission until [`ApiState::with_access`] says so: callers hold only what their
+    /// tokens list.
     pub fn new(engine: Engine, verifier: Verifier) -> Self {
         Self {
             engine,
             verifier: Arc::new(verifier),
+            access: Arc::new(AccessPolicy::default()),
         }
+    }
+
+    /// The same API with `access` saying which permissions each role grants.
+    pub fn with_access(mut self, access: AccessPolicy) -> Self {
+        self.access = Arc::new(access);
+        self
     }
 }
 
@@ -72,6 +84,8 @@ pub struct CorrelationId(pub String);
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/whoami", get(whoami))
+        .route("/tasks", post(tasks::create))
+        .route("/tasks/{id}", get(tasks::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health/live", get(live))

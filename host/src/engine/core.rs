@@ -242,6 +242,7 @@ impl Engine {
                 "namespace `{namespace}` is not a valid name"
             )));
         }
+        policy.validate().map_err(EngineError::Invalid)?;
         let now = self.now();
         let text =
             serde_json::to_string(policy).map_err(|e| EngineError::Internal(e.to_string()))?;

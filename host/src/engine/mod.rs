@@ -14,6 +14,7 @@ mod error;
 mod keys;
 mod pool;
 mod secrets;
+mod view;
 mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -27,4 +28,5 @@ pub use error::EngineError;
 pub use keys::{Rotation, rewrap_all};
 pub use pool::WorkerPool;
 pub use secrets::{MAX_SECRET_BYTES, set_secret};
+pub use view::TaskView;
 pub use worker::Ran;

@@ -2,7 +2,11 @@
 //! carries) and what a namespace's policy allows right now. Deny by default. It decides;
 //! it never records (callers audit every denial) and never reads task data.
 
+mod access;
+
 use std::collections::BTreeSet;
+
+pub use access::{ADMIN_ROLE, AccessPolicy, DEFAULT_MFA_MAX_AGE_SECS, Refusal, manages};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +39,12 @@ pub struct NamespacePolicy {
     pub revoked_permissions: BTreeSet<String>,
     /// Subjects suspended in this namespace: their pending steps no longer run.
     pub suspended_subjects: BTreeSet<String>,
+    /// Workflows (names) whose tasks need their own `NS.WORKFLOW:execute` permission and
+    /// a fresh MFA claim.
+    pub sensitive_workflows: BTreeSet<String>,
+    /// How old an MFA claim may be for a sensitive workflow, seconds; unset:
+    /// [`DEFAULT_MFA_MAX_AGE_SECS`].
+    pub mfa_max_age_secs: Option<i64>,
 }
 
 /// Why a permission check failed.
@@ -51,7 +61,23 @@ pub enum Denial {
     Suspended,
 }
 
+/// The longest MFA age a namespace may allow for its sensitive workflows: a day. Longer
+/// would make "fresh MFA" mean "logged in this week".
+pub const MAX_MFA_MAX_AGE_SECS: i64 = 24 * 60 * 60;
+
 impl NamespacePolicy {
+    /// Refuse a policy that cannot mean what it says; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(age) = self.mfa_max_age_secs
+            && !(1..=MAX_MFA_MAX_AGE_SECS).contains(&age)
+        {
+            return Err(format!(
+                "mfa_max_age_secs must be between 1 and {MAX_MFA_MAX_AGE_SECS}"
+            ));
+        }
+        Ok(())
+    }
+
     /// May `principal`'s snapshot still exercise `permission` here, now?
     pub fn check(&self, principal: &Principal, permission: &str) -> Result<(), Denial> {
         if self.suspended_subjects.contains(&principal.subject) {
@@ -70,6 +96,24 @@ impl NamespacePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_mfa_age_outside_one_second_to_a_day_is_refused() {
+        for (age, ok) in [
+            (None, true),
+            (Some(1), true),
+            (Some(86_400), true),
+            (Some(0), false),
+            (Some(-5), false),
+            (Some(86_401), false),
+        ] {
+            let policy = NamespacePolicy {
+                mfa_max_age_secs: age,
+                ..NamespacePolicy::default()
+            };
+            assert_eq!(policy.validate().is_ok(), ok, "{age:?}");
+        }
+    }
 
     #[test]
     fn a_permission_must_be_held_and_not_revoked_and_the_holder_not_suspended() {

@@ -1,0 +1,142 @@
+//! A task as a reader sees it: its row, its context opened, and each context field's
+//! class, so the API can redact for the caller. Nothing here decides who may read; the
+//! API asks `policy` first.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use super::EngineError;
+use super::core::Engine;
+use super::data::context_aad;
+use crate::classify::{DataClass, REDACTED, classify_context};
+use crate::policy::Principal;
+use crate::store::TaskStatus;
+
+/// A stored task with its context opened. Holds PII: redact before showing it
+/// ([`TaskView::redacted_context`]).
+pub struct TaskView {
+    /// The task's id.
+    pub id: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its workflow's name.
+    pub workflow: String,
+    /// The workflow version it runs.
+    pub version: String,
+    /// Where it is.
+    pub status: TaskStatus,
+    /// Who created it.
+    pub created_by: String,
+    /// The creator's permission snapshot, as kept with the task.
+    pub creator: Principal,
+    /// The context's overall classification.
+    pub classification: String,
+    /// Whether the context holds PII.
+    pub contains_pii: bool,
+    /// Why it was created.
+    pub reason: Option<String>,
+    /// Its labels (JSON).
+    pub tags: Value,
+    /// The step it failed in, if it failed.
+    pub error_step: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+    /// Unix ms, once finished.
+    pub finished_at: Option<i64>,
+    context: Map<String, Value>,
+    fields: BTreeMap<String, DataClass>,
+}
+
+impl std::fmt::Debug for TaskView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskView")
+            .field("id", &self.id)
+            .field("status", &self.status)
+            .field("context", &format_args!("<{} fields>", self.context.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskView {
+    /// The context with every PII-class field `"[REDACTED]"` unless `show_pii`.
+    pub fn redacted_context(&self, show_pii: bool) -> Value {
+        let redacted = self
+            .context
+            .iter()
+            .map(|(name, value)| {
+                let hidden = !show_pii && self.fields.get(name).is_some_and(|c| c.is_pii());
+                let shown = if hidden {
+                    Value::String(REDACTED.to_owned())
+                } else {
+                    value.clone()
+                };
+                (name.clone(), shown)
+            })
+            .collect();
+        Value::Object(redacted)
+    }
+}
+
+impl Engine {
+    /// Task `task_id` with its context opened, for the API to redact and show.
+    pub async fn task_view(&self, task_id: &str) -> Result<TaskView, EngineError> {
+        let mut tx = self.inner.store.begin_read().await?;
+        let task = tx
+            .get_task(task_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("task {task_id}")))?;
+        let workflow = self
+            .workflow(
+                &mut tx,
+                &task.namespace,
+                &task.workflow_name,
+                &task.workflow_version,
+            )
+            .await?;
+        let key = self.task_key(&mut tx, &task.data_key_id).await?;
+        tx.commit().await?;
+        let plaintext = key.open(&task.context, context_aad(&task.id))?;
+        let Ok(Value::Object(context)) = serde_json::from_slice(&plaintext) else {
+            return Err(EngineError::Internal(
+                "stored context is not a JSON object".into(),
+            ));
+        };
+        let fields = classify_context(&workflow.classes, &context).fields;
+        let creator = serde_json::from_str(&task.principal).map_err(|_| {
+            EngineError::Internal("stored permission snapshot does not parse".into())
+        })?;
+        Ok(TaskView {
+            id: task.id,
+            namespace: task.namespace,
+            workflow: task.workflow_name,
+            version: task.workflow_version,
+            status: task.status,
+            created_by: task.created_by,
+            creator,
+            classification: task.classification,
+            contains_pii: task.contains_pii,
+            reason: task.reason,
+            tags: serde_json::from_str(&task.tags).unwrap_or(Value::Null),
+            error_step: task.error_step,
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+            finished_at: task.finished_at,
+            context,
+            fields,
+        })
+    }
+
+    /// Namespace `namespace`'s policy as it is now.
+    pub async fn namespace_policy(
+        &self,
+        namespace: &str,
+    ) -> Result<crate::policy::NamespacePolicy, EngineError> {
+        let mut tx = self.inner.store.begin_read().await?;
+        let policy = Self::policy(&mut tx, namespace).await?;
+        tx.commit().await?;
+        Ok(policy)
+    }
+}

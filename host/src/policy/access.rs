@@ -1,0 +1,295 @@
+//! Access decisions at the API edge: which permissions a caller's roles give, and whether
+//! the caller may create a task, read a namespace's tasks or see its PII. Deny by
+//! default: a caller holds only what its token lists and its roles grant.
+//!
+//! Permission names: `NS:read` reads a namespace's tasks, `NS:execute` creates tasks of
+//! any of its workflows that is not sensitive, `NS.WORKFLOW:execute` creates tasks of that
+//! one workflow (the only grant a sensitive workflow accepts, and only with a fresh MFA
+//! claim), `NS:manage` uploads modules, applies workflows and acts on anyone's tasks,
+//! `NS:pii:read` shows PII fields in responses. The role `admin` holds every permission.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{NamespacePolicy, Principal};
+
+/// The role that holds every permission.
+pub const ADMIN_ROLE: &str = "admin";
+
+/// How old an MFA claim may be for a sensitive workflow when the namespace does not say:
+/// fifteen minutes, the window within which a person can be taken to still be at the
+/// keyboard that passed the second factor.
+pub const DEFAULT_MFA_MAX_AGE_SECS: i64 = 15 * 60;
+
+/// Roles and the permissions each grants, from the policy file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessPolicy {
+    /// Role name → permissions it grants.
+    pub roles: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Why the caller may not do what it asked. Each variant has a stable code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Nothing the caller holds grants the namespace or the workflow.
+    #[error("you hold no permission to run `{namespace}.{workflow}`")]
+    NotGranted {
+        /// The namespace.
+        namespace: String,
+        /// The workflow.
+        workflow: String,
+    },
+    /// A sensitive workflow needs its own explicit permission.
+    #[error("`{0}` is sensitive: it needs the explicit permission `{0}:execute`")]
+    ExplicitPermissionRequired(String),
+    /// A sensitive workflow needs an MFA claim, and the token has none.
+    #[error("`{0}` is sensitive: it needs a token with a multi-factor authentication claim")]
+    MfaRequired(String),
+    /// The MFA claim is older than the namespace allows.
+    #[error(
+        "`{workflow}` is sensitive: multi-factor authentication is older than {max_age_secs} s"
+    )]
+    MfaTooOld {
+        /// `namespace.workflow`.
+        workflow: String,
+        /// The namespace's maximum age.
+        max_age_secs: i64,
+    },
+    /// The caller may not read the namespace.
+    #[error("you may not read namespace `{0}`")]
+    NoRead(String),
+}
+
+impl Refusal {
+    /// The stable code, for problem responses and audit events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotGranted { .. } => "permission_denied",
+            Self::ExplicitPermissionRequired(_) => "explicit_permission_required",
+            Self::MfaRequired(_) => "mfa_required",
+            Self::MfaTooOld { .. } => "mfa_too_old",
+            Self::NoRead(_) => "read_denied",
+        }
+    }
+}
+
+impl AccessPolicy {
+    /// `principal` with the permissions of its roles added to those its token lists:
+    /// the snapshot a task keeps, and what workers check again before each step.
+    pub fn effective(&self, principal: &Principal) -> Principal {
+        let mut effective = principal.clone();
+        for role in &principal.roles {
+            if let Some(granted) = self.roles.get(role) {
+                effective.permissions.extend(granted.iter().cloned());
+            }
+        }
+        effective
+    }
+
+    /// May `caller` (an [`AccessPolicy::effective`] principal whose MFA was passed at
+    /// `mfa_at`, unix seconds) create a task of `namespace.workflow` at `now_secs`?
+    pub fn may_create_task(
+        caller: &Principal,
+        mfa_at: Option<i64>,
+        namespace: &str,
+        workflow: &str,
+        policy: &NamespacePolicy,
+        now_secs: i64,
+    ) -> Result<(), Refusal> {
+        let qualified = format!("{namespace}.{workflow}");
+        let explicit = holds(caller, &format!("{qualified}:execute"));
+        if !policy.sensitive_workflows.contains(workflow) {
+            if explicit || holds(caller, &format!("{namespace}:execute")) {
+                return Ok(());
+            }
+            return Err(Refusal::NotGranted {
+                namespace: namespace.to_owned(),
+                workflow: workflow.to_owned(),
+            });
+        }
+        if !explicit {
+            return Err(if holds(caller, &format!("{namespace}:execute")) {
+                Refusal::ExplicitPermissionRequired(qualified)
+            } else {
+                Refusal::NotGranted {
+                    namespace: namespace.to_owned(),
+                    workflow: workflow.to_owned(),
+                }
+            });
+        }
+        let Some(mfa_at) = mfa_at else {
+            return Err(Refusal::MfaRequired(qualified));
+        };
+        let max_age_secs = policy.mfa_max_age_secs.unwrap_or(DEFAULT_MFA_MAX_AGE_SECS);
+        // An MFA time in the future is as suspect as a stale one.
+        if now_secs.saturating_sub(mfa_at) > max_age_secs || mfa_at > now_secs + 60 {
+            return Err(Refusal::MfaTooOld {
+                workflow: qualified,
+                max_age_secs,
+            });
+        }
+        Ok(())
+    }
+
+    /// May `caller` read the tasks of `namespace`?
+    pub fn may_read(caller: &Principal, namespace: &str) -> Result<(), Refusal> {
+        if holds(caller, &format!("{namespace}:read")) || manages(caller, namespace) {
+            return Ok(());
+        }
+        Err(Refusal::NoRead(namespace.to_owned()))
+    }
+
+    /// Does `caller` see PII fields of `namespace`'s tasks unredacted?
+    pub fn sees_pii(caller: &Principal, namespace: &str) -> bool {
+        holds(caller, &format!("{namespace}:pii:read"))
+    }
+}
+
+/// Does `caller` manage `namespace` (or everything, as admin)?
+pub fn manages(caller: &Principal, namespace: &str) -> bool {
+    holds(caller, &format!("{namespace}:manage"))
+}
+
+fn holds(caller: &Principal, permission: &str) -> bool {
+    caller.roles.contains(ADMIN_ROLE) || caller.permissions.contains(permission)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn policy() -> AccessPolicy {
+        serde_json::from_value(serde_json::json!({
+            "roles": {
+                "customer_success_agent": [
+                    "customer_success:read", "customer_success.process_refund:execute"
+                ],
+                "team_lead": ["customer_success:execute", "customer_success:read"],
+                "auditor": ["customer_success:read"]
+            }
+        }))
+        .expect("policy parses")
+    }
+
+    fn sensitive() -> NamespacePolicy {
+        NamespacePolicy {
+            sensitive_workflows: ["process_refund".to_owned()].into(),
+            mfa_max_age_secs: Some(300),
+            ..NamespacePolicy::default()
+        }
+    }
+
+    fn caller(roles: &[&str], permissions: &[&str]) -> Principal {
+        policy().effective(&Principal {
+            subject: "user_123".into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+        })
+    }
+
+    fn create(who: &Principal, mfa_at: Option<i64>, workflow: &str) -> Result<(), Refusal> {
+        AccessPolicy::may_create_task(who, mfa_at, "customer_success", workflow, &sensitive(), NOW)
+    }
+
+    #[test]
+    fn roles_add_their_permissions_to_the_token_s_and_unknown_roles_add_none() {
+        let agent = caller(&["customer_success_agent", "no_such_role"], &["extra:read"]);
+        let held: Vec<&str> = agent.permissions.iter().map(String::as_str).collect();
+        assert_eq!(
+            held,
+            [
+                "customer_success.process_refund:execute",
+                "customer_success:read",
+                "extra:read"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_sensitive_workflow_needs_its_own_permission_and_a_fresh_mfa_claim() {
+        let agent = caller(&["customer_success_agent"], &[]);
+        assert_eq!(create(&agent, Some(NOW - 60), "process_refund"), Ok(()));
+        assert_eq!(
+            create(&agent, None, "process_refund").map_err(|r| r.code()),
+            Err("mfa_required")
+        );
+        assert_eq!(
+            create(&agent, Some(NOW - 301), "process_refund").map_err(|r| r.code()),
+            Err("mfa_too_old")
+        );
+        assert_eq!(
+            create(&agent, Some(NOW + 3600), "process_refund").map_err(|r| r.code()),
+            Err("mfa_too_old"),
+            "an MFA time in the future is refused"
+        );
+        // The namespace-wide grant is not enough for a sensitive workflow, MFA or not.
+        let lead = caller(&["team_lead"], &[]);
+        assert_eq!(
+            create(&lead, Some(NOW), "process_refund").map_err(|r| r.code()),
+            Err("explicit_permission_required")
+        );
+    }
+
+    #[test]
+    fn other_workflows_need_a_grant_but_no_mfa() {
+        let lead = caller(&["team_lead"], &[]);
+        assert_eq!(create(&lead, None, "lookup_order"), Ok(()));
+        // The agent's one explicit grant covers only its own workflow.
+        let agent = caller(&["customer_success_agent"], &[]);
+        assert_eq!(
+            create(&agent, Some(NOW), "lookup_order").map_err(|r| r.code()),
+            Err("permission_denied")
+        );
+        let auditor = caller(&["auditor"], &[]);
+        assert_eq!(
+            create(&auditor, Some(NOW), "process_refund").map_err(|r| r.code()),
+            Err("permission_denied")
+        );
+        // A permission for another namespace grants nothing here.
+        let stranger = caller(
+            &[],
+            &["payments:execute", "payments.process_refund:execute"],
+        );
+        assert_eq!(
+            create(&stranger, Some(NOW), "lookup_order").map_err(|r| r.code()),
+            Err("permission_denied")
+        );
+    }
+
+    #[test]
+    fn reading_and_pii_are_granted_per_namespace_and_admin_holds_everything() {
+        let agent = caller(&["customer_success_agent"], &[]);
+        assert_eq!(AccessPolicy::may_read(&agent, "customer_success"), Ok(()));
+        assert_eq!(
+            AccessPolicy::may_read(&agent, "payments").map_err(|r| r.code()),
+            Err("read_denied")
+        );
+        assert!(!AccessPolicy::sees_pii(&agent, "customer_success"));
+        let privileged = caller(&[], &["customer_success:pii:read"]);
+        assert!(AccessPolicy::sees_pii(&privileged, "customer_success"));
+        assert!(!AccessPolicy::sees_pii(&privileged, "payments"));
+        let manager = caller(&[], &["payments:manage"]);
+        assert_eq!(AccessPolicy::may_read(&manager, "payments"), Ok(()));
+        assert!(manages(&manager, "payments") && !manages(&manager, "customer_success"));
+
+        let admin = caller(&[ADMIN_ROLE], &[]);
+        assert_eq!(AccessPolicy::may_read(&admin, "payments"), Ok(()));
+        assert_eq!(create(&admin, Some(NOW), "process_refund"), Ok(()));
+        assert_eq!(
+            create(&admin, None, "process_refund").map_err(|r| r.code()),
+            Err("mfa_required"),
+            "admin still needs MFA for a sensitive workflow"
+        );
+    }
+
+    #[test]
+    fn the_policy_file_refuses_unknown_fields() {
+        let err = serde_json::from_str::<AccessPolicy>(r#"{"roles": {}, "rolez": {}}"#)
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("rolez"), "{err}");
+    }
+}
