@@ -130,7 +130,7 @@ async fn get(api: &Api, token: &str, path: &str) -> (u16, Value) {
     answer(response).await
 }
 
-/// The status and the JSON body; no answer ever carries the customer's email unasked.
+/// The status and the JSON body.
 async fn answer(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
@@ -213,11 +213,9 @@ async fn an_agent_with_the_permission_and_fresh_mfa_creates_a_refund_and_sees_pi
             (200, &json!(CUSTOMER_EMAIL))
         );
         let stranger = token(&api, "user_777", &["payments_agent"], &[], true, 0);
+        // Answered as no such task (its existence is not confirmed), and audited.
         let (status, refused) = get(&api, &stranger, &format!("/v1/tasks/{id}")).await;
-        assert_eq!(
-            (status, refused["code"].as_str()),
-            (403, Some("read_denied"))
-        );
+        assert_eq!((status, refused["code"].as_str()), (404, Some("not_found")));
         assert!(!refused.to_string().contains(CUSTOMER_EMAIL));
         let denied = events(&api.store, "task.read_denied").await;
         assert_eq!(denied.len(), 1);
@@ -302,6 +300,27 @@ async fn creation_is_refused_without_the_grant_or_fresh_mfa_and_each_refusal_is_
             (403, Some("permission_denied"))
         );
 
+        // The namespace's policy as it is now counts: a revoked permission is not held,
+        // and a suspended subject may do nothing there.
+        let mut policy = api.engine.namespace_policy(NS).await.unwrap();
+        policy
+            .revoked_permissions
+            .insert("customer_success.process_refund:execute".into());
+        policy.suspended_subjects.insert("user_8".into());
+        api.engine
+            .set_policy(NS, &policy, "user:admin")
+            .await
+            .unwrap();
+        for (sub, code) in [("user_7", "permission_denied"), ("user_8", "suspended")] {
+            let token = token(&api, sub, &["customer_success_agent"], &[], true, 0);
+            let (status, problem) = post(&api, &token, body.clone()).await;
+            assert_eq!(
+                (status, problem["code"].as_str()),
+                (403, Some(code)),
+                "{sub}: {problem}"
+            );
+        }
+
         assert_eq!(task_count(&api.store).await, 0, "no refusal created a task");
         let denied = events(&api.store, "task.denied").await;
         let got: Vec<(&str, &str)> = denied
@@ -317,6 +336,8 @@ async fn creation_is_refused_without_the_grant_or_fresh_mfa_and_each_refusal_is_
                 ("user:user_4", "permission_denied"),
                 ("user:user_5", "permission_denied"),
                 ("user:user_6", "permission_denied"),
+                ("user:user_7", "permission_denied"),
+                ("user:user_8", "suspended"),
             ]
         );
     })

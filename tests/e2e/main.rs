@@ -12,4 +12,5 @@ mod loading;
 mod ops;
 mod refund;
 mod secrets;
+mod serve;
 mod support;

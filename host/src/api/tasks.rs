@@ -111,13 +111,13 @@ pub(super) async fn create(
         )
         .await?;
     let view = state.engine.task_view(&created.id).await?;
-    let mut shown = show(&view, &caller);
+    let mut shown = show(&view, &caller, &policy);
     shown["security_context"]["audit_seq"] = json!(created.audit_seq);
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
-/// A body that is not a task request. serde's messages for a wrong type quote the
-/// value, so only those naming a field (unknown or missing) are passed on.
+/// A body that is not a task request. serde's messages may quote what was sent, so only
+/// the name of an unknown or missing field is passed on.
 fn rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
     use axum::extract::rejection::JsonRejection;
     match e {
@@ -131,67 +131,87 @@ fn rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
             "malformed_json",
             "the body is not valid JSON",
         ),
-        other => {
-            let text = other.body_text();
-            let named = ["unknown field", "missing field"]
-                .iter()
-                .find_map(|start| text.find(start).map(|at| &text[at..]));
-            let detail = match named {
-                // Up to the position note serde appends; the field name is ours to show.
-                Some(about) => format!(
-                    "the body is not a task request: {}",
-                    about.split(" at line").next().unwrap_or(about)
-                ),
+        JsonRejection::JsonDataError(e) => {
+            let text = e.body_text();
+            let detail = match named_field(&text) {
+                Some(about) => format!("the body is not a task request: {about}"),
                 None => "the body is not a task request: a field has the wrong type".to_owned(),
             };
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail)
         }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the body is larger than the server accepts",
+        ),
+        _ => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+            "the body could not be read",
+        ),
     }
 }
 
-/// `GET /v1/tasks/{id}`: the caller's own task, or one of a namespace it may read.
+/// `unknown field `x`` or `missing field `x`` from serde's message, when `x` is a plain
+/// name: the message may quote anything the caller sent, so nothing else of it is shown.
+fn named_field(text: &str) -> Option<String> {
+    ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|start| {
+            let at = text.find(start)? + start.len();
+            let name = text[at..].split('`').next()?;
+            let plain = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            plain.then(|| format!("{}field `{name}`", &start[..start.len() - "field `".len()]))
+        })
+}
+
+/// `GET /v1/tasks/{id}`: the caller's own task, or one of a namespace it may read. A task
+/// the caller may not read is answered as one that does not exist (and audited); nothing
+/// is decrypted before the decision.
 pub(super) async fn get(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let no_task = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such task");
     if !valid_task_id(&id) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such task",
-        ));
+        return Err(no_task());
     }
     let caller = state.access.effective(&identity.principal);
-    let view = state.engine.task_view(&id).await.map_err(|e| match e {
-        EngineError::NotFound(_) => {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such task")
-        }
+    let (namespace, created_by) = state.engine.task_owner(&id).await.map_err(|e| match e {
+        EngineError::NotFound(_) => no_task(),
         other => other.into(),
     })?;
-    if view.created_by != caller.subject
-        && let Err(refusal) = AccessPolicy::may_read(&caller, &view.namespace)
+    let policy = state.engine.namespace_policy(&namespace).await?;
+    if let Err(refusal) =
+        AccessPolicy::may_read(&caller, &namespace, &policy, created_by == caller.subject)
     {
-        let now_ms = state.engine.now();
         let event = NewEvent {
             actor: format!("user:{}", caller.subject),
             action: "task.read_denied".into(),
-            resource: format!("task/{}", view.id),
-            namespace: Some(view.namespace.clone()),
+            resource: format!("task/{id}"),
+            namespace: Some(namespace.clone()),
             outcome: "denied".into(),
             correlation_id: Some(correlation.0.clone()),
             details: json!({ "code": refusal.code() }),
             ..NewEvent::default()
         };
-        record(&state, &event, now_ms).await;
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            refusal.code(),
-            refusal.to_string(),
-        ));
+        record(&state, &event, state.engine.now()).await;
+        return Err(no_task());
     }
-    Ok(Json(show(&view, &caller)))
+    let view = state.engine.task_view(&id).await.map_err(|e| match e {
+        // Its data key destroyed: the subject was erased.
+        EngineError::Invalid(_) => ApiError::new(
+            StatusCode::GONE,
+            "data_erased",
+            "the task's data can no longer be read: its data subject was erased",
+        ),
+        other => other.into(),
+    })?;
+    Ok(Json(show(&view, &caller, &policy)))
 }
 
 /// Task ids are `task_` and hex; anything else is no task of ours.
@@ -202,8 +222,8 @@ fn valid_task_id(id: &str) -> bool {
 }
 
 /// The task as `caller` may see it: PII fields redacted unless it holds `NS:pii:read`.
-fn show(view: &TaskView, caller: &Principal) -> Value {
-    let show_pii = AccessPolicy::sees_pii(caller, &view.namespace);
+fn show(view: &TaskView, caller: &Principal, policy: &NamespacePolicy) -> Value {
+    let show_pii = AccessPolicy::sees_pii(caller, &view.namespace, policy);
     json!({
         "id": view.id,
         "namespace": view.namespace,

@@ -4,6 +4,7 @@
 
 mod ops;
 mod secrets;
+mod serve;
 mod step_run;
 mod token;
 
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 pub use ops::{AuditCommand, DataArgs, KeysCommand, WorkerArgs};
 pub use secrets::{SecretSetArgs, SecretsCommand};
+pub use serve::ServeArgs;
 pub use step_run::StepRunArgs;
 pub use token::TokenArgs;
 
@@ -28,6 +30,9 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the HTTP API and run workers (SQLite in the data directory by default; on
+    /// first start, development keys, policy and the example refund workflow).
+    Serve(ServeArgs),
     /// Work with a single step component.
     #[command(subcommand)]
     Step(StepCommand),
@@ -80,6 +85,7 @@ impl Cli {
     pub async fn run(self) -> Result<ExitCode, CliError> {
         match self.command {
             Command::Step(StepCommand::Run(args)) => step_run::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
             Command::Worker(args) => ops::worker(args).await,
             Command::Keys(command) => ops::keys(command).await,
             Command::Audit(command) => ops::audit(command).await,

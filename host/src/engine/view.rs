@@ -129,6 +129,18 @@ impl Engine {
         })
     }
 
+    /// Task `task_id`'s namespace and creator, read without opening anything: what
+    /// deciding who may read it needs.
+    pub async fn task_owner(&self, task_id: &str) -> Result<(String, String), EngineError> {
+        let mut tx = self.inner.store.begin_read().await?;
+        let task = tx
+            .get_task(task_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("task {task_id}")))?;
+        tx.commit().await?;
+        Ok((task.namespace, task.created_by))
+    }
+
     /// Namespace `namespace`'s policy as it is now.
     pub async fn namespace_policy(
         &self,

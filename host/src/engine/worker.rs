@@ -277,7 +277,12 @@ impl Engine {
             EngineError::Internal("stored permission snapshot does not parse".into())
         })?;
 
-        // Policy before work: no instantiation for a step its creator may no longer run.
+        // Policy before work: no instantiation for a step its creator may no longer run —
+        // any step once its creator is suspended here, a gated one once its permission
+        // is no longer held.
+        if policy.suspended_subjects.contains(&principal.subject) {
+            return Ok(Err(crate::policy::Denial::Suspended.to_string()));
+        }
         if let Some(permission) = &def.requires_permission
             && let Err(denial) = policy.check(&principal, permission)
         {
@@ -489,7 +494,8 @@ impl Engine {
                 Verdict::Failure { .. } => None,
             })
             .collect();
-        let completed: std::collections::HashSet<(String, String)> = if completions.is_empty() {
+        let completed: std::collections::HashSet<(String, String, i64)> = if completions.is_empty()
+        {
             Default::default()
         } else {
             tx.complete_steps(&completions, now)
@@ -501,8 +507,10 @@ impl Engine {
         let mut statuses: Vec<Option<StepStatus>> = Vec::with_capacity(batch.len());
         for (f, s) in batch.iter().zip(&sealed) {
             let status = match &s.verdict {
+                // By attempt: of a stale and a current attempt of one step in this batch,
+                // only the one that committed releases its dependents.
                 Verdict::Success { .. } => completed
-                    .contains(&(f.task.id.clone(), f.claim.step.clone()))
+                    .contains(&(f.task.id.clone(), f.claim.step.clone(), f.claim.attempt))
                     .then_some(StepStatus::Complete),
                 Verdict::Failure { error, retry_at } => match tx
                     .fail_step(

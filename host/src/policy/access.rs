@@ -14,9 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{NamespacePolicy, Principal};
 
-/// The role that holds every permission.
-pub const ADMIN_ROLE: &str = "admin";
-
 /// How old an MFA claim may be for a sensitive workflow when the namespace does not say:
 /// fifteen minutes, the window within which a person can be taken to still be at the
 /// keyboard that passed the second factor.
@@ -60,6 +57,9 @@ pub enum Refusal {
     /// The caller may not read the namespace.
     #[error("you may not read namespace `{0}`")]
     NoRead(String),
+    /// The namespace has suspended the caller.
+    #[error("you are suspended in namespace `{0}`")]
+    Suspended(String),
 }
 
 impl Refusal {
@@ -71,6 +71,7 @@ impl Refusal {
             Self::MfaRequired(_) => "mfa_required",
             Self::MfaTooOld { .. } => "mfa_too_old",
             Self::NoRead(_) => "read_denied",
+            Self::Suspended(_) => "suspended",
         }
     }
 }
@@ -98,10 +99,14 @@ impl AccessPolicy {
         policy: &NamespacePolicy,
         now_secs: i64,
     ) -> Result<(), Refusal> {
+        if policy.suspended_subjects.contains(&caller.subject) {
+            return Err(Refusal::Suspended(namespace.to_owned()));
+        }
         let qualified = format!("{namespace}.{workflow}");
-        let explicit = holds(caller, &format!("{qualified}:execute"));
+        let explicit = holds(caller, policy, &format!("{qualified}:execute"));
+        let namespace_wide = holds(caller, policy, &format!("{namespace}:execute"));
         if !policy.sensitive_workflows.contains(workflow) {
-            if explicit || holds(caller, &format!("{namespace}:execute")) {
+            if explicit || namespace_wide {
                 return Ok(());
             }
             return Err(Refusal::NotGranted {
@@ -110,7 +115,7 @@ impl AccessPolicy {
             });
         }
         if !explicit {
-            return Err(if holds(caller, &format!("{namespace}:execute")) {
+            return Err(if namespace_wide {
                 Refusal::ExplicitPermissionRequired(qualified)
             } else {
                 Refusal::NotGranted {
@@ -124,7 +129,7 @@ impl AccessPolicy {
         };
         let max_age_secs = policy.mfa_max_age_secs.unwrap_or(DEFAULT_MFA_MAX_AGE_SECS);
         // An MFA time in the future is as suspect as a stale one.
-        if now_secs.saturating_sub(mfa_at) > max_age_secs || mfa_at > now_secs + 60 {
+        if now_secs.saturating_sub(mfa_at) > max_age_secs || mfa_at > now_secs.saturating_add(60) {
             return Err(Refusal::MfaTooOld {
                 workflow: qualified,
                 max_age_secs,
@@ -133,27 +138,40 @@ impl AccessPolicy {
         Ok(())
     }
 
-    /// May `caller` read the tasks of `namespace`?
-    pub fn may_read(caller: &Principal, namespace: &str) -> Result<(), Refusal> {
-        if holds(caller, &format!("{namespace}:read")) || manages(caller, namespace) {
+    /// May `caller` read the tasks of `namespace` (whose policy is `policy`)? Its own
+    /// tasks (`own`) it may read without `NS:read`, unless it is suspended there.
+    pub fn may_read(
+        caller: &Principal,
+        namespace: &str,
+        policy: &NamespacePolicy,
+        own: bool,
+    ) -> Result<(), Refusal> {
+        if policy.suspended_subjects.contains(&caller.subject) {
+            return Err(Refusal::Suspended(namespace.to_owned()));
+        }
+        if own
+            || holds(caller, policy, &format!("{namespace}:read"))
+            || manages(caller, namespace, policy)
+        {
             return Ok(());
         }
         Err(Refusal::NoRead(namespace.to_owned()))
     }
 
     /// Does `caller` see PII fields of `namespace`'s tasks unredacted?
-    pub fn sees_pii(caller: &Principal, namespace: &str) -> bool {
-        holds(caller, &format!("{namespace}:pii:read"))
+    pub fn sees_pii(caller: &Principal, namespace: &str, policy: &NamespacePolicy) -> bool {
+        holds(caller, policy, &format!("{namespace}:pii:read"))
     }
 }
 
-/// Does `caller` manage `namespace` (or everything, as admin)?
-pub fn manages(caller: &Principal, namespace: &str) -> bool {
-    holds(caller, &format!("{namespace}:manage"))
+/// Does `caller` manage `namespace`?
+pub fn manages(caller: &Principal, namespace: &str, policy: &NamespacePolicy) -> bool {
+    holds(caller, policy, &format!("{namespace}:manage"))
 }
 
-fn holds(caller: &Principal, permission: &str) -> bool {
-    caller.roles.contains(ADMIN_ROLE) || caller.permissions.contains(permission)
+/// Held, and not revoked by the namespace since.
+fn holds(caller: &Principal, policy: &NamespacePolicy, permission: &str) -> bool {
+    caller.permissions.contains(permission) && !policy.revoked_permissions.contains(permission)
 }
 
 #[cfg(test)]
@@ -261,28 +279,100 @@ mod tests {
     }
 
     #[test]
-    fn reading_and_pii_are_granted_per_namespace_and_admin_holds_everything() {
+    fn reading_and_pii_are_granted_per_namespace() {
+        let none = NamespacePolicy::default();
         let agent = caller(&["customer_success_agent"], &[]);
-        assert_eq!(AccessPolicy::may_read(&agent, "customer_success"), Ok(()));
         assert_eq!(
-            AccessPolicy::may_read(&agent, "payments").map_err(|r| r.code()),
+            AccessPolicy::may_read(&agent, "customer_success", &none, false),
+            Ok(())
+        );
+        assert_eq!(
+            AccessPolicy::may_read(&agent, "payments", &none, false).map_err(|r| r.code()),
             Err("read_denied")
         );
-        assert!(!AccessPolicy::sees_pii(&agent, "customer_success"));
-        let privileged = caller(&[], &["customer_success:pii:read"]);
-        assert!(AccessPolicy::sees_pii(&privileged, "customer_success"));
-        assert!(!AccessPolicy::sees_pii(&privileged, "payments"));
-        let manager = caller(&[], &["payments:manage"]);
-        assert_eq!(AccessPolicy::may_read(&manager, "payments"), Ok(()));
-        assert!(manages(&manager, "payments") && !manages(&manager, "customer_success"));
-
-        let admin = caller(&[ADMIN_ROLE], &[]);
-        assert_eq!(AccessPolicy::may_read(&admin, "payments"), Ok(()));
-        assert_eq!(create(&admin, Some(NOW), "process_refund"), Ok(()));
         assert_eq!(
-            create(&admin, None, "process_refund").map_err(|r| r.code()),
-            Err("mfa_required"),
-            "admin still needs MFA for a sensitive workflow"
+            AccessPolicy::may_read(&agent, "payments", &none, true),
+            Ok(()),
+            "its own task"
+        );
+        assert!(!AccessPolicy::sees_pii(&agent, "customer_success", &none));
+        let privileged = caller(&[], &["customer_success:pii:read"]);
+        assert!(AccessPolicy::sees_pii(
+            &privileged,
+            "customer_success",
+            &none
+        ));
+        assert!(!AccessPolicy::sees_pii(&privileged, "payments", &none));
+        let manager = caller(&[], &["payments:manage"]);
+        assert_eq!(
+            AccessPolicy::may_read(&manager, "payments", &none, false),
+            Ok(())
+        );
+        assert!(
+            manages(&manager, "payments", &none) && !manages(&manager, "customer_success", &none)
+        );
+        // A role named admin is no skeleton key: it holds what the policy grants it.
+        let admin = caller(&["admin"], &[]);
+        assert_eq!(
+            AccessPolicy::may_read(&admin, "payments", &none, false).map_err(|r| r.code()),
+            Err("read_denied")
+        );
+        assert_eq!(
+            create(&admin, Some(NOW), "process_refund").map_err(|r| r.code()),
+            Err("permission_denied")
+        );
+    }
+
+    #[test]
+    fn a_revoked_permission_is_not_held_and_a_suspended_subject_may_do_nothing() {
+        let agent = caller(&["customer_success_agent"], &["customer_success:pii:read"]);
+        let revoked = NamespacePolicy {
+            revoked_permissions: [
+                "customer_success.process_refund:execute".to_owned(),
+                "customer_success:read".to_owned(),
+                "customer_success:pii:read".to_owned(),
+            ]
+            .into(),
+            ..sensitive()
+        };
+        let refused = AccessPolicy::may_create_task(
+            &agent,
+            Some(NOW),
+            "customer_success",
+            "process_refund",
+            &revoked,
+            NOW,
+        );
+        assert_eq!(refused.map_err(|r| r.code()), Err("permission_denied"));
+        assert_eq!(
+            AccessPolicy::may_read(&agent, "customer_success", &revoked, false)
+                .map_err(|r| r.code()),
+            Err("read_denied")
+        );
+        assert!(!AccessPolicy::sees_pii(
+            &agent,
+            "customer_success",
+            &revoked
+        ));
+
+        let suspended = NamespacePolicy {
+            suspended_subjects: ["user_123".to_owned()].into(),
+            ..sensitive()
+        };
+        let refused = AccessPolicy::may_create_task(
+            &agent,
+            Some(NOW),
+            "customer_success",
+            "process_refund",
+            &suspended,
+            NOW,
+        );
+        assert_eq!(refused.map_err(|r| r.code()), Err("suspended"));
+        assert_eq!(
+            AccessPolicy::may_read(&agent, "customer_success", &suspended, true)
+                .map_err(|r| r.code()),
+            Err("suspended"),
+            "not even its own tasks"
         );
     }
 

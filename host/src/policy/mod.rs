@@ -6,7 +6,7 @@ mod access;
 
 use std::collections::BTreeSet;
 
-pub use access::{ADMIN_ROLE, AccessPolicy, DEFAULT_MFA_MAX_AGE_SECS, Refusal, manages};
+pub use access::{AccessPolicy, DEFAULT_MFA_MAX_AGE_SECS, Refusal, manages};
 
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +68,16 @@ pub const MAX_MFA_MAX_AGE_SECS: i64 = 24 * 60 * 60;
 impl NamespacePolicy {
     /// Refuse a policy that cannot mean what it says; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
+        // A misspelt name would leave the real workflow unprotected without a word.
+        if let Some(bad) = self
+            .sensitive_workflows
+            .iter()
+            .find(|name| !crate::engine::valid_name(name))
+        {
+            return Err(format!(
+                "sensitive_workflows: `{bad}` is not a workflow name"
+            ));
+        }
         if let Some(age) = self.mfa_max_age_secs
             && !(1..=MAX_MFA_MAX_AGE_SECS).contains(&age)
         {

@@ -243,15 +243,17 @@ impl Tx<'_> {
     }
 
     /// Commits many steps' results in one statement, each fenced as in
-    /// [`Tx::complete_step`]; returns the (task, step) pairs that were committed. A step
-    /// missing from the answer was no longer leased to its worker at that attempt, and
-    /// nothing of it changed. Steps waiting on the committed ones are not released: the
+    /// [`Tx::complete_step`]; returns the (task, step, attempt) of each that was
+    /// committed. A completion missing from the answer was no longer leased to its worker
+    /// at that attempt, and nothing of it changed. (The attempt matters: a worker may hold
+    /// a stale and a current attempt of the same step in one batch, and only the current
+    /// one commits.) Steps waiting on the committed ones are not released: the
     /// caller does that with [`Tx::release_steps`], knowing the workflow.
     pub async fn complete_steps(
         &mut self,
         done: &[Completion<'_>],
         now: i64,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
         let mut committed = Vec::with_capacity(done.len());
         for batch in done.chunks(BATCH_ROWS) {
             let sql = format!(
@@ -261,11 +263,11 @@ impl Tx<'_> {
                  WHERE steps.task_id = v.column1 AND steps.name = v.column2
                    AND steps.lease_owner = v.column3 AND steps.attempts = v.column4
                    AND steps.status = 'in_progress'
-                 RETURNING steps.task_id, steps.name",
+                 RETURNING steps.task_id, steps.name, steps.attempts",
                 self.param_list(1, 1),
                 self.row_list(2, batch.len(), 5)
             );
-            let rows: Vec<(String, String)> = with_conn!(self, |conn| {
+            let rows: Vec<(String, String, i64)> = with_conn!(self, |conn| {
                 let mut query = sqlx::query_as(&sql).bind(now);
                 for c in batch {
                     query = query

@@ -1,0 +1,265 @@
+//! `stepbox serve`: the HTTP API and workers in one process.
+//!
+//! On a fresh data directory it sets up a development installation: a key file (0600),
+//! the development token key (`stepbox token` mints with it), a development access policy
+//! with the seed roles, and the example steps with the refund workflow in
+//! `customer_success` (marked sensitive). Nothing of this is ever written into the
+//! repository, and an existing installation is left as it is.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+
+use super::CliError;
+use super::ops::DataArgs;
+use crate::api::{self, ApiState};
+use crate::auth::{DEV_AUDIENCE, DEV_ISSUER, DevKey, Verifier};
+use crate::crypto::KeyRing;
+use crate::engine::{Engine, SystemClock, WorkerPool};
+use crate::policy::{AccessPolicy, NamespacePolicy};
+use crate::sandbox::{Sandbox, SandboxConfig};
+
+/// The namespace the example workflow is loaded into.
+const DEMO_NS: &str = "customer_success";
+/// The example steps, built by `./dev build-steps`.
+const DEMO_STEPS: [&str; 4] = [
+    "validate_refund_request",
+    "get_manager_approval",
+    "execute_refund",
+    "notify_customer",
+];
+/// How long an idle worker waits before looking for work again.
+const IDLE: Duration = Duration::from_millis(20);
+/// How often committed audit events are sealed into the chain.
+const SEAL_EVERY: Duration = Duration::from_millis(500);
+
+/// `stepbox serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the data and keys live.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Address to listen on (plain HTTP: put a TLS-terminating proxy in front of anything
+    /// but loopback).
+    #[arg(long, env = "STEPBOX_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Concurrent workers in this process.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Access policy (JSON: roles and the permissions they grant); the data directory's
+    /// `policy.json` by default, written with the development roles on first start.
+    #[arg(long, env = "STEPBOX_POLICY_FILE")]
+    pub policy: Option<PathBuf>,
+    /// Where the example step components are, for the first start's example workflow.
+    #[arg(long, default_value = "example-steps/target/wasm32-wasip2/release")]
+    pub steps_dir: PathBuf,
+    /// The notification service the example workflow's last step calls.
+    #[arg(long, default_value = "http://127.0.0.1:18741/v1/messages")]
+    pub notify_endpoint: String,
+}
+
+/// The development access policy: the seed documents' roles.
+fn development_policy() -> AccessPolicy {
+    let roles = json!({
+        "customer_success_agent": ["customer_success:read", "customer_success.process_refund:execute"],
+        "payments_agent": ["payments:read", "payments:execute"],
+        "team_lead": ["customer_success:read", "customer_success:execute", "customer_success:manage",
+                      "customer_success.process_refund:execute"],
+        "admin": ["customer_success:read", "customer_success:execute", "customer_success:manage",
+                  "customer_success:pii:read", "customer_success.process_refund:execute",
+                  "payments:read", "payments:execute", "payments:manage", "payments:pii:read"],
+        "auditor": ["customer_success:read", "payments:read", "audit:read"],
+        "compliance_officer": ["customer_success:read", "payments:read", "audit:read", "compliance:read",
+                               "gdpr:manage"]
+    });
+    serde_json::from_value(json!({ "roles": roles })).unwrap_or_default()
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
+    move |source| CliError::Read {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The access policy file's contents, writing the development one if there is none.
+fn access_policy(args: &ServeArgs) -> Result<AccessPolicy, CliError> {
+    let path = args
+        .policy
+        .clone()
+        .unwrap_or_else(|| args.data.data_dir.join("policy.json"));
+    if args.policy.is_none() && !path.exists() {
+        let text = serde_json::to_string_pretty(&development_policy()).unwrap_or_default();
+        std::fs::write(&path, text).map_err(io(&path))?;
+        eprintln!("wrote the development access policy to {}", path.display());
+    }
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    serde_json::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{}: not an access policy: {e}", path.display())))
+}
+
+/// The key ring, made on first start when the data directory holds none.
+fn key_ring(data: &DataArgs) -> Result<KeyRing, CliError> {
+    let path = data
+        .keys
+        .clone()
+        .unwrap_or_else(|| data.data_dir.join("keys.json"));
+    if data.keys.is_none() && !path.exists() {
+        let ring = KeyRing::generate().map_err(|e| CliError::Usage(e.to_string()))?;
+        ring.save_file(&path)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        eprintln!("made a key-encryption key in {}", path.display());
+    }
+    data.ring()
+}
+
+/// Load the example steps and the refund workflow into `customer_success`, unless a
+/// refund workflow is there already.
+async fn load_example(engine: &Engine, args: &ServeArgs) -> Result<(), CliError> {
+    let mut tx = engine
+        .store()
+        .begin_read()
+        .await
+        .map_err(|e| CliError::Usage(format!("database: {e}")))?;
+    let present = tx
+        .latest_workflow(DEMO_NS, "process_refund")
+        .await
+        .map_err(|e| CliError::Usage(format!("database: {e}")))?
+        .is_some();
+    tx.commit()
+        .await
+        .map_err(|e| CliError::Usage(format!("database: {e}")))?;
+    if present {
+        return Ok(());
+    }
+    let origin = crate::sandbox::Origin::parse(&args.notify_endpoint)
+        .map_err(|e| CliError::Usage(format!("--notify-endpoint: {e}")))?
+        .to_string();
+    let policy = NamespacePolicy {
+        hosts: [origin.clone()].into(),
+        secrets: ["NOTIFY_API_KEY".to_owned()].into(),
+        sensitive_workflows: ["process_refund".to_owned()].into(),
+        ..NamespacePolicy::default()
+    };
+    let fail = |e: crate::engine::EngineError| CliError::Usage(format!("example workflow: {e}"));
+    engine
+        .set_policy(DEMO_NS, &policy, "system:serve")
+        .await
+        .map_err(fail)?;
+    for name in DEMO_STEPS {
+        let path = args.steps_dir.join(format!("{name}.wasm"));
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        engine
+            .register_module(DEMO_NS, name, "0.1.0", &bytes, "system:serve")
+            .await
+            .map_err(fail)?;
+    }
+    engine
+        .apply_workflow(
+            &refund_workflow(&args.notify_endpoint, &origin),
+            "system:serve",
+        )
+        .await
+        .map_err(fail)?;
+    eprintln!(
+        "loaded the example steps and {DEMO_NS}.process_refund@1.0.0 (sensitive); seal the \
+         notification key with `stepbox secrets set {DEMO_NS} NOTIFY_API_KEY`"
+    );
+    Ok(())
+}
+
+/// The refund workflow of the seed story.
+fn refund_workflow(endpoint: &str, origin: &str) -> String {
+    json!({
+        "namespace": DEMO_NS, "name": "process_refund", "version": "1.0.0",
+        "input_schema": {
+            "type": "object",
+            "required": ["customer_id", "customer_email", "order_id", "refund_amount", "reason"],
+            "properties": {
+                "customer_id": { "type": "string", "x-data-classification": "pii-identifier", "x-data-subject": true },
+                "customer_email": { "type": "string", "x-data-classification": "pii-contact" },
+                "order_id": { "type": "string", "x-data-classification": "internal" },
+                "refund_amount": { "type": "number", "x-data-classification": "financial" },
+                "currency": { "type": "string", "x-data-classification": "internal" },
+                "reason": { "type": "string", "x-data-classification": "internal" }
+            }
+        },
+        "steps": [
+            { "name": "validate_refund_request", "module": "validate_refund_request@0.1.0",
+              "reads": ["refund_amount", "order_id", "currency", "reason"], "clearance": "confidential",
+              "config": { "max_amount": 1000.0, "approval_threshold": 100.0 } },
+            { "name": "get_manager_approval", "module": "get_manager_approval@0.1.0",
+              "depends_on": ["validate_refund_request"], "clearance": "confidential",
+              "config": { "auto_approve_limit": 500.0, "on_exceed": "reject" } },
+            { "name": "execute_refund", "module": "execute_refund@0.1.0",
+              "requires_permission": "customer_success.process_refund:execute",
+              "depends_on": ["get_manager_approval", "validate_refund_request"], "clearance": "confidential" },
+            { "name": "notify_customer", "module": "notify_customer@0.1.0", "depends_on": ["execute_refund"],
+              "reads": ["customer_email"], "clearance": "confidential",
+              "retry": { "max_attempts": 3, "initial_backoff_ms": 500, "max_backoff_ms": 5000 },
+              "secrets": ["NOTIFY_API_KEY"], "hosts": [origin],
+              "config": { "endpoint": endpoint } }
+        ]
+    })
+    .to_string()
+}
+
+pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
+    let dir = &args.data.data_dir;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let ring = key_ring(&args.data)?;
+    let access = access_policy(&args)?;
+    let dev_key = DevKey::load_or_create(dir).map_err(|e| CliError::Usage(e.to_string()))?;
+    let store = args.data.store().await?;
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(ring),
+        sandbox,
+        Arc::new(SystemClock),
+    );
+    load_example(&engine, &args).await?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    let verifier = Verifier::new(dev_key.key_set(), DEV_ISSUER, DEV_AUDIENCE);
+    let state = ApiState::new(engine.clone(), verifier).with_access(access);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let pool = WorkerPool {
+        workers: args.workers,
+        name: format!("serve-{}", std::process::id()),
+        idle: IDLE,
+        seal_every: SEAL_EVERY,
+    };
+    let workers = {
+        let engine = engine.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { engine.work(&pool, stop).await })
+    };
+    eprintln!(
+        "stepbox serving http://{} ({} workers, {}); mint a token with: stepbox token --data-dir {} \
+         --sub user_123 --roles customer_success_agent --mfa",
+        listener.local_addr().unwrap_or(args.listen),
+        args.workers,
+        store.url(),
+        dir.display()
+    );
+    let mut shutdown = stop.clone();
+    let server = api::serve(listener, state, async move {
+        let _ = shutdown.changed().await;
+    });
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop_tx.send(true);
+    });
+    let served = server.await;
+    let _ = workers.await;
+    served.map_err(|e| CliError::Usage(format!("server: {e}")))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,213 @@
+//! `stepbox serve` as the README runs it: a real process on a fresh data directory sets
+//! itself up, a token from `stepbox token` creates the refund task over HTTP, the workers
+//! run it to completion, and neither the log nor the database file holds the customer's
+//! email. A second start on the same directory keeps the installation.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{CUSTOMER_EMAIL, NOTIFY_KEY, TestServer, components_dir};
+
+fn stepbox(args: &[&str], data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stepbox"));
+    command
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("STEPBOX_DATABASE_URL")
+        .env_remove("STEPBOX_KEYS_FILE")
+        .env_remove("STEPBOX_POLICY_FILE");
+    command
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start `stepbox serve` with its log (at info) going to `log`, and wait until it is ready.
+async fn serve(data_dir: &Path, port: u16, notify: &str, log: &Path) -> Child {
+    let child = stepbox(&["serve"], data_dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--steps-dir")
+        .arg(components_dir())
+        .arg("--notify-endpoint")
+        .arg(notify)
+        .env("STEPBOX_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = reqwest::get(format!("http://127.0.0.1:{port}/health/ready")).await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            return child;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve not ready: {}",
+            std::fs::read_to_string(log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stop it as Ctrl-C would, and wait for it to exit cleanly.
+fn stop(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "serve exited with {exit}");
+}
+
+fn token(data_dir: &Path, args: &[&str]) -> String {
+    let output = stepbox(
+        &[
+            "token",
+            "--sub",
+            "user_123",
+            "--roles",
+            "customer_success_agent",
+        ],
+        data_dir,
+    )
+    .args(args)
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+async fn post(base: &str, token: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/tasks"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
+    )
+}
+
+async fn get_task(base: &str, token: &str, id: &str) -> Value {
+    let response = reqwest::Client::new()
+        .get(format!("{base}/v1/tasks/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    serde_json::from_str(&response.text().await.unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_sets_itself_up_and_runs_the_refund_story_over_http() {
+    let notify = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("serve.log");
+    let port = free_port();
+    let server = serve(&data, port, &notify.url("/notify"), &log).await;
+    for made in ["keys.json", "jwt-dev-key.pem", "policy.json", "stepbox.db"] {
+        assert!(data.join(made).exists(), "{made} made on first start");
+    }
+    let sealed = stepbox(
+        &[
+            "secrets",
+            "set",
+            "customer_success",
+            "NOTIFY_API_KEY",
+            "--from-env",
+            "TEST_NOTIFY_KEY",
+        ],
+        &data,
+    )
+    .env("TEST_NOTIFY_KEY", NOTIFY_KEY)
+    .output()
+    .unwrap();
+    assert!(
+        sealed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sealed.stderr)
+    );
+
+    let base = format!("http://127.0.0.1:{port}");
+    let body = json!({
+        "namespace": "customer_success", "name": "process_refund",
+        "context": {
+            "customer_id": "cus_8812", "customer_email": CUSTOMER_EMAIL, "order_id": "ord_5521",
+            "refund_amount": 150.0, "currency": "EUR", "reason": "item arrived damaged"
+        }
+    });
+    // Without a fresh MFA claim the sensitive workflow is refused.
+    let no_mfa = token(&data, &[]);
+    let (status, problem) = post(&base, &no_mfa, &body).await;
+    assert_eq!((status, &problem["code"]), (403, &json!("mfa_required")));
+
+    let agent = token(&data, &["--mfa"]);
+    let (status, task) = post(&base, &agent, &body).await;
+    assert_eq!(status, 201, "{task}");
+    assert_eq!(task["context"]["customer_email"], "[REDACTED]");
+    assert_eq!(task["security_context"]["created_by"], "user_123");
+    let id = task["id"].as_str().unwrap().to_owned();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let seen = get_task(&base, &agent, &id).await;
+        if seen["status"] != "pending" && seen["status"] != "in_progress" {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "task not finished: {seen}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(notify.seen().len(), 1, "the customer was notified once");
+    stop(server);
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("stepbox serving"), "{logged}");
+    assert!(
+        !logged.contains(CUSTOMER_EMAIL) && !logged.contains(NOTIFY_KEY),
+        "{logged}"
+    );
+    for file in ["stepbox.db", "stepbox.db-wal"] {
+        if let Ok(bytes) = std::fs::read(data.join(file)) {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains(CUSTOMER_EMAIL),
+                "{file} holds the email in plaintext"
+            );
+        }
+    }
+
+    // A second start keeps the installation: same keys, same workflow, the task still there.
+    let server = serve(&data, port, &notify.url("/notify"), &log).await;
+    let again = get_task(&base, &agent, &id).await;
+    assert_eq!(again["status"], "complete");
+    stop(server);
+}
