@@ -3,7 +3,7 @@
 //! `keys rotate`.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,16 +16,6 @@ use stepbox::store::{DatabaseUrl, Store, TaskStatus};
 use crate::support::*;
 
 const NS: &str = "customer_success";
-
-fn stepbox(args: &[&str], data_dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_stepbox"));
-    command
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("STEPBOX_DATABASE_URL");
-    command
-}
 
 /// A worker process on the data directory's database, or on `database` if given.
 fn worker(data_dir: &Path, database: Option<&str>, name: &str) -> Child {

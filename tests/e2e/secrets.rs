@@ -4,7 +4,7 @@
 //! `stepbox secrets set` as an operator runs it.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 
 use sqlx::Connection;
@@ -227,17 +227,6 @@ async fn a_secret_survives_kek_rotation_and_a_value_moved_to_another_row_does_no
         );
     })
     .await;
-}
-
-fn stepbox(args: &[&str], data_dir: &std::path::Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_stepbox"));
-    command
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("STEPBOX_DATABASE_URL")
-        .env_remove("STEPBOX_KEYS_FILE");
-    command
 }
 
 /// Run `stepbox secrets set NS name` with `stdin` as its input.

@@ -9,19 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{CUSTOMER_EMAIL, NOTIFY_KEY, TestServer, components_dir};
-
-fn stepbox(args: &[&str], data_dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_stepbox"));
-    command
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("STEPBOX_DATABASE_URL")
-        .env_remove("STEPBOX_KEYS_FILE")
-        .env_remove("STEPBOX_POLICY_FILE");
-    command
-}
+use crate::support::{CUSTOMER_EMAIL, NOTIFY_KEY, TestServer, components_dir, stepbox};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -23,6 +23,20 @@ use stepbox::sandbox::{
 pub const CUSTOMER_EMAIL: &str = "jane.doe@example.com";
 pub const NOTIFY_KEY: &str = "nk_live_7f3a9c2e51d04b8a";
 
+/// The `stepbox` binary with `args` on `data_dir`, deaf to the environment variables that
+/// would point it at another database, key file or policy.
+pub fn stepbox(args: &[&str], data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stepbox"));
+    command
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("STEPBOX_DATABASE_URL")
+        .env_remove("STEPBOX_KEYS_FILE")
+        .env_remove("STEPBOX_POLICY_FILE");
+    command
+}
+
 /// Build every example step once per test process and return the output directory.
 pub fn components_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
