@@ -181,14 +181,18 @@ pub(super) async fn get(
         return Err(no_task());
     }
     let caller = state.access.effective(&identity.principal);
-    let (namespace, created_by) = state.engine.task_owner(&id).await.map_err(|e| match e {
+    let task = state.engine.task_row(&id).await.map_err(|e| match e {
         EngineError::NotFound(_) => no_task(),
         other => other.into(),
     })?;
+    let namespace = task.namespace.clone();
     let policy = state.engine.namespace_policy(&namespace).await?;
-    if let Err(refusal) =
-        AccessPolicy::may_read(&caller, &namespace, &policy, created_by == caller.subject)
-    {
+    if let Err(refusal) = AccessPolicy::may_read(
+        &caller,
+        &namespace,
+        &policy,
+        task.created_by == caller.subject,
+    ) {
         let event = NewEvent {
             actor: format!("user:{}", caller.subject),
             action: "task.read_denied".into(),
@@ -202,7 +206,7 @@ pub(super) async fn get(
         record(&state, &event, state.engine.now()).await;
         return Err(no_task());
     }
-    let view = state.engine.task_view(&id).await.map_err(|e| match e {
+    let view = state.engine.open_task(task).await.map_err(|e| match e {
         // Its data key destroyed: the subject was erased.
         EngineError::Invalid(_) => ApiError::new(
             StatusCode::GONE,

@@ -110,6 +110,21 @@ pub(super) fn print(value: &impl serde::Serialize) {
     );
 }
 
+/// A key file at `path` (0600) with a fresh key-encryption key, its directory made if
+/// need be; the caller has checked that none is there.
+pub(super) fn new_key_file(path: &std::path::Path) -> Result<KeyRing, CliError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| CliError::Read {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let ring = KeyRing::generate().map_err(|e| CliError::Usage(e.to_string()))?;
+    ring.save_file(path)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(ring)
+}
+
 pub(super) async fn keys(command: KeysCommand) -> Result<ExitCode, CliError> {
     match command {
         KeysCommand::Init(data) => {
@@ -120,15 +135,7 @@ pub(super) async fn keys(command: KeysCommand) -> Result<ExitCode, CliError> {
                     path.display()
                 )));
             }
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|source| CliError::Read {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
-            }
-            let ring = KeyRing::generate().map_err(|e| CliError::Usage(e.to_string()))?;
-            ring.save_file(&path)
-                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let ring = new_key_file(&path)?;
             print(&serde_json::json!({ "key_file": path, "active": ring.active_id() }));
         }
         KeysCommand::Rotate { data, retire_old } => {

@@ -110,9 +110,7 @@ fn key_ring(data: &DataArgs) -> Result<KeyRing, CliError> {
         .clone()
         .unwrap_or_else(|| data.data_dir.join("keys.json"));
     if data.keys.is_none() && !path.exists() {
-        let ring = KeyRing::generate().map_err(|e| CliError::Usage(e.to_string()))?;
-        ring.save_file(&path)
-            .map_err(|e| CliError::Usage(e.to_string()))?;
+        super::ops::new_key_file(&path)?;
         eprintln!("made a key-encryption key in {}", path.display());
     }
     data.ring()

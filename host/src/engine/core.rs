@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::clock::Clock;
-use super::data::{self, TaskKey, context_aad};
+use super::data::{self, TaskKey};
 use super::{EngineError, WorkflowDef, parse_module_ref};
 use crate::audit::{self, NewEvent};
 use crate::classify::FieldClasses;
@@ -214,16 +214,7 @@ impl Engine {
 
     /// A task's context, decrypted (the API redacts it for the caller).
     pub async fn task_context(&self, task_id: &str) -> Result<Value, EngineError> {
-        let mut tx = self.inner.store.begin_read().await?;
-        let task = tx
-            .get_task(task_id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(format!("task {task_id}")))?;
-        let key = self.task_key(&mut tx, &task.data_key_id).await?;
-        tx.commit().await?;
-        let plaintext = key.open(&task.context, context_aad(&task.id))?;
-        serde_json::from_slice(&plaintext)
-            .map_err(|_| EngineError::Internal("stored context is not JSON".into()))
+        Ok(Value::Object(self.task_view(task_id).await?.into_context()))
     }
 
     pub(crate) fn now(&self) -> i64 {

@@ -220,16 +220,16 @@ impl Engine {
                 (None, Some(subject)) if subject_keys.contains_key(subject) => {
                     Ok(subject_keys[subject].clone())
                 }
-                (None, Some(subject)) if stored_keys.contains_key(subject) => {
-                    let row = stored_keys.remove(subject);
-                    let id = row.as_ref().map(|r| r.id.clone()).unwrap_or_default();
-                    data::open_key(&self.inner.keys, row, &id).map(|key| (id, TaskKey::from(key)))
-                }
-                (None, subject) => {
-                    data::key_for_task(tx, &self.inner.keys, subject.as_deref(), now)
+                (None, subject) => match subject.as_ref().and_then(|s| stored_keys.remove(s)) {
+                    Some(row) => {
+                        let id = row.id.clone();
+                        data::open_key(&self.inner.keys, Some(row), &id)
+                            .map(|key| (id, TaskKey::from(key)))
+                    }
+                    None => data::key_for_task(tx, &self.inner.keys, subject.as_deref(), now)
                         .await
-                        .map(|(id, key)| (id, TaskKey::from(key)))
-                }
+                        .map(|(id, key)| (id, TaskKey::from(key))),
+                },
             };
             let (key_id, key) = match keyed {
                 Ok(keyed) => keyed,

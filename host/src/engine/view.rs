@@ -11,7 +11,7 @@ use super::core::Engine;
 use super::data::context_aad;
 use crate::classify::{DataClass, REDACTED, classify_context};
 use crate::policy::Principal;
-use crate::store::TaskStatus;
+use crate::store::{TaskRow, TaskStatus};
 
 /// A stored task with its context opened. Holds PII: redact before showing it
 /// ([`TaskView::redacted_context`]).
@@ -61,6 +61,11 @@ impl std::fmt::Debug for TaskView {
 }
 
 impl TaskView {
+    /// The context as stored, unredacted.
+    pub(crate) fn into_context(self) -> Map<String, Value> {
+        self.context
+    }
+
     /// The context with every PII-class field `"[REDACTED]"` unless `show_pii`.
     pub fn redacted_context(&self, show_pii: bool) -> Value {
         let redacted = self
@@ -83,11 +88,25 @@ impl TaskView {
 impl Engine {
     /// Task `task_id` with its context opened, for the API to redact and show.
     pub async fn task_view(&self, task_id: &str) -> Result<TaskView, EngineError> {
+        let task = self.task_row(task_id).await?;
+        self.open_task(task).await
+    }
+
+    /// Task `task_id`'s row, nothing opened: enough to decide who may read it before
+    /// [`Engine::open_task`] decrypts anything.
+    pub async fn task_row(&self, task_id: &str) -> Result<TaskRow, EngineError> {
         let mut tx = self.inner.store.begin_read().await?;
         let task = tx
             .get_task(task_id)
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("task {task_id}")))?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    /// `task` with its context opened and its fields classified.
+    pub async fn open_task(&self, task: TaskRow) -> Result<TaskView, EngineError> {
+        let mut tx = self.inner.store.begin_read().await?;
         let workflow = self
             .workflow(
                 &mut tx,
@@ -127,18 +146,6 @@ impl Engine {
             context,
             fields,
         })
-    }
-
-    /// Task `task_id`'s namespace and creator, read without opening anything: what
-    /// deciding who may read it needs.
-    pub async fn task_owner(&self, task_id: &str) -> Result<(String, String), EngineError> {
-        let mut tx = self.inner.store.begin_read().await?;
-        let task = tx
-            .get_task(task_id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(format!("task {task_id}")))?;
-        tx.commit().await?;
-        Ok((task.namespace, task.created_by))
     }
 
     /// Namespace `namespace`'s policy as it is now.
