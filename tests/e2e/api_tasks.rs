@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use stepbox::api::{self, ApiState};
 use stepbox::auth::{DEV_AUDIENCE, DEV_ISSUER, DevKey, DevTokenRequest, Verifier};
-use stepbox::engine::Engine;
+use stepbox::engine::{Engine, ManualClock};
 use stepbox::policy::{AccessPolicy, NamespacePolicy};
 use stepbox::store::{AuditFilter, Store};
 
@@ -16,12 +16,13 @@ use crate::support::{CUSTOMER_EMAIL, TestServer};
 /// The manual clock's time in `engine::setup`, in seconds.
 const NOW: i64 = 1_764_000_000;
 
-struct Api {
-    base: String,
-    engine: Engine,
-    store: Store,
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) engine: Engine,
+    pub(crate) store: Store,
+    pub(crate) clock: ManualClock,
     key: DevKey,
-    _notify: TestServer,
+    pub(crate) notify: TestServer,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -36,6 +37,7 @@ impl Drop for Api {
 
 fn access() -> AccessPolicy {
     serde_json::from_value(json!({ "roles": {
+        "ns_admin": ["customer_success:manage", "customer_success:read"],
         "customer_success_agent": ["customer_success:read", "customer_success.process_refund:execute"],
         "team_lead": ["customer_success:execute", "customer_success:read"],
         "auditor": ["customer_success:read"],
@@ -44,9 +46,15 @@ fn access() -> AccessPolicy {
     .unwrap()
 }
 
-async fn start(url: &stepbox::store::DatabaseUrl) -> Api {
+/// The API over the refund setup of `engine::setup` (its last step calls `/switch`, two
+/// attempts), with the namespace's refund workflow sensitive. Roles: see [`access`].
+pub(crate) async fn start(url: &stepbox::store::DatabaseUrl) -> Api {
     let notify = TestServer::start().await;
-    let Setup { engine, store, .. } = setup(url, &notify, "/notify", 3).await;
+    let Setup {
+        engine,
+        store,
+        clock,
+    } = setup(url, &notify, "/switch", 2).await;
     let policy = NamespacePolicy {
         hosts: [notify.origin()].into(),
         secrets: ["NOTIFY_API_KEY".to_owned()].into(),
@@ -69,8 +77,9 @@ async fn start(url: &stepbox::store::DatabaseUrl) -> Api {
         base,
         engine,
         store,
+        clock,
         key,
-        _notify: notify,
+        notify,
         _dir: dir,
         stop: Some(stop),
     }
@@ -78,7 +87,7 @@ async fn start(url: &stepbox::store::DatabaseUrl) -> Api {
 
 /// A token for `sub` with `roles` and `permissions`, issued `age` seconds ago (its MFA
 /// claim, if any, as old).
-fn token(
+pub(crate) fn token(
     api: &Api,
     sub: &str,
     roles: &[&str],
@@ -120,7 +129,7 @@ async fn post(api: &Api, token: &str, body: String) -> (u16, Value) {
     answer(response).await
 }
 
-async fn get(api: &Api, token: &str, path: &str) -> (u16, Value) {
+pub(crate) async fn get(api: &Api, token: &str, path: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
         .get(format!("{}{path}", api.base))
         .bearer_auth(token)
@@ -131,13 +140,13 @@ async fn get(api: &Api, token: &str, path: &str) -> (u16, Value) {
 }
 
 /// The status and the JSON body.
-async fn answer(response: reqwest::Response) -> (u16, Value) {
+pub(crate) async fn answer(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap())
 }
 
-async fn events(store: &Store, action: &str) -> Vec<(String, Value)> {
+pub(crate) async fn events(store: &Store, action: &str) -> Vec<(String, Value)> {
     let mut tx = store.begin_read().await.unwrap();
     let rows = tx
         .query_audit(
@@ -384,6 +393,245 @@ async fn a_malformed_request_gets_a_precise_problem_that_echoes_no_value() {
             "{problem}"
         );
         assert_eq!(task_count(&api.store).await, 0);
+    })
+    .await;
+}
+
+/// `POST path` with an empty body.
+pub(crate) async fn post_empty(api: &Api, token: &str, path: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", api.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    answer(response).await
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_are_listed_a_page_at_a_time_and_readers_without_the_grant_see_only_their_own() {
+    both(|url| async move {
+        let api = start(&url).await;
+        let agent = token(&api, "user_123", &["customer_success_agent"], &[], true, 0);
+        let colleague = token(&api, "user_124", &["customer_success_agent"], &[], true, 0);
+        // Holds only the workflow's permission: may create tasks, may not read others'.
+        let outsider = token(
+            &api,
+            "user_555",
+            &[],
+            &["customer_success.process_refund:execute"],
+            true,
+            0,
+        );
+        let mut created = Vec::new();
+        for (who, n) in [(&agent, 3), (&colleague, 1), (&outsider, 1)] {
+            for _ in 0..n {
+                let (status, task) = post(&api, who, refund_body().to_string()).await;
+                assert_eq!(status, 201, "{task}");
+                created.push(task["id"].as_str().unwrap().to_owned());
+                // Distinct creation times, so "newest first" is one order.
+                api.clock.advance(1);
+            }
+        }
+        let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+
+        let mut seen = Vec::new();
+        let mut path = format!("/v1/tasks?namespace={NS}&limit=2");
+        let mut pages = 0;
+        loop {
+            let (status, page) = get(&api, &agent, &path).await;
+            assert_eq!(status, 200, "{page}");
+            assert!(!page.to_string().contains(CUSTOMER_EMAIL), "{page}");
+            assert!(
+                page["items"][0].get("context").is_none(),
+                "no context in lists"
+            );
+            seen.extend(ids(&page));
+            pages += 1;
+            match page["next_cursor"].as_str() {
+                Some(cursor) => path = format!("/v1/tasks?namespace={NS}&limit=2&cursor={cursor}"),
+                None => break,
+            }
+        }
+        assert_eq!((seen, pages), (newest_first.clone(), 3));
+
+        let (_, page) = get(
+            &api,
+            &agent,
+            &format!("/v1/tasks?namespace={NS}&created_by=user_124"),
+        )
+        .await;
+        assert_eq!(ids(&page), [created[3].clone()]);
+        let (_, page) = get(
+            &api,
+            &agent,
+            &format!("/v1/tasks?namespace={NS}&status=complete"),
+        )
+        .await;
+        assert!(ids(&page).is_empty());
+
+        // Without `customer_success:read`: its own tasks only, and asking for someone
+        // else's is refused and audited.
+        let (status, page) = get(&api, &outsider, &format!("/v1/tasks?namespace={NS}")).await;
+        assert_eq!((status, ids(&page)), (200, vec![created[4].clone()]));
+        let (status, problem) = get(
+            &api,
+            &outsider,
+            &format!("/v1/tasks?namespace={NS}&created_by=user_123"),
+        )
+        .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (403, Some("read_denied"))
+        );
+        let denied = events(&api.store, "task.list_denied").await;
+        assert_eq!(denied.len(), 1);
+        assert_eq!(denied[0].0, "user:user_555");
+
+        for (query, code) in [
+            ("namespace=customer_success&limit=0", "invalid"),
+            ("namespace=customer_success&limit=101", "invalid"),
+            ("namespace=customer_success&status=finished", "invalid"),
+            (
+                "namespace=customer_success&cursor=bm90LWEtY3Vyc29y",
+                "invalid_cursor",
+            ),
+            ("namespace=customer_success&colour=red", "invalid_query"),
+            ("limit=2", "invalid_query"),
+            ("namespace=..%2Fetc", "invalid"),
+        ] {
+            let (status, problem) = get(&api, &agent, &format!("/v1/tasks?{query}")).await;
+            assert_eq!(
+                (status, problem["code"].as_str()),
+                (422, Some(code)),
+                "{query}: {problem}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn steps_show_progress_and_only_the_owner_or_a_manager_cancels_or_retries() {
+    both(|url| async move {
+        let api = start(&url).await;
+        let agent = token(&api, "user_123", &["customer_success_agent"], &[], true, 0);
+        let colleague = token(&api, "user_124", &["customer_success_agent"], &[], true, 0);
+        let admin = token(&api, "user_1", &["ns_admin"], &[], false, 0);
+        let stranger = token(&api, "user_777", &["payments_agent"], &[], true, 0);
+
+        // The notification service is down: the last step fails twice and the task errs.
+        api.notify.set_down(true);
+        let (_, task) = post(&api, &agent, refund_body().to_string()).await;
+        let failing = task["id"].as_str().unwrap().to_owned();
+        drain(&api.engine).await;
+        api.clock.advance(6_000);
+        drain(&api.engine).await;
+        let (status, steps) = get(&api, &colleague, &format!("/v1/tasks/{failing}/steps")).await;
+        assert_eq!(status, 200, "{steps}");
+        assert!(!steps.to_string().contains(CUSTOMER_EMAIL), "{steps}");
+        let notify = steps["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "notify_customer")
+            .unwrap();
+        assert_eq!(notify["status"], "error", "{steps}");
+        assert_eq!(notify["attempts"], 2);
+        assert_eq!(notify["history"].as_array().unwrap().len(), 2);
+        assert!(notify["error"].is_object(), "{notify}");
+        let first = steps["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "validate_refund_request")
+            .unwrap();
+        assert_eq!(first["status"], "complete");
+        assert_eq!(first["history"][0]["outcome"], "success");
+        let (status, _) = get(&api, &stranger, &format!("/v1/tasks/{failing}/steps")).await;
+        assert_eq!(status, 404, "a task it may not read does not exist for it");
+
+        // Retry: not the colleague's to retry; the owner may, once the service is back.
+        let retry = format!("/v1/tasks/{failing}/steps/notify_customer/retry");
+        let (status, problem) = post_empty(&api, &colleague, &retry).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (403, Some("not_task_owner"))
+        );
+        let (status, _) = post_empty(&api, &stranger, &retry).await;
+        assert_eq!(status, 404);
+        api.notify.set_down(false);
+        let (status, retried) = post_empty(&api, &agent, &retry).await;
+        assert_eq!(status, 200, "{retried}");
+        assert_eq!(retried["next_attempt"], 3);
+        let (status, problem) = post_empty(&api, &agent, &retry).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (409, Some("conflict")),
+            "pending again, not failed"
+        );
+        drain(&api.engine).await;
+        let (_, done) = get(&api, &agent, &format!("/v1/tasks/{failing}")).await;
+        assert_eq!(done["status"], "complete", "{done}");
+
+        // Cancel: the colleague may not, the owner may; a manager may cancel anyone's.
+        let (_, mine) = post(&api, &agent, refund_body().to_string()).await;
+        let (_, theirs) = post(&api, &colleague, refund_body().to_string()).await;
+        let mine = mine["id"].as_str().unwrap().to_owned();
+        let theirs = theirs["id"].as_str().unwrap().to_owned();
+        let (status, problem) =
+            post_empty(&api, &colleague, &format!("/v1/tasks/{mine}/cancel")).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (403, Some("not_task_owner"))
+        );
+        let (status, cancelled) =
+            post_empty(&api, &agent, &format!("/v1/tasks/{mine}/cancel")).await;
+        assert_eq!(
+            (status, cancelled["status"].as_str()),
+            (200, Some("cancelled")),
+            "{cancelled}"
+        );
+        assert_eq!(cancelled["steps_cancelled"], 4);
+        let (status, problem) = post_empty(&api, &agent, &format!("/v1/tasks/{mine}/cancel")).await;
+        assert_eq!((status, problem["code"].as_str()), (409, Some("conflict")));
+        let (status, _) = post_empty(&api, &admin, &format!("/v1/tasks/{theirs}/cancel")).await;
+        assert_eq!(status, 200);
+        drain(&api.engine).await;
+        for id in [&mine, &theirs] {
+            let (_, task) = get(&api, &agent, &format!("/v1/tasks/{id}")).await;
+            assert_eq!(task["status"], "cancelled");
+        }
+
+        let refusals: Vec<String> = [
+            events(&api.store, "step.retry_denied").await,
+            events(&api.store, "task.cancel_denied").await,
+        ]
+        .concat()
+        .into_iter()
+        .map(|(actor, details)| format!("{actor} {}", details["code"].as_str().unwrap()))
+        .collect();
+        assert_eq!(
+            refusals,
+            [
+                "user:user_124 not_task_owner",
+                "user:user_124 not_task_owner"
+            ]
+        );
+        assert_eq!(
+            events(&api.store, "task.read_denied").await.len(),
+            2,
+            "the stranger's two 404s"
+        );
     })
     .await;
 }

@@ -2,6 +2,7 @@
 //! wasmtime sandbox, real HTTP over a socket on 127.0.0.1, and the `stepbox` binary.
 
 mod api;
+mod api_catalog;
 mod api_tasks;
 mod cli;
 mod control;

@@ -199,3 +199,137 @@ async fn serve_sets_itself_up_and_runs_the_refund_story_over_http() {
     assert_eq!(again["status"], "complete");
     stop(server);
 }
+
+/// The `stepbox` binary as an API client of `base`, holding `token`.
+fn client(args: &[&str], base: &str, token: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_stepbox"))
+        .args(args)
+        .env("STEPBOX_SERVER", base)
+        .env("STEPBOX_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_pushes_a_module_applies_a_yaml_workflow_and_follows_a_task_over_http() {
+    let notify = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("serve.log");
+    let port = free_port();
+    let server = serve(&data, port, &notify.url("/notify"), &log).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let minted = stepbox(&["token", "--sub", "ops_1", "--roles", "admin"], &data)
+        .output()
+        .unwrap();
+    let admin = String::from_utf8(minted.stdout).unwrap();
+    let admin = admin.trim().lines().last().unwrap().to_owned();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+    let noop = components_dir().join("noop.wasm");
+    let pushed = client(
+        &[
+            "module",
+            "push",
+            noop.to_str().unwrap(),
+            "--namespace",
+            "customer_success",
+            "--version",
+            "0.3.0",
+        ],
+        &base,
+        &admin,
+    );
+    assert!(pushed.status.success(), "{}", text(&pushed.stderr));
+    let module: Value = serde_json::from_slice(&pushed.stdout).unwrap();
+    assert_eq!(
+        (module["name"].as_str(), module["version"].as_str()),
+        (Some("noop"), Some("0.3.0"))
+    );
+
+    let definition = dir.path().join("ping.yaml");
+    std::fs::write(
+        &definition,
+        "namespace: customer_success\nname: ping\nversion: 1.0.0\n\
+         input_schema: { type: object, properties: { note: { type: string } } }\n\
+         steps:\n  - { name: first, module: noop@0.3.0 }\n  - { name: second, module: noop@0.3.0, depends_on: [first] }\n",
+    )
+    .unwrap();
+    let applied = client(
+        &["workflow", "apply", definition.to_str().unwrap()],
+        &base,
+        &admin,
+    );
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+
+    let submitted = client(
+        &[
+            "task",
+            "submit",
+            "--namespace",
+            "customer_success",
+            "--workflow",
+            "ping",
+            "--context",
+            r#"{"note": "hi"}"#,
+            "--wait",
+            "--timeout-secs",
+            "60",
+        ],
+        &base,
+        &admin,
+    );
+    let progress = text(&submitted.stderr);
+    assert!(submitted.status.success(), "{progress}");
+    assert!(
+        progress.contains("first: complete") && progress.contains("second: complete"),
+        "{progress}"
+    );
+    let listed = client(
+        &[
+            "task",
+            "list",
+            "--namespace",
+            "customer_success",
+            "--workflow",
+            "ping",
+        ],
+        &base,
+        &admin,
+    );
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["items"][0]["status"], "complete");
+
+    // Refusals are one line on stderr with the status and the stable code, exit 1.
+    let missing = client(&["task", "get", "task_00ff"], &base, &admin);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing.stderr).contains("404 not_found"),
+        "{}",
+        text(&missing.stderr)
+    );
+    let agent = token(&data, &["--mfa"]);
+    let refused = client(
+        &["workflow", "apply", definition.to_str().unwrap()],
+        &base,
+        &agent,
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("403 manage_denied"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let forged = client(
+        &["task", "list", "--namespace", "customer_success"],
+        &base,
+        "not-a-token",
+    );
+    assert!(
+        text(&forged.stderr).contains("401"),
+        "{}",
+        text(&forged.stderr)
+    );
+    stop(server);
+}

@@ -1,6 +1,7 @@
 //! Every error response: `application/problem+json` (RFC 9457) with a stable `code`.
 //! The detail is ours — never SQL text, a file path, a token or a context value.
 
+use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -65,6 +66,9 @@ impl From<EngineError> for ApiError {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", what)
             }
             EngineError::Denied(what) => Self::new(StatusCode::FORBIDDEN, "denied", what),
+            EngineError::Untrusted(what) => {
+                Self::new(StatusCode::FORBIDDEN, "untrusted_module", what)
+            }
             EngineError::Conflict(what) => Self::new(StatusCode::CONFLICT, "conflict", what),
             EngineError::Unavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -107,4 +111,56 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+impl ApiError {
+    /// A JSON body that is not `what` (e.g. "a task request"). serde's messages may quote
+    /// what was sent, so only the name of an unknown or missing field is passed on.
+    pub(super) fn json_body(e: JsonRejection, what: &str) -> Self {
+        match e {
+            JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("send {what} as application/json"),
+            ),
+            JsonRejection::JsonSyntaxError(_) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "the body is not valid JSON",
+            ),
+            JsonRejection::JsonDataError(e) => {
+                let text = e.body_text();
+                let detail = match named_field(&text) {
+                    Some(about) => format!("the body is not {what}: {about}"),
+                    None => format!("the body is not {what}: a field has the wrong type"),
+                };
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail)
+            }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the body is larger than the server accepts",
+            ),
+            _ => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_body",
+                "the body could not be read",
+            ),
+        }
+    }
+}
+
+/// `unknown field `x`` or `missing field `x`` from serde's message, when `x` is a plain
+/// name: the message may quote anything the caller sent, so nothing else of it is shown.
+pub(super) fn named_field(text: &str) -> Option<String> {
+    ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|start| {
+            let at = text.find(start)? + start.len();
+            let name = text[at..].split('`').next()?;
+            let plain = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            plain.then(|| format!("{}field `{name}`", &start[..start.len() - "field `".len()]))
+        })
 }

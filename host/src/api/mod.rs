@@ -7,6 +7,7 @@
 //! into calls on `auth`, `policy` and `engine`; it never touches the store's rows or a
 //! key itself.
 
+mod catalog;
 mod error;
 mod tasks;
 
@@ -21,12 +22,14 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 
+pub use catalog::SIGNATURE_HEADER;
 pub use error::ApiError;
 
 use crate::audit::NewEvent;
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::engine::Engine;
-use crate::policy::AccessPolicy;
+use crate::engine::EngineError;
+use crate::policy::{AccessPolicy, NamespacePolicy, Principal, Refusal};
 
 /// Largest request body accepted. Task contexts are small JSON documents; modules, the
 /// largest uploads, are capped by the sandbox's own limit when that route exists.
@@ -84,8 +87,29 @@ pub struct CorrelationId(pub String);
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/whoami", get(whoami))
-        .route("/tasks", post(tasks::create))
+        .route("/tasks", post(tasks::create).get(tasks::list))
         .route("/tasks/{id}", get(tasks::get))
+        .route("/tasks/{id}/steps", get(tasks::steps))
+        .route("/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/tasks/{id}/steps/{step}/retry", post(tasks::retry))
+        .route("/modules", get(catalog::list_modules))
+        .route(
+            "/modules/{namespace}/{name}/{version}",
+            get(catalog::get_module).put(catalog::upload_module).layer(
+                // A component may be far larger than any JSON body; the sandbox's own
+                // limit applies, and the upload is refused past it.
+                DefaultBodyLimit::max(crate::sandbox::MAX_COMPONENT_BYTES + 1),
+            ),
+        )
+        .route(
+            "/workflows",
+            get(catalog::list_workflows).post(catalog::apply_workflow),
+        )
+        .route("/workflows/{namespace}/{name}", get(catalog::get_workflow))
+        .route(
+            "/workflows/{namespace}/{name}/{version}",
+            get(catalog::get_workflow_version),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health/live", get(live))
@@ -262,5 +286,52 @@ fn refusal_event(request: &Request, refusal: &AuthError) -> NewEvent {
             "user_agent": user_agent,
         }),
         ..NewEvent::default()
+    }
+}
+
+/// `namespace`'s policy, or the default one if there is no such namespace: a caller with
+/// no grant there is refused alike and learns nothing about whether it exists.
+async fn policy_or_default(state: &ApiState, namespace: &str) -> Result<NamespacePolicy, ApiError> {
+    match state.engine.namespace_policy(namespace).await {
+        Ok(policy) => Ok(policy),
+        Err(EngineError::NotFound(_)) => Ok(NamespacePolicy::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Record a refusal as `action` on `resource` and answer it with a 403 problem carrying
+/// the refusal's code.
+async fn refuse(
+    state: &ApiState,
+    caller: &Principal,
+    action: &str,
+    resource: String,
+    namespace: &str,
+    refusal: &Refusal,
+    correlation: &CorrelationId,
+) -> ApiError {
+    let event = NewEvent {
+        actor: format!("user:{}", caller.subject),
+        action: action.to_owned(),
+        resource,
+        namespace: Some(namespace.to_owned()),
+        outcome: "denied".into(),
+        correlation_id: Some(correlation.0.clone()),
+        details: json!({ "code": refusal.code(), "roles": caller.roles }),
+        ..NewEvent::default()
+    };
+    record(state, &event).await;
+    ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        refusal.code(),
+        refusal.to_string(),
+    )
+}
+
+/// Record `event` now; a failure to record is logged, and the answer already decided
+/// stands (a refusal stays a refusal).
+async fn record(state: &ApiState, event: &NewEvent) {
+    if let Err(e) = state.engine.record_event(event, state.engine.now()).await {
+        tracing::error!(error = %e, action = %event.action, "recording an event failed");
     }
 }

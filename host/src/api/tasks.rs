@@ -1,20 +1,26 @@
 //! `/v1/tasks`: create a task (policy before work: namespace grant, workflow permission,
-//! fresh MFA for a sensitive workflow) and read one back, its context redacted for the
-//! caller and with its security context. Every refusal is a 403 problem and an audit
-//! event.
+//! fresh MFA for a sensitive workflow), read one back with its context redacted for the
+//! caller and its security context, list a namespace's tasks a page at a time, show a
+//! task's steps, cancel a task and retry its failed step. Every refusal is an audit
+//! event; a task the caller may not read is a 404, anything else refused a 403.
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiState, CorrelationId};
+use super::error::named_field;
+use super::{ApiError, ApiState, CorrelationId, policy_or_default, record, refuse};
 use crate::audit::NewEvent;
 use crate::auth::Identity;
 use crate::engine::{CreateTask, EngineError, TaskView, valid_name, valid_version};
 use crate::policy::{AccessPolicy, NamespacePolicy, Principal, Refusal};
+use crate::store::{TaskCursor, TaskFilter, TaskRow, TaskStatus};
 
 /// Most tags one task may carry, and the longest tag and reason: labels, not documents.
 const MAX_TAGS: usize = 32;
@@ -75,16 +81,10 @@ pub(super) async fn create(
     Extension(correlation): Extension<CorrelationId>,
     body: Result<Json<CreateBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(body) = body.map_err(rejection)?;
+    let Json(body) = body.map_err(|e| ApiError::json_body(e, "a task request"))?;
     body.check()?;
     let caller = state.access.effective(&identity.principal);
-    // An unknown namespace is judged as one with the default policy: a caller with no
-    // grant there learns nothing about whether it exists.
-    let policy = match state.engine.namespace_policy(&body.namespace).await {
-        Ok(policy) => policy,
-        Err(EngineError::NotFound(_)) => NamespacePolicy::default(),
-        Err(e) => return Err(e.into()),
-    };
+    let policy = policy_or_default(&state, &body.namespace).await?;
     let now_ms = state.engine.now();
     if let Err(refusal) = AccessPolicy::may_create_task(
         &caller,
@@ -94,7 +94,7 @@ pub(super) async fn create(
         &policy,
         now_ms.div_euclid(1000),
     ) {
-        return Err(denied(&state, &caller, &body, &refusal, &correlation, now_ms).await);
+        return Err(denied(&state, &caller, &body, &refusal, &correlation).await);
     }
     let created = state
         .engine
@@ -116,57 +116,6 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
-/// A body that is not a task request. serde's messages may quote what was sent, so only
-/// the name of an unknown or missing field is passed on.
-fn rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
-    use axum::extract::rejection::JsonRejection;
-    match e {
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the task request as application/json",
-        ),
-        JsonRejection::JsonSyntaxError(_) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            "the body is not valid JSON",
-        ),
-        JsonRejection::JsonDataError(e) => {
-            let text = e.body_text();
-            let detail = match named_field(&text) {
-                Some(about) => format!("the body is not a task request: {about}"),
-                None => "the body is not a task request: a field has the wrong type".to_owned(),
-            };
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail)
-        }
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "the body is larger than the server accepts",
-        ),
-        _ => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_body",
-            "the body could not be read",
-        ),
-    }
-}
-
-/// `unknown field `x`` or `missing field `x`` from serde's message, when `x` is a plain
-/// name: the message may quote anything the caller sent, so nothing else of it is shown.
-fn named_field(text: &str) -> Option<String> {
-    ["unknown field `", "missing field `"]
-        .iter()
-        .find_map(|start| {
-            let at = text.find(start)? + start.len();
-            let name = text[at..].split('`').next()?;
-            let plain = !name.is_empty()
-                && name.len() <= 64
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            plain.then(|| format!("{}field `{name}`", &start[..start.len() - "field `".len()]))
-        })
-}
-
 /// `GET /v1/tasks/{id}`: the caller's own task, or one of a namespace it may read. A task
 /// the caller may not read is answered as one that does not exist (and audited); nothing
 /// is decrypted before the decision.
@@ -176,36 +125,8 @@ pub(super) async fn get(
     Extension(correlation): Extension<CorrelationId>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let no_task = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such task");
-    if !valid_task_id(&id) {
-        return Err(no_task());
-    }
     let caller = state.access.effective(&identity.principal);
-    let task = state.engine.task_row(&id).await.map_err(|e| match e {
-        EngineError::NotFound(_) => no_task(),
-        other => other.into(),
-    })?;
-    let namespace = task.namespace.clone();
-    let policy = state.engine.namespace_policy(&namespace).await?;
-    if let Err(refusal) = AccessPolicy::may_read(
-        &caller,
-        &namespace,
-        &policy,
-        task.created_by == caller.subject,
-    ) {
-        let event = NewEvent {
-            actor: format!("user:{}", caller.subject),
-            action: "task.read_denied".into(),
-            resource: format!("task/{id}"),
-            namespace: Some(namespace.clone()),
-            outcome: "denied".into(),
-            correlation_id: Some(correlation.0.clone()),
-            details: json!({ "code": refusal.code() }),
-            ..NewEvent::default()
-        };
-        record(&state, &event, state.engine.now()).await;
-        return Err(no_task());
-    }
+    let (task, policy) = readable_task(&state, &caller, &id, &correlation).await?;
     let view = state.engine.open_task(task).await.map_err(|e| match e {
         // Its data key destroyed: the subject was erased.
         EngineError::Invalid(_) => ApiError::new(
@@ -216,6 +137,313 @@ pub(super) async fn get(
         other => other.into(),
     })?;
     Ok(Json(show(&view, &caller, &policy)))
+}
+
+/// Task `id` and its namespace's policy, if `caller` may read it. Otherwise the answer
+/// is 404, as for a task that does not exist, and the refusal is audited.
+async fn readable_task(
+    state: &ApiState,
+    caller: &Principal,
+    id: &str,
+    correlation: &CorrelationId,
+) -> Result<(TaskRow, NamespacePolicy), ApiError> {
+    let no_task = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such task");
+    if !valid_task_id(id) {
+        return Err(no_task());
+    }
+    let task = state.engine.task_row(id).await.map_err(|e| match e {
+        EngineError::NotFound(_) => no_task(),
+        other => other.into(),
+    })?;
+    let policy = state.engine.namespace_policy(&task.namespace).await?;
+    let own = task.created_by == caller.subject;
+    if let Err(refusal) = AccessPolicy::may_read(caller, &task.namespace, &policy, own) {
+        let event = NewEvent {
+            actor: format!("user:{}", caller.subject),
+            action: "task.read_denied".into(),
+            resource: format!("task/{id}"),
+            namespace: Some(task.namespace.clone()),
+            outcome: "denied".into(),
+            correlation_id: Some(correlation.0.clone()),
+            details: json!({ "code": refusal.code() }),
+            ..NewEvent::default()
+        };
+        record(state, &event).await;
+        return Err(no_task());
+    }
+    Ok((task, policy))
+}
+
+/// Task `id`, if `caller` may cancel it or retry its steps: readable (else 404) and its
+/// own, or in a namespace it manages (else 403, audited as `action`).
+async fn actionable_task(
+    state: &ApiState,
+    caller: &Principal,
+    id: &str,
+    action: &str,
+    correlation: &CorrelationId,
+) -> Result<TaskRow, ApiError> {
+    let (task, policy) = readable_task(state, caller, id, correlation).await?;
+    let own = task.created_by == caller.subject;
+    if let Err(refusal) = AccessPolicy::may_act_on_task(caller, &task.namespace, &policy, own) {
+        let resource = format!("task/{id}");
+        return Err(refuse(
+            state,
+            caller,
+            action,
+            resource,
+            &task.namespace,
+            &refusal,
+            correlation,
+        )
+        .await);
+    }
+    Ok(task)
+}
+
+/// Most tasks one page of `GET /v1/tasks` holds, and how many it holds unless asked.
+const MAX_PAGE: i64 = 100;
+const DEFAULT_PAGE: i64 = 20;
+
+/// The query of `GET /v1/tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    namespace: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    workflow: Option<String>,
+    #[serde(default)]
+    created_by: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// `GET /v1/tasks?namespace=…`: a page of the namespace's tasks, newest first, without
+/// their contexts (nothing is decrypted). A caller who may not read the namespace sees
+/// its own tasks only; asking for someone else's is refused and audited.
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Extension(correlation): Extension<CorrelationId>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let invalid = |what: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", what);
+    let Query(query) = query.map_err(|e| {
+        let about =
+            named_field(&e.body_text()).unwrap_or_else(|| "a parameter is malformed".into());
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            format!("the query is not a task listing: {about}"),
+        )
+    })?;
+    if !valid_name(&query.namespace) {
+        return Err(invalid("`namespace` is not a valid name"));
+    }
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<TaskStatus>().map_err(|_| {
+            invalid("`status`: pending, in_progress, complete, error or cancelled")
+        })?),
+    };
+    if query.workflow.as_deref().is_some_and(|w| !valid_name(w)) {
+        return Err(invalid("`workflow` is not a valid workflow name"));
+    }
+    if query
+        .created_by
+        .as_deref()
+        .is_some_and(|c| c.is_empty() || c.len() > 256)
+    {
+        return Err(invalid("`created_by` is not a subject"));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(invalid("`limit` must be between 1 and 100"));
+    }
+    let after = match query.cursor.as_deref() {
+        None => None,
+        Some(text) => Some(decode_cursor(text).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_cursor",
+                "`cursor` is not one this server issued",
+            )
+        })?),
+    };
+    let caller = state.access.effective(&identity.principal);
+    let policy = policy_or_default(&state, &query.namespace).await?;
+    let mut created_by = query.created_by;
+    if let Err(refusal) = AccessPolicy::may_read(&caller, &query.namespace, &policy, false) {
+        let others = created_by.as_deref().is_some_and(|c| c != caller.subject);
+        if others || matches!(refusal, Refusal::Suspended(_)) {
+            let resource = format!("namespace/{}", query.namespace);
+            return Err(refuse(
+                &state,
+                &caller,
+                "task.list_denied",
+                resource,
+                &query.namespace,
+                &refusal,
+                &correlation,
+            )
+            .await);
+        }
+        created_by = Some(caller.subject.clone());
+    }
+    let filter = TaskFilter {
+        status,
+        workflow: query.workflow,
+        created_by,
+    };
+    let namespace = query.namespace;
+    let mut rows = state
+        .engine
+        .read(async |tx| {
+            tx.list_tasks(&namespace, &filter, limit + 1, after.as_ref())
+                .await
+        })
+        .await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| {
+            rows.last()
+                .map(|last| encode_cursor(&TaskCursor::from(last)))
+        })
+        .flatten();
+    let items: Vec<Value> = rows.iter().map(summary).collect();
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+/// A task in a listing: what it is and where it is, no context.
+fn summary(task: &TaskRow) -> Value {
+    json!({
+        "id": task.id,
+        "namespace": task.namespace,
+        "workflow": task.workflow_name,
+        "version": task.workflow_version,
+        "status": task.status.as_str(),
+        "created_by": task.created_by,
+        "data_classification": task.classification,
+        "contains_pii": task.contains_pii,
+        "tags": serde_json::from_str::<Value>(&task.tags).unwrap_or(Value::Null),
+        "error_step": task.error_step,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "finished_at": task.finished_at,
+    })
+}
+
+/// A page cursor: the last task's creation time and id, opaque to clients.
+fn encode_cursor(cursor: &TaskCursor) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{}", cursor.created_at, cursor.id))
+}
+
+fn decode_cursor(text: &str) -> Option<TaskCursor> {
+    if text.len() > 128 {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (created_at, id) = text.split_once(':')?;
+    let created_at = created_at.parse().ok()?;
+    valid_task_id(id).then(|| TaskCursor {
+        created_at,
+        id: id.to_owned(),
+    })
+}
+
+/// `GET /v1/tasks/{id}/steps`: each step's status, attempts, timings and error (errors
+/// were redacted when recorded; results and attempt records stay sealed).
+pub(super) async fn steps(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Extension(correlation): Extension<CorrelationId>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = state.access.effective(&identity.principal);
+    readable_task(&state, &caller, &id, &correlation).await?;
+    let (steps, attempts) = state.engine.task_steps(&id).await?;
+    let steps: Vec<Value> = steps
+        .iter()
+        .map(|step| {
+            let tries: Vec<Value> = attempts
+                .iter()
+                .filter(|a| a.step == step.name)
+                .map(|a| {
+                    json!({
+                        "attempt": a.attempt,
+                        "worker": a.worker,
+                        "outcome": a.outcome,
+                        "started_at": a.started_at,
+                        "duration_ms": a.duration_ms,
+                    })
+                })
+                .collect();
+            json!({
+                "name": step.name,
+                "status": step.status.as_str(),
+                "depends_on": step.depends_on,
+                "attempts": step.attempts,
+                "next_run_at": step.next_run_at,
+                "started_at": step.started_at,
+                "finished_at": step.finished_at,
+                "error": step.error.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok()),
+                "history": tries,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "task_id": id, "steps": steps })))
+}
+
+/// `POST /v1/tasks/{id}/cancel`: the caller's own task, or any in a namespace it manages.
+pub(super) async fn cancel(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Extension(correlation): Extension<CorrelationId>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = state.access.effective(&identity.principal);
+    actionable_task(&state, &caller, &id, "task.cancel_denied", &correlation).await?;
+    let done = state
+        .engine
+        .cancel_task(&id, &format!("user:{}", caller.subject))
+        .await?;
+    Ok(Json(json!({
+        "id": done.id,
+        "status": TaskStatus::Cancelled.as_str(),
+        "steps_cancelled": done.steps_cancelled,
+        "audit_seq": done.audit_seq,
+    })))
+}
+
+/// `POST /v1/tasks/{id}/steps/{step}/retry`: retry the failed step of a failed task.
+pub(super) async fn retry(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Extension(correlation): Extension<CorrelationId>,
+    Path((id, step)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = state.access.effective(&identity.principal);
+    actionable_task(&state, &caller, &id, "step.retry_denied", &correlation).await?;
+    if !valid_name(&step) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such step",
+        ));
+    }
+    let done = state
+        .engine
+        .retry_step(&id, &step, &format!("user:{}", caller.subject))
+        .await?;
+    Ok(Json(
+        serde_json::to_value(&done).map_err(|e| EngineError::Internal(e.to_string()))?,
+    ))
 }
 
 /// Task ids are `task_` and hex; anything else is no task of ours.
@@ -259,26 +487,18 @@ async fn denied(
     body: &CreateBody,
     refusal: &Refusal,
     correlation: &CorrelationId,
-    now_ms: i64,
 ) -> ApiError {
-    let event = NewEvent {
-        actor: format!("user:{}", caller.subject),
-        action: "task.denied".into(),
-        resource: format!("workflow/{}.{}", body.namespace, body.name),
-        namespace: Some(body.namespace.clone()),
-        outcome: "denied".into(),
-        correlation_id: Some(correlation.0.clone()),
-        details: json!({ "code": refusal.code(), "roles": caller.roles }),
-        ..NewEvent::default()
-    };
-    record(state, &event, now_ms).await;
-    ApiError::new(StatusCode::FORBIDDEN, refusal.code(), refusal.to_string())
-}
-
-async fn record(state: &ApiState, event: &NewEvent, now_ms: i64) {
-    if let Err(e) = state.engine.record_event(event, now_ms).await {
-        tracing::error!(error = %e, action = %event.action, "recording a refusal failed");
-    }
+    let resource = format!("workflow/{}.{}", body.namespace, body.name);
+    refuse(
+        state,
+        caller,
+        "task.denied",
+        resource,
+        &body.namespace,
+        refusal,
+        correlation,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! the library's faces (`sandbox`, `engine`, `audit`, `crypto`, `store`); they never print
 //! secrets, key material or unredacted guest output.
 
+mod client;
 mod ops;
 mod secrets;
 mod serve;
@@ -12,6 +13,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub use client::{
+    ClientArgs, ModuleCommand, ModulePushArgs, TaskCommand, TaskIdArgs, TaskListArgs,
+    TaskSubmitArgs, TaskWaitArgs, WorkflowApplyArgs, WorkflowCommand,
+};
 pub use ops::{AuditCommand, DataArgs, KeysCommand, WorkerArgs};
 pub use secrets::{SecretSetArgs, SecretsCommand};
 pub use serve::ServeArgs;
@@ -49,6 +54,15 @@ pub enum Command {
     Secrets(SecretsCommand),
     /// Mint a development token with the data directory's key (the last line printed).
     Token(TokenArgs),
+    /// Upload components to a running server.
+    #[command(subcommand)]
+    Module(ModuleCommand),
+    /// Apply workflow definitions on a running server.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+    /// Submit, read, list and follow tasks on a running server.
+    #[command(subcommand)]
+    Task(TaskCommand),
 }
 
 /// `stepbox step …`
@@ -75,6 +89,9 @@ pub enum CliError {
     /// The component was refused.
     #[error("component refused: {0}")]
     Load(#[from] crate::sandbox::LoadError),
+    /// The server could not be reached, or its answer not read.
+    #[error("{0}")]
+    Http(String),
     /// The sandbox could not start.
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
@@ -91,6 +108,9 @@ impl Cli {
             Command::Audit(command) => ops::audit(command).await,
             Command::Secrets(command) => secrets::run(command).await,
             Command::Token(args) => token::run(args),
+            Command::Module(command) => client::module(command).await,
+            Command::Workflow(command) => client::workflow(command).await,
+            Command::Task(command) => client::task(command).await,
         }
     }
 }

@@ -103,6 +103,26 @@ pub struct CreatedTask {
     pub audit_seq: i64,
 }
 
+/// The id of the trusted key of `policy` under which `signature` verifies over `digest`.
+fn trusted_signer(
+    policy: &NamespacePolicy,
+    digest: &[u8],
+    signature: &[u8],
+) -> Result<String, EngineError> {
+    let untrusted =
+        || EngineError::Untrusted("the signature does not verify under any trusted key".into());
+    let signature = ed25519_dalek::Signature::from_slice(signature).map_err(|_| untrusted())?;
+    policy
+        .trusted_keys
+        .iter()
+        .find(|(_, key)| {
+            crate::policy::trusted_key(key)
+                .is_some_and(|key| key.verify_strict(digest, &signature).is_ok())
+        })
+        .map(|(id, _)| id.clone())
+        .ok_or_else(untrusted)
+}
+
 fn versioned_key(namespace: &str, name: &str, version: &str) -> String {
     format!("{namespace}/{name}@{version}")
 }
@@ -266,13 +286,31 @@ impl Engine {
         })
     }
 
-    /// Upload a module (validated by the sandbox) into a namespace. Immutable per version.
+    /// Upload an unsigned module (validated by the sandbox) into a namespace. Immutable
+    /// per version. See [`Engine::register_signed_module`].
     pub async fn register_module(
         &self,
         namespace: &str,
         name: &str,
         version: &str,
         wasm: &[u8],
+        uploader: &str,
+    ) -> Result<String, EngineError> {
+        self.register_signed_module(namespace, name, version, wasm, None, uploader)
+            .await
+    }
+
+    /// Upload a module with an optional Ed25519 `signature` over its SHA-256 digest. A
+    /// signature must verify under one of the namespace's trusted keys (a signature that
+    /// does not is refused, never stored as if unsigned); a namespace with
+    /// `require_signed_modules` refuses unsigned uploads. Returns the hex digest.
+    pub async fn register_signed_module(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: &str,
+        wasm: &[u8],
+        signature: Option<&[u8]>,
         uploader: &str,
     ) -> Result<String, EngineError> {
         if !super::valid_name(name) || !super::valid_version(version) {
@@ -285,10 +323,20 @@ impl Engine {
             .sandbox
             .load(wasm)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let digest = hex::encode(Sha256::digest(wasm));
+        let hash = Sha256::digest(wasm);
+        let digest = hex::encode(hash);
         let now = self.now();
         let mut tx = self.inner.store.begin().await?;
-        Self::policy(&mut tx, namespace).await?;
+        let policy = Self::policy(&mut tx, namespace).await?;
+        let signed_by = match signature {
+            Some(signature) => Some(trusted_signer(&policy, &hash, signature)?),
+            None if policy.require_signed_modules => {
+                return Err(EngineError::Untrusted(format!(
+                    "namespace `{namespace}` accepts only modules signed by a trusted key"
+                )));
+            }
+            None => None,
+        };
         tx.insert_module(&ModuleRow {
             digest: digest.clone(),
             namespace: namespace.to_owned(),
@@ -297,7 +345,7 @@ impl Engine {
             bytes: wasm.to_vec(),
             size: wasm.len() as i64,
             uploader: uploader.to_owned(),
-            signature: None,
+            signature: signature.map(<[u8]>::to_vec),
             created_at: now,
         })
         .await?;
@@ -307,7 +355,7 @@ impl Engine {
             resource: format!("module/{namespace}/{name}@{version}"),
             namespace: Some(namespace.to_owned()),
             outcome: "success".into(),
-            details: json!({ "digest": digest, "size": wasm.len() }),
+            details: json!({ "digest": digest, "size": wasm.len(), "signed_by": signed_by }),
             ..NewEvent::default()
         };
         audit::record(&mut tx, &event, now).await?;

@@ -255,10 +255,14 @@ fn name(what: &'static str, name: &str) -> Result<(), DefinitionError> {
 }
 
 impl WorkflowDef {
-    /// Parse and check a JSON definition.
+    /// Parse and check a definition: JSON when the text opens with `{`, YAML otherwise.
+    /// Both reject unknown fields; the stored form is always the canonical JSON.
     pub fn parse(text: &str) -> Result<(Self, FieldClasses), DefinitionError> {
-        let def: Self =
-            serde_json::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?;
+        let def: Self = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?
+        } else {
+            yaml_serde::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))?
+        };
         let classes = def.check()?;
         Ok((def, classes))
     }
@@ -449,6 +453,62 @@ mod tests {
 
     fn check(def: serde_json::Value) -> Result<(WorkflowDef, FieldClasses), DefinitionError> {
         WorkflowDef::parse(&def.to_string())
+    }
+
+    const REFUND_YAML: &str = r#"
+# The refund workflow as a step author would write it.
+namespace: customer_success
+name: process_refund
+version: 1.0.0
+input_schema:
+  type: object
+  properties:
+    customer_email: { type: string, x-data-classification: pii-contact, x-data-subject: true }
+    refund_amount: { type: number, x-data-classification: financial }
+steps:
+  - name: validate
+    module: validate_refund_request@0.1.0
+    reads: [refund_amount]
+    clearance: confidential
+  - { name: approve, module: get_manager_approval@0.1.0, depends_on: [validate] }
+  - name: execute
+    module: execute_refund@0.1.0
+    depends_on: [approve]
+    retry: { max_attempts: 5 }
+  - name: notify
+    module: notify_customer@0.1.0
+    depends_on: [execute]
+    reads: [customer_email]
+    secrets: [NOTIFY_API_KEY]
+    hosts: ["https://notify.example.com"]
+"#;
+
+    #[test]
+    fn a_yaml_definition_means_the_same_as_its_json() {
+        let (from_yaml, yaml_classes) = WorkflowDef::parse(REFUND_YAML).unwrap();
+        let (from_json, _) = check(refund()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&from_yaml).unwrap(),
+            serde_json::to_value(&from_json).unwrap()
+        );
+        assert_eq!(yaml_classes.subject_field(), Some("customer_email"));
+    }
+
+    #[test]
+    fn a_yaml_definition_is_refused_with_the_same_precision() {
+        let unknown = REFUND_YAML.replace("    clearance: confidential", "    colour: red");
+        let err = WorkflowDef::parse(&unknown).unwrap_err().to_string();
+        assert!(err.contains("unknown field `colour`"), "{err}");
+        let cycle = REFUND_YAML.replace(
+            "  - name: validate\n",
+            "  - name: validate\n    depends_on: [notify]\n",
+        );
+        assert!(matches!(
+            WorkflowDef::parse(&cycle),
+            Err(DefinitionError::Cycle(_))
+        ));
+        let err = WorkflowDef::parse("steps: [unclosed").unwrap_err();
+        assert!(matches!(err, DefinitionError::Parse(_)), "{err}");
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub enum EngineError {
     /// Policy refused it (already audited).
     #[error("denied: {0}")]
     Denied(String),
+    /// A module's signature is missing where the namespace requires one, or no trusted
+    /// key of the namespace verifies it.
+    #[error("untrusted module: {0}")]
+    Untrusted(String),
     /// It clashes with existing state (an immutable version, a lost lease).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -66,6 +70,7 @@ impl EngineError {
             Self::NotFound(what) => Self::NotFound(what.clone()),
             Self::Invalid(what) => Self::Invalid(what.clone()),
             Self::Denied(what) => Self::Denied(what.clone()),
+            Self::Untrusted(what) => Self::Untrusted(what.clone()),
             Self::Conflict(what) => Self::Conflict(what.clone()),
             Self::Unavailable(what) => Self::Unavailable(what.clone()),
             Self::Crypto(e) => Self::Internal(e.to_string()),

@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::EngineError;
+use super::WorkflowDef;
 use super::core::Engine;
 use super::data::context_aad;
 use crate::classify::{DataClass, REDACTED, classify_context};
 use crate::policy::Principal;
-use crate::store::{TaskRow, TaskStatus};
+use crate::store::{AttemptRow, StepRow, StoreError, TaskRow, TaskStatus, Tx, WorkflowRow};
 
 /// A stored task with its context opened. Holds PII: redact before showing it
 /// ([`TaskView::redacted_context`]).
@@ -146,6 +147,51 @@ impl Engine {
             context,
             fields,
         })
+    }
+
+    /// One read transaction around `work`: for the API's listings and lookups, which
+    /// read rows the API may show as they are (no ciphertext is opened here).
+    pub async fn read<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, EngineError> {
+        let mut tx = self.inner.store.begin_read().await?;
+        let value = work(&mut tx).await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
+    /// Task `task_id`'s steps and every attempt at them, rows as stored: results and
+    /// attempt records stay sealed; errors were redacted when they were recorded.
+    pub async fn task_steps(
+        &self,
+        task_id: &str,
+    ) -> Result<(Vec<StepRow>, Vec<AttemptRow>), EngineError> {
+        self.read(async |tx| {
+            Ok((
+                tx.get_steps(task_id).await?,
+                tx.get_attempts(task_id).await?,
+            ))
+        })
+        .await
+    }
+
+    /// The workflow `namespace.name` at `version`, or its latest version, parsed.
+    pub async fn workflow_definition(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(WorkflowDef, WorkflowRow), EngineError> {
+        let row = self
+            .read(async |tx| match version {
+                Some(version) => tx.get_workflow(namespace, name, version).await,
+                None => tx.latest_workflow(namespace, name).await,
+            })
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("workflow {namespace}.{name}")))?;
+        let (def, _) = WorkflowDef::parse(&row.definition)?;
+        Ok((def, row))
     }
 
     /// Namespace `namespace`'s policy as it is now.

@@ -6,7 +6,8 @@
 //! any of its workflows that is not sensitive, `NS.WORKFLOW:execute` creates tasks of that
 //! one workflow (the only grant a sensitive workflow accepts, and only with a fresh MFA
 //! claim), `NS:manage` uploads modules, applies workflows and acts on anyone's tasks,
-//! `NS:pii:read` shows PII fields in responses. The role `admin` holds every permission.
+//! `NS:pii:read` shows PII fields in responses. No role is special: `admin` holds what
+//! the policy file grants it, like any other.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,6 +58,12 @@ pub enum Refusal {
     /// The caller may not read the namespace.
     #[error("you may not read namespace `{0}`")]
     NoRead(String),
+    /// The caller does not manage the namespace.
+    #[error("you do not manage namespace `{0}`: it needs `{0}:manage`")]
+    NotManager(String),
+    /// Only the task's creator or a manager of its namespace may act on it.
+    #[error("only the task's creator or a manager of `{0}` may do that")]
+    NotOwner(String),
     /// The namespace has suspended the caller.
     #[error("you are suspended in namespace `{0}`")]
     Suspended(String),
@@ -71,6 +78,8 @@ impl Refusal {
             Self::MfaRequired(_) => "mfa_required",
             Self::MfaTooOld { .. } => "mfa_too_old",
             Self::NoRead(_) => "read_denied",
+            Self::NotManager(_) => "manage_denied",
+            Self::NotOwner(_) => "not_task_owner",
             Self::Suspended(_) => "suspended",
         }
     }
@@ -156,6 +165,38 @@ impl AccessPolicy {
             return Ok(());
         }
         Err(Refusal::NoRead(namespace.to_owned()))
+    }
+
+    /// May `caller` upload modules to and apply workflows in `namespace`?
+    pub fn may_manage(
+        caller: &Principal,
+        namespace: &str,
+        policy: &NamespacePolicy,
+    ) -> Result<(), Refusal> {
+        if policy.suspended_subjects.contains(&caller.subject) {
+            return Err(Refusal::Suspended(namespace.to_owned()));
+        }
+        if manages(caller, namespace, policy) {
+            return Ok(());
+        }
+        Err(Refusal::NotManager(namespace.to_owned()))
+    }
+
+    /// May `caller` cancel a task of `namespace`, or retry its failed step? Its own
+    /// (`own`), or any if it manages the namespace.
+    pub fn may_act_on_task(
+        caller: &Principal,
+        namespace: &str,
+        policy: &NamespacePolicy,
+        own: bool,
+    ) -> Result<(), Refusal> {
+        if policy.suspended_subjects.contains(&caller.subject) {
+            return Err(Refusal::Suspended(namespace.to_owned()));
+        }
+        if own || manages(caller, namespace, policy) {
+            return Ok(());
+        }
+        Err(Refusal::NotOwner(namespace.to_owned()))
     }
 
     /// Does `caller` see PII fields of `namespace`'s tasks unredacted?
@@ -373,6 +414,54 @@ mod tests {
                 .map_err(|r| r.code()),
             Err("suspended"),
             "not even its own tasks"
+        );
+    }
+
+    #[test]
+    fn managing_needs_the_manage_permission_and_acting_on_a_task_ownership_or_manage() {
+        let ns = "customer_success";
+        let agent = caller(&["customer_success_agent"], &[]);
+        let manager = caller(&["auditor"], &["customer_success:manage"]);
+        let open = NamespacePolicy::default();
+        let code = |r: Result<(), Refusal>| r.map_err(|r| r.code());
+        assert_eq!(
+            code(AccessPolicy::may_manage(&agent, ns, &open)),
+            Err("manage_denied")
+        );
+        assert_eq!(code(AccessPolicy::may_manage(&manager, ns, &open)), Ok(()));
+        assert_eq!(
+            code(AccessPolicy::may_manage(&manager, "payments", &open)),
+            Err("manage_denied"),
+            "managing one namespace is not managing another"
+        );
+        assert_eq!(
+            code(AccessPolicy::may_act_on_task(&agent, ns, &open, false)),
+            Err("not_task_owner")
+        );
+        assert_eq!(
+            code(AccessPolicy::may_act_on_task(&agent, ns, &open, true)),
+            Ok(())
+        );
+        assert_eq!(
+            code(AccessPolicy::may_act_on_task(&manager, ns, &open, false)),
+            Ok(())
+        );
+
+        let revoked = NamespacePolicy {
+            revoked_permissions: ["customer_success:manage".to_owned()].into(),
+            ..NamespacePolicy::default()
+        };
+        assert_eq!(
+            code(AccessPolicy::may_manage(&manager, ns, &revoked)),
+            Err("manage_denied")
+        );
+        let suspended = NamespacePolicy {
+            suspended_subjects: ["user_123".to_owned()].into(),
+            ..NamespacePolicy::default()
+        };
+        assert_eq!(
+            code(AccessPolicy::may_act_on_task(&agent, ns, &suspended, true)),
+            Err("suspended")
         );
     }
 

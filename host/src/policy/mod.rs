@@ -4,7 +4,7 @@
 
 mod access;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use access::{AccessPolicy, DEFAULT_MFA_MAX_AGE_SECS, Refusal, manages};
 
@@ -45,6 +45,11 @@ pub struct NamespacePolicy {
     /// How old an MFA claim may be for a sensitive workflow, seconds; unset:
     /// [`DEFAULT_MFA_MAX_AGE_SECS`].
     pub mfa_max_age_secs: Option<i64>,
+    /// Ed25519 public keys (hex, 32 bytes) by key id, whose signatures over a module's
+    /// SHA-256 digest this namespace trusts.
+    pub trusted_keys: BTreeMap<String, String>,
+    /// Refuse module uploads that no trusted key signed.
+    pub require_signed_modules: bool,
 }
 
 /// Why a permission check failed.
@@ -78,6 +83,18 @@ impl NamespacePolicy {
                 "sensitive_workflows: `{bad}` is not a workflow name"
             ));
         }
+        if let Some((id, _)) = self
+            .trusted_keys
+            .iter()
+            .find(|(id, key)| !crate::engine::valid_name(id) || trusted_key(key).is_none())
+        {
+            return Err(format!(
+                "trusted_keys: `{id}` is not a key id with a hex Ed25519 public key"
+            ));
+        }
+        if self.require_signed_modules && self.trusted_keys.is_empty() {
+            return Err("require_signed_modules needs at least one trusted key".into());
+        }
         if let Some(age) = self.mfa_max_age_secs
             && !(1..=MAX_MFA_MAX_AGE_SECS).contains(&age)
         {
@@ -101,6 +118,12 @@ impl NamespacePolicy {
         }
         Ok(())
     }
+}
+
+/// A trusted key's hex text as an Ed25519 verifying key, if it is one.
+pub fn trusted_key(hex_text: &str) -> Option<ed25519_dalek::VerifyingKey> {
+    let bytes: [u8; 32] = hex::decode(hex_text).ok()?.try_into().ok()?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
 }
 
 #[cfg(test)]

@@ -38,11 +38,11 @@ pub use backend::{SQLITE_BUSY_TIMEOUT, Tx};
 pub use claim::{ClaimedStep, Completion};
 pub use error::StoreError;
 pub use keys::{DataKeyRow, SubjectRow};
-pub use modules::ModuleRow;
+pub use modules::{ModuleInfo, ModuleRow};
 pub use namespaces::NamespaceRow;
 pub use secrets::SecretRow;
 pub use steps::{AttemptRow, StepRow, StepStatus};
-pub use tasks::{TaskCursor, TaskRow, TaskStatus};
+pub use tasks::{TaskCursor, TaskFilter, TaskRow, TaskStatus};
 pub use url::{DEFAULT_SQLITE_FILE, DatabaseUrl};
 pub use workflows::WorkflowRow;
 

@@ -1,4 +1,5 @@
-//! Modules: uploaded WASM components, stored by SHA-256 digest and immutable once stored.
+//! Modules: uploaded WASM components, one per `namespace/name@version`, immutable once
+//! stored; each keeps the SHA-256 digest of its bytes.
 
 use super::backend::with_conn;
 use super::error::Context;
@@ -13,7 +14,7 @@ macro_rules! columns {
 /// A module as stored.
 #[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ModuleRow {
-    /// Hex SHA-256 of `bytes`; the primary key, so identical bytes are stored once.
+    /// Hex SHA-256 of `bytes`.
     pub digest: String,
     /// The owning namespace.
     pub namespace: String,
@@ -49,8 +50,44 @@ impl std::fmt::Debug for ModuleRow {
     }
 }
 
+/// A module without its bytes: what listings show.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct ModuleInfo {
+    /// Hex SHA-256 of the component.
+    pub digest: String,
+    /// The owning namespace.
+    pub namespace: String,
+    /// The module's name within the namespace.
+    pub name: String,
+    /// Its semver version.
+    pub version: String,
+    /// The component's size in bytes.
+    pub size: i64,
+    /// Who uploaded it.
+    pub uploader: String,
+    /// Whether the upload carried a signature a trusted key verified.
+    pub signed: bool,
+    /// When it was uploaded, unix ms.
+    pub created_at: i64,
+}
+
+impl From<&ModuleRow> for ModuleInfo {
+    fn from(module: &ModuleRow) -> Self {
+        Self {
+            digest: module.digest.clone(),
+            namespace: module.namespace.clone(),
+            name: module.name.clone(),
+            version: module.version.clone(),
+            size: module.size,
+            uploader: module.uploader.clone(),
+            signed: module.signature.is_some(),
+            created_at: module.created_at,
+        }
+    }
+}
+
 impl Tx<'_> {
-    /// Stores a module. `Conflict` if its digest or its `namespace/name@version` is taken:
+    /// Stores a module. `Conflict` if its `namespace/name@version` is taken:
     /// modules are immutable. `NotFound` if the namespace does not exist.
     pub async fn insert_module(&mut self, module: &ModuleRow) -> Result<(), StoreError> {
         with_conn!(self, |conn| {
@@ -99,15 +136,18 @@ impl Tx<'_> {
         .ctx("get module")
     }
 
-    /// The module whose bytes hash to `digest`, if any.
-    pub async fn get_module_by_digest(
-        &mut self,
-        digest: &str,
-    ) -> Result<Option<ModuleRow>, StoreError> {
-        const SQL: &str = concat!("SELECT ", columns!(), " FROM modules WHERE digest = $1");
+    /// Every module of `namespace` without its bytes, by name then upload time.
+    pub async fn list_modules(&mut self, namespace: &str) -> Result<Vec<ModuleInfo>, StoreError> {
         with_conn!(self, |conn| {
-            sqlx::query_as(SQL).bind(digest).fetch_optional(conn).await
+            sqlx::query_as(
+                "SELECT digest, namespace, name, version, size, uploader,
+                        signature IS NOT NULL AS signed, created_at
+                 FROM modules WHERE namespace = $1 ORDER BY name, created_at",
+            )
+            .bind(namespace)
+            .fetch_all(conn)
+            .await
         })
-        .ctx("get module by digest")
+        .ctx("list modules")
     }
 }

@@ -150,6 +150,17 @@ pub struct TaskCursor {
     pub id: String,
 }
 
+/// Which tasks a listing shows; every field unset shows all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    /// Only tasks in this status.
+    pub status: Option<TaskStatus>,
+    /// Only tasks of this workflow (name).
+    pub workflow: Option<String>,
+    /// Only tasks this subject created.
+    pub created_by: Option<String>,
+}
+
 impl From<&TaskRow> for TaskCursor {
     fn from(task: &TaskRow) -> Self {
         Self {
@@ -306,42 +317,39 @@ impl Tx<'_> {
         }
     }
 
-    /// Up to `limit` tasks of `namespace`, newest first, after `after` (the last task of
-    /// the previous page; `None` for the first page).
+    /// Up to `limit` tasks of `namespace` that pass `filter`, newest first, after `after`
+    /// (the last task of the previous page; `None` for the first page). One statement:
+    /// an unset filter field is a NULL parameter that matches every row.
     pub async fn list_tasks(
         &mut self,
         namespace: &str,
+        filter: &TaskFilter,
         limit: i64,
         after: Option<&TaskCursor>,
     ) -> Result<Vec<TaskRow>, StoreError> {
-        match after {
-            None => with_conn!(self, |conn| {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    columns!(),
-                    " FROM tasks WHERE namespace = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
-                ))
+        const SQL: &str = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM tasks WHERE namespace = $1
+                AND ($2 IS NULL OR status = $2)
+                AND ($3 IS NULL OR workflow_name = $3)
+                AND ($4 IS NULL OR created_by = $4)
+                AND ($5 IS NULL OR created_at < $5 OR (created_at = $5 AND id < $6))
+              ORDER BY created_at DESC, id DESC LIMIT $7"
+        );
+        let status = filter.status.map(TaskStatus::as_str);
+        with_conn!(self, |conn| {
+            sqlx::query_as(SQL)
                 .bind(namespace)
+                .bind(status)
+                .bind(filter.workflow.as_deref())
+                .bind(filter.created_by.as_deref())
+                .bind(after.map(|c| c.created_at))
+                .bind(after.map(|c| c.id.as_str()))
                 .bind(limit)
                 .fetch_all(conn)
                 .await
-            }),
-            Some(cursor) => with_conn!(self, |conn| {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    columns!(),
-                    " FROM tasks WHERE namespace = $1
-                        AND (created_at < $2 OR (created_at = $2 AND id < $3))
-                      ORDER BY created_at DESC, id DESC LIMIT $4"
-                ))
-                .bind(namespace)
-                .bind(cursor.created_at)
-                .bind(&cursor.id)
-                .bind(limit)
-                .fetch_all(conn)
-                .await
-            }),
-        }
+        })
         .ctx("list tasks")
     }
 

@@ -2,7 +2,8 @@
 
 use super::{NOW, both, seed_task, seed_workflow, task, workflow, write};
 use crate::store::{
-    AttemptRow, ModuleRow, NamespaceRow, StepRow, StepStatus, StoreError, TaskCursor, TaskStatus,
+    AttemptRow, ModuleInfo, ModuleRow, NamespaceRow, StepRow, StepStatus, StoreError, TaskCursor,
+    TaskFilter, TaskStatus,
 };
 
 fn module(digest: &str, version: &str) -> ModuleRow {
@@ -67,23 +68,51 @@ async fn modules_round_trip_and_are_immutable() {
             .await
             .expect("get");
         assert_eq!(by_name.as_ref(), Some(&stored));
-        let by_digest = tx.get_module_by_digest("sha256_a").await.expect("get");
-        assert_eq!(by_digest.as_ref(), Some(&stored));
         assert_eq!(
             tx.get_module("payments", "validate", "2.0.0")
                 .await
                 .expect("get"),
             None
         );
+        let listed = tx.list_modules("payments").await.expect("list");
+        assert_eq!(
+            listed,
+            [ModuleInfo {
+                digest: "sha256_a".to_owned(),
+                namespace: "payments".to_owned(),
+                name: "validate".to_owned(),
+                version: "1.0.0".to_owned(),
+                size: 8,
+                uploader: "user_1".to_owned(),
+                signed: true,
+                created_at: NOW,
+            }]
+        );
+        assert!(tx.list_modules("other").await.expect("list").is_empty());
         drop(tx);
 
-        // Same digest, or same namespace/name@version with other bytes: both conflict.
+        // The same namespace/name@version again, with the same or other bytes: a
+        // conflict, modules are immutable.
         for again in [stored.clone(), module("sha256_b", "1.0.0")] {
             let err = write(&store, async |tx| tx.insert_module(&again).await)
                 .await
                 .expect_err("modules are immutable");
             assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
         }
+        // The same bytes as another version, or in another namespace: stored, each on
+        // its own (one namespace's upload says nothing about another's).
+        let mut same_bytes = module("sha256_a", "1.1.0");
+        write(&store, async |tx| tx.insert_module(&same_bytes).await)
+            .await
+            .expect("same bytes, another version");
+        same_bytes.namespace = "other".to_owned();
+        same_bytes.version = "1.0.0".to_owned();
+        write(&store, async |tx| {
+            tx.upsert_namespace("other", "{}", NOW).await?;
+            tx.insert_module(&same_bytes).await
+        })
+        .await
+        .expect("same bytes, another namespace");
         let mut orphan = module("sha256_c", "1.0.0");
         orphan.namespace = "nowhere".to_owned();
         let err = write(&store, async |tx| tx.insert_module(&orphan).await)
@@ -204,8 +233,12 @@ async fn tasks_list_newest_first_in_pages() {
         write(&store, async |tx| {
             for n in 0..5 {
                 // Two tasks share each millisecond, so the id breaks ties.
-                tx.insert_task(&task(&format!("task_{n}"), NOW + n / 2))
-                    .await?;
+                let mut row = task(&format!("task_{n}"), NOW + n / 2);
+                if n % 2 == 1 {
+                    row.created_by = "user_2".to_owned();
+                    row.status = TaskStatus::Complete;
+                }
+                tx.insert_task(&row).await?;
             }
             Ok(())
         })
@@ -216,7 +249,7 @@ async fn tasks_list_newest_first_in_pages() {
         let mut cursor: Option<TaskCursor> = None;
         loop {
             let page = tx
-                .list_tasks("payments", 2, cursor.as_ref())
+                .list_tasks("payments", &TaskFilter::default(), 2, cursor.as_ref())
                 .await
                 .expect("list");
             let Some(last) = page.last() else { break };
@@ -224,12 +257,37 @@ async fn tasks_list_newest_first_in_pages() {
             seen.extend(page.into_iter().map(|task| task.id));
         }
         assert_eq!(seen, ["task_4", "task_3", "task_2", "task_1", "task_0"]);
-        assert!(
-            tx.list_tasks("other", 10, None)
-                .await
-                .expect("list")
-                .is_empty()
-        );
+        let ids = |page: Vec<crate::store::TaskRow>| -> Vec<String> {
+            page.into_iter().map(|task| task.id).collect()
+        };
+        let by_user_2 = TaskFilter {
+            created_by: Some("user_2".to_owned()),
+            ..TaskFilter::default()
+        };
+        let page = tx.list_tasks("payments", &by_user_2, 10, None).await;
+        assert_eq!(ids(page.expect("list")), ["task_3", "task_1"]);
+        let pending_after_3 = TaskFilter {
+            status: Some(TaskStatus::Pending),
+            ..TaskFilter::default()
+        };
+        let cursor = TaskCursor {
+            created_at: NOW + 1,
+            id: "task_3".to_owned(),
+        };
+        let page = tx
+            .list_tasks("payments", &pending_after_3, 10, Some(&cursor))
+            .await;
+        assert_eq!(ids(page.expect("list")), ["task_2", "task_0"]);
+        let other_workflow = TaskFilter {
+            workflow: Some("payout".to_owned()),
+            ..TaskFilter::default()
+        };
+        let page = tx.list_tasks("payments", &other_workflow, 10, None).await;
+        assert!(page.expect("list").is_empty());
+        let page = tx
+            .list_tasks("other", &TaskFilter::default(), 10, None)
+            .await;
+        assert!(page.expect("list").is_empty());
     })
     .await;
 }
