@@ -15,3 +15,4 @@ mod refund;
 mod secrets;
 mod serve;
 mod support;
+mod tls;

@@ -10,6 +10,7 @@
 mod catalog;
 mod error;
 mod tasks;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use serde_json::{Value, json};
 
 pub use catalog::SIGNATURE_HEADER;
 pub use error::ApiError;
+pub use tls::{Tls, TlsError, serve_tls};
 
 use crate::audit::NewEvent;
 use crate::auth::{AuthError, Identity, Verifier};

@@ -44,10 +44,19 @@ pub struct ServeArgs {
     /// Where the data and keys live.
     #[command(flatten)]
     pub data: DataArgs,
-    /// Address to listen on (plain HTTP: put a TLS-terminating proxy in front of anything
-    /// but loopback).
+    /// Address to listen on. Without `--tls-cert` and `--tls-key` it must be a loopback
+    /// address, unless `--allow-plain-http` says a TLS-terminating proxy is in front.
     #[arg(long, env = "STEPBOX_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// TLS certificate chain (PEM, leaf first): serve HTTPS.
+    #[arg(long, env = "STEPBOX_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, env = "STEPBOX_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
+    #[arg(long)]
+    pub allow_plain_http: bool,
     /// Concurrent workers in this process.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
@@ -208,6 +217,21 @@ fn refund_workflow(endpoint: &str, origin: &str) -> String {
 }
 
 pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
+    // Transport first: a server that would be reachable in the clear is refused before
+    // anything is made.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(api::Tls::from_pem_files(cert, key).map_err(|e| CliError::Usage(e.to_string()))?)
+        }
+        _ if !args.listen.ip().is_loopback() && !args.allow_plain_http => {
+            return Err(CliError::Usage(format!(
+                "refusing to serve plain HTTP on {}: give --tls-cert and --tls-key, or \
+                 --allow-plain-http if a TLS-terminating proxy is in front",
+                args.listen
+            )));
+        }
+        _ => None,
+    };
     let dir = &args.data.data_dir;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let ring = key_ring(&args.data)?;
@@ -223,9 +247,9 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     );
     load_example(&engine, &args).await?;
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = std::net::TcpListener::bind(args.listen)
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    let local = listener.local_addr().unwrap_or(args.listen);
     let verifier = Verifier::new(dev_key.key_set(), DEV_ISSUER, DEV_AUDIENCE);
     let state = ApiState::new(engine.clone(), verifier).with_access(access);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -241,17 +265,27 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         tokio::spawn(async move { engine.work(&pool, stop).await })
     };
     eprintln!(
-        "stepbox serving http://{} ({} workers, {}); mint a token with: stepbox token --data-dir {} \
-         --sub user_123 --roles customer_success_agent --mfa",
-        listener.local_addr().unwrap_or(args.listen),
+        "stepbox serving {}://{local} ({} workers, {}); mint a token with: stepbox token \
+         --data-dir {} --sub user_123 --roles customer_success_agent --mfa",
+        if tls.is_some() { "https" } else { "http" },
         args.workers,
         store.url(),
         dir.display()
     );
     let mut shutdown = stop.clone();
-    let server = api::serve(listener, state, async move {
+    let shutdown = async move {
         let _ = shutdown.changed().await;
-    });
+    };
+    let server = async move {
+        match tls {
+            Some(tls) => api::serve_tls(listener, state, tls, shutdown).await,
+            None => {
+                listener.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                api::serve(listener, state, shutdown).await
+            }
+        }
+    };
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         let _ = stop_tx.send(true);
