@@ -4,7 +4,7 @@
 //! event, never a task, never a PII value in the answer.
 
 use serde_json::{Value, json};
-use stepbox::api::{self, ApiState};
+use stepbox::api::{self, ApiState, RateLimits};
 use stepbox::auth::{DEV_AUDIENCE, DEV_ISSUER, DevKey, DevTokenRequest, Verifier};
 use stepbox::engine::{Engine, ManualClock};
 use stepbox::policy::{AccessPolicy, NamespacePolicy};
@@ -49,6 +49,11 @@ fn access() -> AccessPolicy {
 /// The API over the refund setup of `engine::setup` (its last step calls `/switch`, two
 /// attempts), with the namespace's refund workflow sensitive. Roles: see [`access`].
 pub(crate) async fn start(url: &stepbox::store::DatabaseUrl) -> Api {
+    start_limited(url, RateLimits::default()).await
+}
+
+/// [`start`] with `limits`.
+pub(crate) async fn start_limited(url: &stepbox::store::DatabaseUrl, limits: RateLimits) -> Api {
     let notify = TestServer::start().await;
     let Setup {
         engine,
@@ -69,7 +74,9 @@ pub(crate) async fn start(url: &stepbox::store::DatabaseUrl) -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let state = ApiState::new(engine.clone(), verifier).with_access(access());
+    let state = ApiState::new(engine.clone(), verifier)
+        .with_access(access())
+        .with_rate_limits(limits);
     tokio::spawn(api::serve(listener, state, async {
         let _ = stopped.await;
     }));
@@ -634,4 +641,62 @@ async fn steps_show_progress_and_only_the_owner_or_a_manager_cancels_or_retries(
         );
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_client_gets_429_with_retry_after_and_others_are_still_served() {
+    let db = crate::engine::TestDb::sqlite();
+    let limits = RateLimits {
+        per_ip: std::num::NonZeroU32::new(20).unwrap(),
+        per_principal: std::num::NonZeroU32::new(3).unwrap(),
+    };
+    let api = start_limited(&db.url, limits).await;
+    let agent = token(&api, "user_123", &["customer_success_agent"], &[], true, 0);
+    let colleague = token(&api, "user_124", &["customer_success_agent"], &[], true, 0);
+    let path = format!("/v1/tasks?namespace={NS}");
+    // A burst of twice the rate, then refusals.
+    for n in 0..6 {
+        assert_eq!(get(&api, &agent, &path).await.0, 200, "request {n}");
+    }
+    for _ in 0..3 {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", api.base))
+            .bearer_auth(&agent)
+            .send()
+            .await
+            .unwrap();
+        let retry_after: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&retry_after), "{retry_after}");
+        let (status, problem) = answer(response).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (429, Some("rate_limited"))
+        );
+    }
+    assert_eq!(
+        get(&api, &colleague, &path).await.0,
+        200,
+        "another principal has its own budget"
+    );
+    let limited = events(&api.store, "api.rate_limited").await;
+    assert_eq!(limited.len(), 1, "audited once, not once per refusal");
+    assert_eq!(limited[0].0, "user:user_123");
+
+    // The address's own budget: guessed tokens are cut off before they are checked.
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(get(&api, "guessed.token.value", &path).await.0);
+    }
+    assert!(
+        statuses.contains(&401) && statuses.ends_with(&[429]),
+        "{statuses:?}"
+    );
+    let health = reqwest::get(format!("{}/health/live", api.base))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "health checks are not rate limited");
 }

@@ -17,6 +17,8 @@ pub struct ApiError {
     detail: String,
     /// `WWW-Authenticate` for 401s.
     challenge: Option<String>,
+    /// `Retry-After` seconds for 429s.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,6 +29,19 @@ impl ApiError {
             code,
             detail: detail.into(),
             challenge: None,
+            retry_after: None,
+        }
+    }
+
+    /// A 429: too many requests from one client; try again in `secs` seconds.
+    pub fn rate_limited(secs: u64) -> Self {
+        Self {
+            retry_after: Some(secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests; retry in {secs} s"),
+            )
         }
     }
 
@@ -54,6 +69,7 @@ impl From<AuthError> for ApiError {
             code: e.code(),
             detail: e.to_string(),
             challenge: Some(challenge),
+            retry_after: None,
         }
     }
 }
@@ -108,6 +124,9 @@ impl IntoResponse for ApiError {
         );
         if let Some(challenge) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

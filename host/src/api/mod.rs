@@ -9,6 +9,7 @@
 
 mod catalog;
 mod error;
+mod limits;
 mod tasks;
 mod tls;
 
@@ -25,6 +26,7 @@ use serde_json::{Value, json};
 
 pub use catalog::SIGNATURE_HEADER;
 pub use error::ApiError;
+pub use limits::RateLimits;
 pub use tls::{Tls, TlsError, serve_tls};
 
 use crate::audit::NewEvent;
@@ -49,6 +51,7 @@ pub struct ApiState {
     engine: Engine,
     verifier: Arc<Verifier>,
     access: Arc<AccessPolicy>,
+    limiter: Arc<limits::Limiter>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -68,7 +71,14 @@ impl ApiState {
             engine,
             verifier: Arc::new(verifier),
             access: Arc::new(AccessPolicy::default()),
+            limiter: Arc::new(limits::Limiter::new(RateLimits::default())),
         }
+    }
+
+    /// The same API with other rate limits than [`RateLimits::default`].
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
+        self.limiter = Arc::new(limits::Limiter::new(limits));
+        self
     }
 
     /// The same API with `access` saying which permissions each role grants.
@@ -112,7 +122,9 @@ pub fn router(state: ApiState) -> Router {
             "/workflows/{namespace}/{name}/{version}",
             get(catalog::get_workflow_version),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // Outside the token check: an address is limited before its tokens are looked at.
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit_address));
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -227,6 +239,10 @@ async fn require_token(
         .and_then(|token| state.verifier.verify(token, now_ms.div_euclid(1000)));
     match verified {
         Ok(identity) => {
+            let subject = identity.principal.subject.clone();
+            if let Err(limited) = state.limiter.check_principal(&subject) {
+                return rate_limited(&state, &request, &format!("user:{subject}"), limited).await;
+            }
             request.extensions_mut().insert(identity);
             next.run(request).await
         }
@@ -237,6 +253,43 @@ async fn require_token(
             }
             ApiError::from(refusal).into_response()
         }
+    }
+}
+
+/// Every `/v1` request counts against its client address's budget.
+async fn limit_address(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    if let Some(ip) = ip
+        && let Err(limited) = state.limiter.check_ip(ip)
+    {
+        return rate_limited(&state, &request, "anonymous", limited).await;
+    }
+    next.run(request).await
+}
+
+/// A 429 with `Retry-After`, audited if it is the key's first refusal in a while. The
+/// event is made before anything is awaited: a request is not `Sync`.
+fn rate_limited(
+    state: &ApiState,
+    request: &Request,
+    actor: &str,
+    limited: limits::Limited,
+) -> impl std::future::Future<Output = Response> + Send + 'static {
+    let secs = limits::retry_after_secs(limited.retry_after);
+    let event = limited.audit.then(|| {
+        let mut event = client_event(request, "api.rate_limited", actor);
+        event.details["retry_after_secs"] = json!(secs);
+        event
+    });
+    let state = state.clone();
+    async move {
+        if let Some(event) = event {
+            record(&state, &event).await;
+        }
+        ApiError::rate_limited(secs).into_response()
     }
 }
 
@@ -256,6 +309,13 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
 
 /// The event of a refused token: why, from where, with what client — never the token.
 fn refusal_event(request: &Request, refusal: &AuthError) -> NewEvent {
+    let mut event = client_event(request, "auth.failed", "anonymous");
+    event.details["code"] = json!(refusal.code());
+    event
+}
+
+/// A denied event about `request`: its path, method, client address and user agent.
+fn client_event(request: &Request, action: &str, actor: &str) -> NewEvent {
     let ip = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -266,8 +326,8 @@ fn refusal_event(request: &Request, refusal: &AuthError) -> NewEvent {
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(MAX_USER_AGENT).collect::<String>());
     NewEvent {
-        actor: "anonymous".into(),
-        action: "auth.failed".into(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
         // Inside `/v1` the router sees the path without its prefix: use the original.
         resource: format!(
             "api{}",
@@ -282,7 +342,6 @@ fn refusal_event(request: &Request, refusal: &AuthError) -> NewEvent {
             .get::<CorrelationId>()
             .map(|c| c.0.clone()),
         details: json!({
-            "code": refusal.code(),
             "method": request.method().as_str(),
             "ip": ip,
             "user_agent": user_agent,

@@ -57,6 +57,12 @@ pub struct ServeArgs {
     /// Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
     #[arg(long)]
     pub allow_plain_http: bool,
+    /// Requests per second each client address may make (bursts of twice that).
+    #[arg(long, env = "STEPBOX_RATE_LIMIT_IP", default_value_t = api::RateLimits::default().per_ip)]
+    pub rate_limit_ip: std::num::NonZeroU32,
+    /// Requests per second each principal may make (bursts of twice that).
+    #[arg(long, env = "STEPBOX_RATE_LIMIT_PRINCIPAL", default_value_t = api::RateLimits::default().per_principal)]
+    pub rate_limit_principal: std::num::NonZeroU32,
     /// Concurrent workers in this process.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
@@ -251,7 +257,12 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
     let local = listener.local_addr().unwrap_or(args.listen);
     let verifier = Verifier::new(dev_key.key_set(), DEV_ISSUER, DEV_AUDIENCE);
-    let state = ApiState::new(engine.clone(), verifier).with_access(access);
+    let state = ApiState::new(engine.clone(), verifier)
+        .with_access(access)
+        .with_rate_limits(api::RateLimits {
+            per_ip: args.rate_limit_ip,
+            per_principal: args.rate_limit_principal,
+        });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let pool = WorkerPool {
         workers: args.workers,
