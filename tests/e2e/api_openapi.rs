@@ -1,5 +1,6 @@
 //! `/v1/openapi.json` describes the API that answers: it is served without a token, and
 //! every operation it documents is routed (no `no_route`, no 405) on a real server.
+//! `/metrics` counts what was answered, for holders of `metrics:read` only.
 
 use serde_json::Value;
 
@@ -57,5 +58,54 @@ async fn every_documented_operation_is_served() {
             assert_ne!(body["code"], "no_route", "{method} {path}");
         }
     }
-    assert_eq!(operations, 17, "the document covers every route");
+    assert_eq!(operations, 18, "the document covers every route");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_answers_and_are_shown_only_with_the_permission() {
+    let db = TestDb::sqlite();
+    let api = start(&db.url).await;
+    let agent = token(&api, "user_123", &["customer_success_agent"], &[], true, 0);
+    let scraper = token(&api, "prometheus", &[], &["metrics:read"], false, 0);
+    let client = reqwest::Client::new();
+    let metrics = format!("{}/metrics", api.base);
+    let (status, problem) = answer(
+        client
+            .get(&metrics)
+            .bearer_auth(&agent)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("permission_denied"))
+    );
+    let anonymous = client.get(&metrics).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let text = client
+        .get(&metrics)
+        .bearer_auth(&scraper)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"stepbox_http_requests_total{method="GET",status="403"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"stepbox_http_requests_total{method="GET",status="401"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("stepbox_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(!text.contains("user_123"), "no subject in labels");
+    let denied = crate::api_tasks::events(&api.store, "metrics.denied").await;
+    assert_eq!(denied.len(), 1);
 }

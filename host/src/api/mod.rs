@@ -10,6 +10,7 @@
 mod catalog;
 mod error;
 mod limits;
+mod metrics;
 mod tasks;
 mod tls;
 
@@ -27,6 +28,7 @@ use serde_json::{Value, json};
 pub use catalog::SIGNATURE_HEADER;
 pub use error::ApiError;
 pub use limits::RateLimits;
+pub use metrics::METRICS_PERMISSION;
 pub use tls::{Tls, TlsError, serve_tls};
 
 use crate::audit::NewEvent;
@@ -52,6 +54,7 @@ pub struct ApiState {
     verifier: Arc<Verifier>,
     access: Arc<AccessPolicy>,
     limiter: Arc<limits::Limiter>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -72,6 +75,7 @@ impl ApiState {
             verifier: Arc::new(verifier),
             access: Arc::new(AccessPolicy::default()),
             limiter: Arc::new(limits::Limiter::new(RateLimits::default())),
+            metrics: Arc::new(metrics::Metrics::new()),
         }
     }
 
@@ -131,9 +135,16 @@ pub fn router(state: ApiState) -> Router {
         // The API's description is public: it holds no data, and clients need it first.
         .route("/v1/openapi.json", get(openapi))
         .nest("/v1", v1)
+        .merge(
+            Router::new()
+                .route("/metrics", get(serve_metrics))
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+                .route_layer(middleware::from_fn_with_state(state.clone(), limit_address)),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(protect))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
@@ -195,6 +206,54 @@ async fn whoami(Extension(identity): Extension<Identity>) -> Json<Value> {
         "mfa_at": identity.mfa_at,
         "session_id": identity.session_id,
     }))
+}
+
+/// Count every answer in the metrics, whatever answered it.
+async fn observe(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    state.metrics.observe(
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// `GET /metrics`, for holders of `metrics:read`.
+async fn serve_metrics(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Extension(correlation): Extension<CorrelationId>,
+) -> Response {
+    let caller = state.access.effective(&identity.principal);
+    if !caller.permissions.contains(METRICS_PERMISSION) {
+        let event = NewEvent {
+            actor: format!("user:{}", caller.subject),
+            action: "metrics.denied".into(),
+            resource: "api/metrics".into(),
+            outcome: "denied".into(),
+            correlation_id: Some(correlation.0),
+            details: json!({ "code": "permission_denied" }),
+            ..NewEvent::default()
+        };
+        record(&state, &event).await;
+        return ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!("reading metrics needs `{METRICS_PERMISSION}`"),
+        )
+        .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 /// Correlation id in and out, and the security headers, on every response.

@@ -87,7 +87,8 @@ fn development_policy() -> AccessPolicy {
                       "customer_success.process_refund:execute"],
         "admin": ["customer_success:read", "customer_success:execute", "customer_success:manage",
                   "customer_success:pii:read", "customer_success.process_refund:execute",
-                  "payments:read", "payments:execute", "payments:manage", "payments:pii:read"],
+                  "payments:read", "payments:execute", "payments:manage", "payments:pii:read",
+                  "metrics:read"],
         "auditor": ["customer_success:read", "payments:read", "audit:read"],
         "compliance_officer": ["customer_success:read", "payments:read", "audit:read", "compliance:read",
                                "gdpr:manage"]
