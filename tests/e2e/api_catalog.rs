@@ -8,7 +8,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::api_tasks::{Api, answer, events, get, start, token};
+use crate::api_tasks::{Api, answer, both_apis, events, get, token};
 use crate::engine::{NS, drain};
 use crate::support::component;
 
@@ -294,19 +294,6 @@ async fn managers_apply_yaml_or_json_workflows_that_then_run_and_readers_see_the
         drain(&api.engine).await;
         let (_, done) = get(&api, &lead, &format!("/v1/tasks/{}", task["id"].as_str().unwrap())).await;
         assert_eq!(done["status"], "complete", "{done}");
-    })
-    .await;
-}
-
-/// Run `test` against a fresh API on SQLite and on PostgreSQL.
-async fn both_apis<F, Fut>(test: F)
-where
-    F: Fn(Api) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    crate::engine::both(|url| {
-        let test = &test;
-        async move { test(start(&url).await).await }
     })
     .await;
 }

@@ -113,7 +113,7 @@ pub(crate) fn token(
     api.key.mint(&request, NOW - age).unwrap()
 }
 
-fn refund_body() -> Value {
+pub(crate) fn refund_body() -> Value {
     json!({
         "namespace": NS, "name": "process_refund",
         "context": {
@@ -699,4 +699,17 @@ async fn a_flooding_client_gets_429_with_retry_after_and_others_are_still_served
         .await
         .unwrap();
     assert_eq!(health.status(), 200, "health checks are not rate limited");
+}
+
+/// Run `test` against a fresh API on SQLite and on PostgreSQL.
+pub(crate) async fn both_apis<F, Fut>(test: F)
+where
+    F: Fn(Api) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    both(|url| {
+        let test = &test;
+        async move { test(start(&url).await).await }
+    })
+    .await;
 }

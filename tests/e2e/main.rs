@@ -3,6 +3,7 @@
 
 mod api;
 mod api_catalog;
+mod api_matrix;
 mod api_openapi;
 mod api_tasks;
 mod cli;
