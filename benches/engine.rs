@@ -15,26 +15,21 @@
 //! `STEPBOX_BENCH_BACKEND` (`sqlite` or `postgres` to run only that one),
 //! `STEPBOX_BENCH_SUBMITTERS` (concurrent callers of `create_task`, default 8).
 
-use std::path::Path;
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use common::{NS, agent, env_usize, refund_engine, request, unfinished};
 use sqlx::Connection;
 use stepbox::audit;
-use stepbox::crypto::KeyRing;
-use stepbox::engine::{CreateTask, Engine, SystemClock, WorkerPool};
-use stepbox::policy::{NamespacePolicy, Principal};
+use stepbox::engine::WorkerPool;
+use stepbox::policy::NamespacePolicy;
 use stepbox::sandbox::{Sandbox, SandboxConfig};
 use stepbox::store::{DatabaseUrl, Store, TaskStatus};
 
-const NS: &str = "customer_success";
-const PERMISSION: &str = "customer_success.process_refund:execute";
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 const ROUNDS: usize = 2;
-/// Distinct customers among the tasks: most tasks reuse a subject key, some create one.
-const CUSTOMERS: usize = 500;
 
 struct Run {
     tasks: usize,
@@ -49,62 +44,6 @@ impl Run {
 
     fn tasks_per_s(&self) -> f64 {
         self.tasks as f64 / self.total().as_secs_f64()
-    }
-}
-
-fn component(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
-        "../example-steps/target/wasm32-wasip2/release/{name}.wasm"
-    ));
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run ./dev build-steps first)", path.display()))
-}
-
-fn definition() -> String {
-    json!({
-        "namespace": NS, "name": "process_refund", "version": "1.0.0",
-        "input_schema": {
-            "type": "object",
-            "required": ["customer_id", "customer_email", "order_id", "refund_amount", "reason"],
-            "properties": {
-                "customer_id": { "type": "string", "x-data-classification": "pii-identifier", "x-data-subject": true },
-                "customer_email": { "type": "string", "x-data-classification": "pii-contact" },
-                "order_id": { "type": "string", "x-data-classification": "internal" },
-                "refund_amount": { "type": "number", "x-data-classification": "financial" },
-                "currency": { "type": "string", "x-data-classification": "internal" },
-                "reason": { "type": "string", "x-data-classification": "internal" }
-            }
-        },
-        "steps": [
-            { "name": "validate_refund_request", "module": "validate_refund_request@0.1.0",
-              "reads": ["refund_amount", "order_id", "currency", "reason"], "clearance": "confidential",
-              "config": { "max_amount": 1000.0, "approval_threshold": 100.0 } },
-            { "name": "get_manager_approval", "module": "get_manager_approval@0.1.0",
-              "depends_on": ["validate_refund_request"], "clearance": "confidential",
-              "config": { "auto_approve_limit": 500.0, "on_exceed": "reject" } },
-            { "name": "execute_refund", "module": "execute_refund@0.1.0", "requires_permission": PERMISSION,
-              "depends_on": ["get_manager_approval", "validate_refund_request"], "clearance": "confidential" },
-            { "name": "notify_customer", "module": "noop@0.1.0", "depends_on": ["execute_refund"],
-              "reads": ["customer_email"], "clearance": "confidential" }
-        ]
-    })
-    .to_string()
-}
-
-fn request(n: usize) -> CreateTask {
-    let customer = n % CUSTOMERS;
-    CreateTask {
-        namespace: NS.into(),
-        workflow: "process_refund".into(),
-        version: None,
-        context: json!({
-            "customer_id": format!("cus_{customer}"),
-            "customer_email": format!("customer{customer}@example.com"),
-            "order_id": format!("ord_{n}"), "refund_amount": 20.0 + (n % 400) as f64,
-            "currency": "EUR", "reason": "item arrived damaged"
-        }),
-        reason: Some("benchmark".into()),
-        tags: vec![],
     }
 }
 
@@ -138,37 +77,8 @@ async fn run(
     workers: usize,
 ) -> Run {
     let store = Store::open(url).await.unwrap();
-    let keys = Arc::new(KeyRing::generate().unwrap());
-    let engine = Engine::new(store.clone(), keys, sandbox.clone(), Arc::new(SystemClock));
-    let engine = if protected {
-        engine
-    } else {
-        engine.unprotected_baseline()
-    };
-    engine
-        .set_policy(NS, &NamespacePolicy::default(), "user:admin")
-        .await
-        .unwrap();
-    for (name, module) in [
-        ("validate_refund_request", "validate_refund_request"),
-        ("get_manager_approval", "get_manager_approval"),
-        ("execute_refund", "execute_refund"),
-        ("noop", "noop"),
-    ] {
-        engine
-            .register_module(NS, name, "0.1.0", &component(module), "user:team_lead")
-            .await
-            .unwrap();
-    }
-    engine
-        .apply_workflow(&definition(), "user:team_lead")
-        .await
-        .unwrap();
-    let agent = Principal {
-        subject: "user_123".into(),
-        roles: ["customer_success_agent".to_owned()].into(),
-        permissions: [PERMISSION.to_owned()].into(),
-    };
+    let engine = refund_engine(&store, sandbox, protected, &NamespacePolicy::default()).await;
+    let agent = agent();
 
     let start = Instant::now();
     let submitters_n = env_usize("STEPBOX_BENCH_SUBMITTERS", 8);
@@ -202,17 +112,7 @@ async fn run(
     };
     // Poll with a statement that reads only the unfinished tasks: a count over every
     // task (by status) loaded the database it measures.
-    loop {
-        let unfinished = store
-            .begin_read()
-            .await
-            .unwrap()
-            .count_unfinished_tasks(NS)
-            .await
-            .unwrap();
-        if unfinished == 0 {
-            break;
-        }
+    while unfinished(&store).await > 0 {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let drain = start.elapsed();
@@ -242,13 +142,6 @@ async fn run(
         create,
         drain,
     }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

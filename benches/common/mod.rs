@@ -1,0 +1,137 @@
+//! What the benchmarks share: the refund workflow (its last step `noop` where
+//! `notify_customer` would call out), the engine it runs on, and the task requests.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::json;
+use stepbox::crypto::KeyRing;
+use stepbox::engine::{CreateTask, Engine, SystemClock};
+use stepbox::policy::{NamespacePolicy, Principal};
+use stepbox::sandbox::Sandbox;
+use stepbox::store::Store;
+
+pub const NS: &str = "customer_success";
+pub const PERMISSION: &str = "customer_success.process_refund:execute";
+
+/// Distinct customers among the tasks: most tasks reuse a subject key, some create one.
+const CUSTOMERS: usize = 500;
+
+pub fn component(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../example-steps/target/wasm32-wasip2/release/{name}.wasm"
+    ));
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run ./dev build-steps first)", path.display()))
+}
+
+pub fn definition() -> String {
+    json!({
+        "namespace": NS, "name": "process_refund", "version": "1.0.0",
+        "input_schema": {
+            "type": "object",
+            "required": ["customer_id", "customer_email", "order_id", "refund_amount", "reason"],
+            "properties": {
+                "customer_id": { "type": "string", "x-data-classification": "pii-identifier", "x-data-subject": true },
+                "customer_email": { "type": "string", "x-data-classification": "pii-contact" },
+                "order_id": { "type": "string", "x-data-classification": "internal" },
+                "refund_amount": { "type": "number", "x-data-classification": "financial" },
+                "currency": { "type": "string", "x-data-classification": "internal" },
+                "reason": { "type": "string", "x-data-classification": "internal" }
+            }
+        },
+        "steps": [
+            { "name": "validate_refund_request", "module": "validate_refund_request@0.1.0",
+              "reads": ["refund_amount", "order_id", "currency", "reason"], "clearance": "confidential",
+              "config": { "max_amount": 1000.0, "approval_threshold": 100.0 } },
+            { "name": "get_manager_approval", "module": "get_manager_approval@0.1.0",
+              "depends_on": ["validate_refund_request"], "clearance": "confidential",
+              "config": { "auto_approve_limit": 500.0, "on_exceed": "reject" } },
+            { "name": "execute_refund", "module": "execute_refund@0.1.0", "requires_permission": PERMISSION,
+              "depends_on": ["get_manager_approval", "validate_refund_request"], "clearance": "confidential" },
+            { "name": "notify_customer", "module": "noop@0.1.0", "depends_on": ["execute_refund"],
+              "reads": ["customer_email"], "clearance": "confidential" }
+        ]
+    })
+    .to_string()
+}
+
+pub fn request(n: usize) -> CreateTask {
+    let customer = n % CUSTOMERS;
+    CreateTask {
+        namespace: NS.into(),
+        workflow: "process_refund".into(),
+        version: None,
+        context: json!({
+            "customer_id": format!("cus_{customer}"),
+            "customer_email": format!("customer{customer}@example.com"),
+            "order_id": format!("ord_{n}"), "refund_amount": 20.0 + (n % 400) as f64,
+            "currency": "EUR", "reason": "item arrived damaged"
+        }),
+        reason: Some("benchmark".into()),
+        tags: vec![],
+    }
+}
+
+/// An engine on `store` with the refund workflow loaded: protected, or the baseline
+/// with encryption and audit bypassed.
+pub async fn refund_engine(
+    store: &Store,
+    sandbox: &Sandbox,
+    protected: bool,
+    policy: &NamespacePolicy,
+) -> Engine {
+    let keys = Arc::new(KeyRing::generate().unwrap());
+    let engine = Engine::new(store.clone(), keys, sandbox.clone(), Arc::new(SystemClock));
+    let engine = if protected {
+        engine
+    } else {
+        engine.unprotected_baseline()
+    };
+    engine.set_policy(NS, policy, "user:admin").await.unwrap();
+    for name in [
+        "validate_refund_request",
+        "get_manager_approval",
+        "execute_refund",
+        "noop",
+    ] {
+        engine
+            .register_module(NS, name, "0.1.0", &component(name), "user:team_lead")
+            .await
+            .unwrap();
+    }
+    engine
+        .apply_workflow(&definition(), "user:team_lead")
+        .await
+        .unwrap();
+    engine
+}
+
+/// The refund agent of the seed story.
+pub fn agent() -> Principal {
+    Principal {
+        subject: "user_123".into(),
+        roles: ["customer_success_agent".to_owned()].into(),
+        permissions: [PERMISSION.to_owned()].into(),
+    }
+}
+
+/// How many tasks of the namespace are not finished.
+pub async fn unfinished(store: &Store) -> i64 {
+    store
+        .begin_read()
+        .await
+        .unwrap()
+        .count_unfinished_tasks(NS)
+        .await
+        .unwrap()
+}
+
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -1,0 +1,313 @@
+//! The API under load over loopback HTTP, on SQLite: the refund task (4 steps, the last
+//! `noop`) submitted with `POST /v1/tasks` and followed with `GET /v1/tasks/{id}`, with
+//! workers and the audit sealer in the same process, as `stepbox serve` runs them.
+//!
+//! Two measurements, each with security on and, as the baseline in the same run, the
+//! same pipeline with security bypassed *in this harness*: a plain axum router that
+//! calls the same engine (with encryption and audit off) as a fixed principal and answers
+//! unredacted. The server has no such switch; only this file builds the bypass.
+//! - latency: one task at a time, submit → complete (p50, p99);
+//! - throughput: tasks submitted by concurrent clients, then drained; tasks/s over both.
+//!
+//! `cargo bench --bench http --features unprotected-baseline`. Under `cargo test` it runs
+//! a few tasks each way, so the benchmark stays working. Environment:
+//! `STEPBOX_BENCH_TASKS` (throughput tasks, default 2000), `STEPBOX_BENCH_SEQUENTIAL`
+//! (latency tasks, default 200), `STEPBOX_BENCH_CLIENTS` (default 16),
+//! `STEPBOX_BENCH_WORKERS` (default 4).
+
+mod common;
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use common::{NS, agent, env_usize, refund_engine, request, unfinished};
+use serde_json::{Value, json};
+use stepbox::api::{self, ApiState, RateLimits};
+use stepbox::auth::{DEV_AUDIENCE, DEV_ISSUER, DevKey, DevTokenRequest, Verifier};
+use stepbox::engine::{CreateTask, Engine, WorkerPool};
+use stepbox::policy::{AccessPolicy, NamespacePolicy};
+use stepbox::sandbox::{Sandbox, SandboxConfig};
+use stepbox::store::{DatabaseUrl, Store};
+
+/// Where a server listens and what to send as a token.
+#[derive(Clone)]
+struct Target {
+    base: String,
+    token: Option<String>,
+}
+
+/// A server under test, its database, and how to stop it.
+struct Served {
+    target: Target,
+    store: Store,
+    stop: Vec<tokio::sync::watch::Sender<bool>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn workers(engine: &Engine, count: usize) -> tokio::sync::watch::Sender<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let pool = WorkerPool {
+        workers: count,
+        name: "bench".into(),
+        idle: Duration::from_millis(1),
+        seal_every: Duration::from_millis(100),
+    };
+    let engine = engine.clone();
+    tokio::spawn(async move { engine.work(&pool, stopped).await });
+    stop
+}
+
+/// The real API: JWT, policy (the refund workflow sensitive, MFA fresh), encryption,
+/// audit, redaction. Rate limits raised so the load generator is not refused.
+async fn protected(sandbox: &Sandbox, worker_count: usize) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("stepbox.db")))
+        .await
+        .unwrap();
+    let policy = NamespacePolicy {
+        sensitive_workflows: ["process_refund".to_owned()].into(),
+        ..NamespacePolicy::default()
+    };
+    let engine = refund_engine(&store, sandbox, true, &policy).await;
+    let key = DevKey::load_or_create(dir.path()).unwrap();
+    let verifier = Verifier::new(key.key_set(), DEV_ISSUER, DEV_AUDIENCE);
+    let access: AccessPolicy = serde_json::from_value(json!({ "roles": {
+        "customer_success_agent": ["customer_success:read", common::PERMISSION]
+    }}))
+    .unwrap();
+    let limit = NonZeroU32::new(1_000_000).unwrap();
+    let state = ApiState::new(engine.clone(), verifier)
+        .with_access(access)
+        .with_rate_limits(RateLimits {
+            per_ip: limit,
+            per_principal: limit,
+        });
+    let token = key
+        .mint(
+            &DevTokenRequest {
+                sub: "user_123".into(),
+                roles: ["customer_success_agent".to_owned()].into(),
+                mfa: true,
+                ttl_secs: 3600,
+                ..DevTokenRequest::default()
+            },
+            now_secs(),
+        )
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(api::serve(listener, state, async move {
+        let _ = stopped.changed().await;
+    }));
+    let working = workers(&engine, worker_count).await;
+    Served {
+        target: Target {
+            base,
+            token: Some(token),
+        },
+        store,
+        stop: vec![stop, working],
+        _dir: dir,
+    }
+}
+
+/// The bypass: the same HTTP stack and engine, no token, no policy, no encryption or
+/// audit, no redaction.
+async fn baseline(sandbox: &Sandbox, worker_count: usize) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("stepbox.db")))
+        .await
+        .unwrap();
+    let engine = refund_engine(&store, sandbox, false, &NamespacePolicy::default()).await;
+    async fn create(State(engine): State<Engine>, Json(body): Json<Value>) -> Json<Value> {
+        let created = engine
+            .create_task(
+                &agent(),
+                CreateTask {
+                    namespace: NS.into(),
+                    workflow: "process_refund".into(),
+                    version: None,
+                    context: body["context"].clone(),
+                    reason: None,
+                    tags: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        let view = engine.task_view(&created.id).await.unwrap();
+        Json(
+            json!({ "id": view.id, "status": view.status.as_str(), "context": view.redacted_context(true) }),
+        )
+    }
+    async fn read(State(engine): State<Engine>, Path(id): Path<String>) -> Json<Value> {
+        let view = engine.task_view(&id).await.unwrap();
+        Json(
+            json!({ "id": view.id, "status": view.status.as_str(), "context": view.redacted_context(true) }),
+        )
+    }
+    let router = axum::Router::new()
+        .route("/v1/tasks", post(create))
+        .route("/v1/tasks/{id}", get(read))
+        .with_state(engine.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.changed().await;
+            })
+            .await
+    });
+    let working = workers(&engine, worker_count).await;
+    Served {
+        target: Target { base, token: None },
+        store,
+        stop: vec![stop, working],
+        _dir: dir,
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn body(n: usize) -> String {
+    let request = request(n);
+    json!({ "namespace": NS, "name": "process_refund", "context": request.context }).to_string()
+}
+
+async fn submit(client: &reqwest::Client, served: &Target, n: usize) -> String {
+    let mut post = client
+        .post(format!("{}/v1/tasks", served.base))
+        .header("content-type", "application/json")
+        .body(body(n));
+    if let Some(token) = &served.token {
+        post = post.bearer_auth(token);
+    }
+    let response = post.send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let task: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    task["id"].as_str().unwrap().to_owned()
+}
+
+async fn status(client: &reqwest::Client, served: &Target, id: &str) -> String {
+    let mut get = client.get(format!("{}/v1/tasks/{id}", served.base));
+    if let Some(token) = &served.token {
+        get = get.bearer_auth(token);
+    }
+    let task: Value =
+        serde_json::from_str(&get.send().await.unwrap().text().await.unwrap()).unwrap();
+    task["status"].as_str().unwrap().to_owned()
+}
+
+/// Submit → complete, one task at a time; the sorted latencies.
+async fn latencies(served: &Target, tasks: usize) -> Vec<Duration> {
+    let client = reqwest::Client::new();
+    let mut took = Vec::with_capacity(tasks);
+    for n in 0..tasks {
+        let start = Instant::now();
+        let id = submit(&client, served, n).await;
+        loop {
+            match status(&client, served, &id).await.as_str() {
+                "complete" => break,
+                "pending" | "in_progress" => tokio::time::sleep(Duration::from_micros(200)).await,
+                other => panic!("task {id} ended {other}"),
+            }
+        }
+        took.push(start.elapsed());
+    }
+    took.sort();
+    took
+}
+
+/// `tasks` submitted by `clients` at once, then drained; tasks/s over both.
+async fn throughput(served: &Served, tasks: usize, clients: usize) -> f64 {
+    let start = Instant::now();
+    let submitters: Vec<_> = (0..clients)
+        .map(|c| {
+            let target = served.target.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for n in (c..tasks).step_by(clients) {
+                    submit(&client, &target, 1_000_000 + n).await;
+                }
+            })
+        })
+        .collect();
+    for submitter in submitters {
+        submitter.await.unwrap();
+    }
+    while unfinished(&served.store).await > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tasks as f64 / start.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let (sequential, tasks) = if benching {
+        (
+            env_usize("STEPBOX_BENCH_SEQUENTIAL", 200),
+            env_usize("STEPBOX_BENCH_TASKS", 2000),
+        )
+    } else {
+        (3, 12)
+    };
+    let clients = env_usize("STEPBOX_BENCH_CLIENTS", 16);
+    let worker_count = env_usize("STEPBOX_BENCH_WORKERS", 4);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    runtime.block_on(async {
+        println!(
+            "HTTP on loopback, SQLite: latency over {sequential} sequential tasks, throughput of \
+             {tasks} tasks from {clients} clients, {worker_count} workers"
+        );
+        let mut figures = Vec::new();
+        for secure in [true, false] {
+            let served = if secure {
+                protected(&sandbox, worker_count).await
+            } else {
+                baseline(&sandbox, worker_count).await
+            };
+            let took = latencies(&served.target, sequential).await;
+            let rate = throughput(&served, tasks, clients).await;
+            for stop in &served.stop {
+                let _ = stop.send(true);
+            }
+            let (p50, p99) = (percentile(&took, 0.5), percentile(&took, 0.99));
+            println!(
+                "  {:<24} submit→complete p50 {:>6.2} ms, p99 {:>6.2} ms | {:>6.0} tasks/s",
+                if secure {
+                    "security on"
+                } else {
+                    "baseline (bypassed)"
+                },
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3,
+                rate
+            );
+            figures.push((p50, rate));
+        }
+        let (on, off) = (figures[0], figures[1]);
+        println!(
+            "  cost of security: {:+.1}% latency (p50), {:+.1}% time per task under load",
+            (on.0.as_secs_f64() / off.0.as_secs_f64() - 1.0) * 100.0,
+            (off.1 / on.1 - 1.0) * 100.0
+        );
+    });
+}
