@@ -135,3 +135,43 @@ fn serve_refuses_plain_http_on_a_non_loopback_address() {
         "nothing was made before the refusal"
     );
 }
+
+#[test]
+fn serve_reads_its_configuration_file_and_refuses_a_misspelt_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stepbox.yaml");
+    let data = dir.path().join("data");
+    // The file's listen address counts: non-loopback without TLS is refused.
+    std::fs::write(&config, "listen: 0.0.0.0:0\nworkers: 2\n").unwrap();
+    let output = stepbox(&["serve", "--config", config.to_str().unwrap()], &data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("refusing to serve plain HTTP on 0.0.0.0:0"),
+        "{stderr}"
+    );
+    // A flag overrides the file.
+    std::fs::write(&config, "listen: 127.0.0.1:0\n").unwrap();
+    let output = stepbox(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        &data,
+    )
+    .output()
+    .unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("refusing to serve plain HTTP"));
+    std::fs::write(&config, "listen: 127.0.0.1:0\nwokers: 2\n").unwrap();
+    let output = stepbox(&["serve", "--config", config.to_str().unwrap()], &data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("unknown field `wokers`"), "{stderr}");
+}

@@ -133,6 +133,8 @@ pub struct Verifier {
     keys: KeySet,
     issuer: String,
     audience: String,
+    /// Another issuer's verifier, for tokens signed by none of `keys`.
+    fallback: Option<Box<Verifier>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -152,11 +154,31 @@ impl Verifier {
             keys,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
+            fallback: None,
         }
+    }
+
+    /// This verifier, and `other` for tokens whose key is none of this one's (a second
+    /// issuer: each token is still checked against its own issuer's keys and claims).
+    pub fn or(mut self, other: Verifier) -> Self {
+        match self.fallback.take() {
+            Some(first) => self.fallback = Some(Box::new(first.or(other))),
+            None => self.fallback = Some(Box::new(other)),
+        }
+        self
     }
 
     /// Verify `token` at `now` (unix seconds).
     pub fn verify(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
+        match (self.verify_own(token, now), &self.fallback) {
+            (Err(AuthError::UnknownKey | AuthError::AlgorithmRefused), Some(other)) => {
+                other.verify(token, now)
+            }
+            (verdict, _) => verdict,
+        }
+    }
+
+    fn verify_own(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }

@@ -347,3 +347,44 @@ fn development_tokens_verify_with_the_data_directorys_key_only() {
         "another directory's key does not verify it"
     );
 }
+
+#[test]
+fn a_second_issuer_is_tried_only_for_keys_the_first_does_not_hold() {
+    let provider = idp();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DevKey::load_or_create(dir.path()).unwrap();
+    let both = provider
+        .verifier
+        .clone()
+        .or(Verifier::new(dev.key_set(), DEV_ISSUER, DEV_AUDIENCE));
+    let from_provider = sign(&provider, Some("idp-1"), &claims());
+    assert_eq!(
+        both.verify(&from_provider, NOW).unwrap().principal.subject,
+        "user_123"
+    );
+    let request = DevTokenRequest {
+        sub: "dev_user".into(),
+        ttl_secs: 600,
+        ..DevTokenRequest::default()
+    };
+    let from_dev = dev.mint(&request, NOW).unwrap();
+    assert_eq!(
+        both.verify(&from_dev, NOW).unwrap().principal.subject,
+        "dev_user"
+    );
+    assert_eq!(
+        provider.verifier.verify(&from_dev, NOW).unwrap_err(),
+        AuthError::UnknownKey,
+        "the provider alone refuses the development token"
+    );
+    // A provider-signed token that fails its own checks is refused, never retried
+    // against the other issuer.
+    let mut wrong_audience = claims();
+    wrong_audience["aud"] = json!("someone-else");
+    let token = sign(&provider, Some("idp-1"), &wrong_audience);
+    assert!(
+        matches!(both.verify(&token, NOW), Err(AuthError::WrongAudience)),
+        "{:?}",
+        both.verify(&token, NOW)
+    );
+}

@@ -3,6 +3,7 @@
 //! secrets, key material or unredacted guest output.
 
 mod client;
+mod config;
 mod ops;
 mod secrets;
 mod serve;
@@ -17,6 +18,7 @@ pub use client::{
     ClientArgs, ModuleCommand, ModulePushArgs, TaskCommand, TaskIdArgs, TaskListArgs,
     TaskSubmitArgs, TaskWaitArgs, WorkflowApplyArgs, WorkflowCommand,
 };
+pub use config::{JwtConfig, ServeConfig};
 pub use ops::{AuditCommand, DataArgs, KeysCommand, WorkerArgs};
 pub use secrets::{SecretSetArgs, SecretsCommand};
 pub use serve::ServeArgs;

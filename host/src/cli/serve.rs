@@ -16,9 +16,10 @@ use clap::Args;
 use serde_json::json;
 
 use super::CliError;
+use super::config::ServeConfig;
 use super::ops::DataArgs;
 use crate::api::{self, ApiState};
-use crate::auth::{DEV_AUDIENCE, DEV_ISSUER, DevKey, Verifier};
+use crate::auth::DevKey;
 use crate::crypto::KeyRing;
 use crate::engine::{Engine, SystemClock, WorkerPool};
 use crate::policy::{AccessPolicy, NamespacePolicy};
@@ -46,8 +47,9 @@ pub struct ServeArgs {
     pub data: DataArgs,
     /// Address to listen on. Without `--tls-cert` and `--tls-key` it must be a loopback
     /// address, unless `--allow-plain-http` says a TLS-terminating proxy is in front.
-    #[arg(long, env = "STEPBOX_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, env = "STEPBOX_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// TLS certificate chain (PEM, leaf first): serve HTTPS.
     #[arg(long, env = "STEPBOX_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -57,15 +59,20 @@ pub struct ServeArgs {
     /// Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
     #[arg(long)]
     pub allow_plain_http: bool,
-    /// Requests per second each client address may make (bursts of twice that).
-    #[arg(long, env = "STEPBOX_RATE_LIMIT_IP", default_value_t = api::RateLimits::default().per_ip)]
-    pub rate_limit_ip: std::num::NonZeroU32,
-    /// Requests per second each principal may make (bursts of twice that).
-    #[arg(long, env = "STEPBOX_RATE_LIMIT_PRINCIPAL", default_value_t = api::RateLimits::default().per_principal)]
-    pub rate_limit_principal: std::num::NonZeroU32,
-    /// Concurrent workers in this process.
-    #[arg(long, default_value_t = 4)]
-    pub workers: usize,
+    /// Requests per second each client address may make, bursts of twice that
+    /// [default: 1000].
+    #[arg(long, env = "STEPBOX_RATE_LIMIT_IP")]
+    pub rate_limit_ip: Option<std::num::NonZeroU32>,
+    /// Requests per second each principal may make, bursts of twice that [default: 200].
+    #[arg(long, env = "STEPBOX_RATE_LIMIT_PRINCIPAL")]
+    pub rate_limit_principal: Option<std::num::NonZeroU32>,
+    /// Concurrent workers in this process [default: 4].
+    #[arg(long, env = "STEPBOX_WORKERS")]
+    pub workers: Option<usize>,
+    /// A YAML file of settings (listen, tls, database, keys, policy, workers,
+    /// rate_limits, jwt); flags and environment variables override it.
+    #[arg(long, env = "STEPBOX_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Access policy (JSON: roles and the permissions they grant); the data directory's
     /// `policy.json` by default, written with the development roles on first start.
     #[arg(long, env = "STEPBOX_POLICY_FILE")]
@@ -104,12 +111,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
 }
 
 /// The access policy file's contents, writing the development one if there is none.
-fn access_policy(args: &ServeArgs) -> Result<AccessPolicy, CliError> {
-    let path = args
-        .policy
-        .clone()
-        .unwrap_or_else(|| args.data.data_dir.join("policy.json"));
-    if args.policy.is_none() && !path.exists() {
+fn access_policy(given: Option<&Path>, data_dir: &Path) -> Result<AccessPolicy, CliError> {
+    let path = given.map_or_else(|| data_dir.join("policy.json"), Path::to_path_buf);
+    if given.is_none() && !path.exists() {
         let text = serde_json::to_string_pretty(&development_policy()).unwrap_or_default();
         std::fs::write(&path, text).map_err(io(&path))?;
         eprintln!("wrote the development access policy to {}", path.display());
@@ -224,27 +228,56 @@ fn refund_workflow(endpoint: &str, origin: &str) -> String {
 }
 
 pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
+    let config = ServeConfig::load(args.config.as_deref())?;
+    let listen = args
+        .listen
+        .or(config.listen)
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let (tls_cert, tls_key) = match (&args.tls_cert, &config.tls) {
+        (Some(_), _) => (args.tls_cert.clone(), args.tls_key.clone()),
+        (None, Some(files)) => (Some(files.cert.clone()), Some(files.key.clone())),
+        (None, None) => (None, None),
+    };
+    let allow_plain_http = args.allow_plain_http || config.allow_plain_http;
+    let workers = args.workers.or(config.workers).unwrap_or(4);
+    let limits = api::RateLimits {
+        per_ip: args
+            .rate_limit_ip
+            .or(config.rate_limits.per_ip)
+            .unwrap_or(api::RateLimits::default().per_ip),
+        per_principal: args
+            .rate_limit_principal
+            .or(config.rate_limits.per_principal)
+            .unwrap_or(api::RateLimits::default().per_principal),
+    };
+    let data = DataArgs {
+        data_dir: args.data.data_dir.clone(),
+        database: args.data.database.clone().or(config.database.clone()),
+        keys: args.data.keys.clone().or(config.keys.clone()),
+    };
+    let policy_file = args.policy.clone().or(config.policy.clone());
+
     // Transport first: a server that would be reachable in the clear is refused before
     // anything is made.
-    let tls = match (&args.tls_cert, &args.tls_key) {
+    let tls = match (&tls_cert, &tls_key) {
         (Some(cert), Some(key)) => {
             Some(api::Tls::from_pem_files(cert, key).map_err(|e| CliError::Usage(e.to_string()))?)
         }
-        _ if !args.listen.ip().is_loopback() && !args.allow_plain_http => {
+        _ if !listen.ip().is_loopback() && !allow_plain_http => {
             return Err(CliError::Usage(format!(
                 "refusing to serve plain HTTP on {}: give --tls-cert and --tls-key, or \
                  --allow-plain-http if a TLS-terminating proxy is in front",
-                args.listen
+                listen
             )));
         }
         _ => None,
     };
-    let dir = &args.data.data_dir;
+    let dir = &data.data_dir;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let ring = key_ring(&args.data)?;
-    let access = access_policy(&args)?;
+    let ring = key_ring(&data)?;
+    let access = access_policy(policy_file.as_deref(), dir)?;
     let dev_key = DevKey::load_or_create(dir).map_err(|e| CliError::Usage(e.to_string()))?;
-    let store = args.data.store().await?;
+    let store = data.store().await?;
     let sandbox = Sandbox::new(SandboxConfig::default())?;
     let engine = Engine::new(
         store.clone(),
@@ -254,24 +287,21 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     );
     load_example(&engine, &args).await?;
 
-    let listener = std::net::TcpListener::bind(args.listen)
-        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
-    let local = listener.local_addr().unwrap_or(args.listen);
-    let verifier = Verifier::new(dev_key.key_set(), DEV_ISSUER, DEV_AUDIENCE);
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| CliError::Usage(format!("cannot listen on {listen}: {e}")))?;
+    let local = listener.local_addr().unwrap_or(listen);
+    let verifier = super::config::verifier(config.jwt.as_ref(), &dev_key)?;
     let state = ApiState::new(engine.clone(), verifier)
         .with_access(access)
-        .with_rate_limits(api::RateLimits {
-            per_ip: args.rate_limit_ip,
-            per_principal: args.rate_limit_principal,
-        });
+        .with_rate_limits(limits);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let pool = WorkerPool {
-        workers: args.workers,
+        workers,
         name: format!("serve-{}", std::process::id()),
         idle: IDLE,
         seal_every: SEAL_EVERY,
     };
-    let workers = {
+    let working = {
         let engine = engine.clone();
         let stop = stop.clone();
         tokio::spawn(async move { engine.work(&pool, stop).await })
@@ -280,7 +310,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         "stepbox serving {}://{local} ({} workers, {}); mint a token with: stepbox token \
          --data-dir {} --sub user_123 --roles customer_success_agent --mfa",
         if tls.is_some() { "https" } else { "http" },
-        args.workers,
+        workers,
         store.url(),
         dir.display()
     );
@@ -303,7 +333,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         let _ = stop_tx.send(true);
     });
     let served = server.await;
-    let _ = workers.await;
+    let _ = working.await;
     served.map_err(|e| CliError::Usage(format!("server: {e}")))?;
     Ok(ExitCode::SUCCESS)
 }
