@@ -134,6 +134,7 @@ async fn baseline(sandbox: &Sandbox, worker_count: usize) -> Served {
                     context: body["context"].clone(),
                     reason: None,
                     tags: vec![],
+                    correlation_id: None,
                 },
             )
             .await

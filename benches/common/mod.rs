@@ -72,6 +72,7 @@ pub fn request(n: usize) -> CreateTask {
         }),
         reason: Some("benchmark".into()),
         tags: vec![],
+        correlation_id: None,
     }
 }
 

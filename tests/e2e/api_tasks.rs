@@ -237,6 +237,36 @@ async fn an_agent_with_the_permission_and_fresh_mfa_creates_a_refund_and_sees_pi
         assert_eq!(denied.len(), 1);
         assert_eq!(denied[0].0, "user:user_777");
 
+        // The caller's correlation id is the task.created event's.
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/tasks", api.base))
+            .bearer_auth(&agent)
+            .header("content-type", "application/json")
+            .header("x-request-id", "req-support-4711")
+            .body(refund_body().to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-request-id"], "req-support-4711");
+        let (_, second) = answer(response).await;
+        let mut tx = api.store.begin_read().await.unwrap();
+        let created = tx
+            .query_audit(
+                &AuditFilter {
+                    action: Some("task.created".into()),
+                    ..AuditFilter::default()
+                },
+                100,
+            )
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let event = created
+            .iter()
+            .find(|e| e.resource == format!("task/{}", second["id"].as_str().unwrap()))
+            .unwrap();
+        assert_eq!(event.correlation_id.as_deref(), Some("req-support-4711"));
+
         let (status, missing) = get(&api, &agent, "/v1/tasks/task_00ff").await;
         assert_eq!((status, missing["code"].as_str()), (404, Some("not_found")));
         let (status, _) = get(&api, &agent, "/v1/tasks/..%2Fetc").await;

@@ -112,6 +112,7 @@ async fn create_tasks(engine: &Engine, count: usize) -> Vec<String> {
             context: json!({ "customer_id": format!("cus_{n}"), "order_id": format!("ord_{n}"), "refund_amount": 50.0 + n as f64, "reason": "damaged" }),
             reason: None,
             tags: vec![],
+            correlation_id: None,
         };
         ids.push(engine.create_task(&principal, request).await.unwrap().id);
     }

@@ -107,6 +107,7 @@ pub(super) async fn create(
                 context: body.context,
                 reason: body.reason,
                 tags: body.tags,
+                correlation_id: Some(correlation.0.clone()),
             },
         )
         .await?;

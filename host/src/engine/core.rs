@@ -86,6 +86,9 @@ pub struct CreateTask {
     pub reason: Option<String>,
     /// Labels.
     pub tags: Vec<String>,
+    /// The request's correlation id (e.g. the API's `x-request-id`), carried by the
+    /// `task.created` event; `None`: the task's id.
+    pub correlation_id: Option<String>,
 }
 
 /// What the caller learns about a created task.

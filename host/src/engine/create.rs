@@ -342,7 +342,12 @@ fn created_event(c: &Creation) -> NewEvent {
         outcome: "success".into(),
         classification: Some(c.level.clone()),
         contains_pii: c.contains_pii,
-        correlation_id: None,
+        correlation_id: Some(
+            c.request
+                .correlation_id
+                .clone()
+                .unwrap_or_else(|| c.id.clone()),
+        ),
         details: json!({
             "workflow": format!("{}@{}", def.name, def.version),
             "subject": c.subject,
