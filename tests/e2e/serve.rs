@@ -333,3 +333,81 @@ async fn the_cli_pushes_a_module_applies_a_yaml_workflow_and_follows_a_task_over
     );
     stop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_policy_files_namespace_policies_are_applied_at_start() {
+    let notify = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("serve.log");
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        json!({
+            "roles": { "customer_success_agent": ["customer_success:read", "customer_success.process_refund:execute"] },
+            "namespaces": { "customer_success": {
+                "sensitive_workflows": ["process_refund"],
+                "revoked_permissions": ["customer_success.process_refund:execute"]
+            } }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = stepbox(&["serve"], &data)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--steps-dir")
+        .arg(components_dir())
+        .arg("--notify-endpoint")
+        .arg(notify.url("/notify"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reqwest::get(format!("http://127.0.0.1:{port}/health/ready"))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let agent = token(&data, &["--mfa"]);
+    let body = json!({
+        "namespace": "customer_success", "name": "process_refund",
+        "context": { "customer_id": "cus_1", "customer_email": CUSTOMER_EMAIL, "order_id": "ord_1",
+                     "refund_amount": 10.0, "reason": "late" }
+    });
+    let (status, problem) = post(&format!("http://127.0.0.1:{port}"), &agent, &body).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("permission_denied")),
+        "the file's revocation counts"
+    );
+    stop(child);
+
+    // A namespace policy that cannot mean what it says stops the start, naming it.
+    std::fs::write(
+        &policy,
+        json!({ "namespaces": { "customer_success": { "mfa_max_age_secs": 0 } } }).to_string(),
+    )
+    .unwrap();
+    let output = stepbox(&["serve", "--policy", policy.to_str().unwrap()], &data)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("namespaces.customer_success: mfa_max_age_secs"),
+        "{stderr}"
+    );
+}

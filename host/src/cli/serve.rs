@@ -110,8 +110,20 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
     }
 }
 
-/// The access policy file's contents, writing the development one if there is none.
-fn access_policy(given: Option<&Path>, data_dir: &Path) -> Result<AccessPolicy, CliError> {
+/// The policy file: roles and the permissions they grant, and the policies of the
+/// namespaces it lists (applied at every start: for those, the file is the source of
+/// truth; namespaces it does not list keep their stored policy).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    roles: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    #[serde(default)]
+    namespaces: std::collections::BTreeMap<String, NamespacePolicy>,
+}
+
+/// The policy file's contents, writing the development one if there is none.
+fn read_policy_file(given: Option<&Path>, data_dir: &Path) -> Result<PolicyFile, CliError> {
     let path = given.map_or_else(|| data_dir.join("policy.json"), Path::to_path_buf);
     if given.is_none() && !path.exists() {
         let text = serde_json::to_string_pretty(&development_policy()).unwrap_or_default();
@@ -119,8 +131,40 @@ fn access_policy(given: Option<&Path>, data_dir: &Path) -> Result<AccessPolicy, 
         eprintln!("wrote the development access policy to {}", path.display());
     }
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    serde_json::from_str(&text)
-        .map_err(|e| CliError::Usage(format!("{}: not an access policy: {e}", path.display())))
+    let file: PolicyFile = serde_json::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{}: not a policy file: {e}", path.display())))?;
+    for (name, policy) in &file.namespaces {
+        if !crate::engine::valid_name(name) {
+            return Err(CliError::Usage(format!(
+                "{}: namespaces: `{name}` is not a namespace name",
+                path.display()
+            )));
+        }
+        policy
+            .validate()
+            .map_err(|e| CliError::Usage(format!("{}: namespaces.{name}: {e}", path.display())))?;
+    }
+    Ok(file)
+}
+
+/// Apply the file's namespace policies where the stored ones differ (each change audited
+/// as `namespace.policy_set` by `system:policy-file`).
+async fn apply_namespaces(engine: &Engine, file: &PolicyFile) -> Result<(), CliError> {
+    for (name, policy) in &file.namespaces {
+        let stored = match engine.namespace_policy(name).await {
+            Ok(stored) => Some(stored),
+            Err(crate::engine::EngineError::NotFound(_)) => None,
+            Err(e) => return Err(CliError::Usage(format!("namespace {name}: {e}"))),
+        };
+        if stored.as_ref() != Some(policy) {
+            engine
+                .set_policy(name, policy, "system:policy-file")
+                .await
+                .map_err(|e| CliError::Usage(format!("namespace {name}: {e}")))?;
+            eprintln!("applied the policy file's policy of namespace {name}");
+        }
+    }
+    Ok(())
 }
 
 /// The key ring, made on first start when the data directory holds none.
@@ -275,7 +319,10 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     let dir = &data.data_dir;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let ring = key_ring(&data)?;
-    let access = access_policy(policy_file.as_deref(), dir)?;
+    let policies = read_policy_file(policy_file.as_deref(), dir)?;
+    let access = AccessPolicy {
+        roles: policies.roles.clone(),
+    };
     let dev_key = DevKey::load_or_create(dir).map_err(|e| CliError::Usage(e.to_string()))?;
     let store = data.store().await?;
     let sandbox = Sandbox::new(SandboxConfig::default())?;
@@ -286,6 +333,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         Arc::new(SystemClock),
     );
     load_example(&engine, &args).await?;
+    apply_namespaces(&engine, &policies).await?;
 
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| CliError::Usage(format!("cannot listen on {listen}: {e}")))?;
