@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::json;
 use stepbox::crypto::KeyRing;
 use stepbox::engine::{CreateTask, Engine, SystemClock};
+use stepbox::example::{Notify, refund_workflow};
 use stepbox::policy::{NamespacePolicy, Principal};
 use stepbox::sandbox::Sandbox;
 use stepbox::store::Store;
@@ -27,35 +28,9 @@ pub fn component(name: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("{}: {e} (run ./dev build-steps first)", path.display()))
 }
 
+/// The refund workflow, `noop` where `notify_customer` would call out.
 pub fn definition() -> String {
-    json!({
-        "namespace": NS, "name": "process_refund", "version": "1.0.0",
-        "input_schema": {
-            "type": "object",
-            "required": ["customer_id", "customer_email", "order_id", "refund_amount", "reason"],
-            "properties": {
-                "customer_id": { "type": "string", "x-data-classification": "pii-identifier", "x-data-subject": true },
-                "customer_email": { "type": "string", "x-data-classification": "pii-contact" },
-                "order_id": { "type": "string", "x-data-classification": "internal" },
-                "refund_amount": { "type": "number", "x-data-classification": "financial" },
-                "currency": { "type": "string", "x-data-classification": "internal" },
-                "reason": { "type": "string", "x-data-classification": "internal" }
-            }
-        },
-        "steps": [
-            { "name": "validate_refund_request", "module": "validate_refund_request@0.1.0",
-              "reads": ["refund_amount", "order_id", "currency", "reason"], "clearance": "confidential",
-              "config": { "max_amount": 1000.0, "approval_threshold": 100.0 } },
-            { "name": "get_manager_approval", "module": "get_manager_approval@0.1.0",
-              "depends_on": ["validate_refund_request"], "clearance": "confidential",
-              "config": { "auto_approve_limit": 500.0, "on_exceed": "reject" } },
-            { "name": "execute_refund", "module": "execute_refund@0.1.0", "requires_permission": PERMISSION,
-              "depends_on": ["get_manager_approval", "validate_refund_request"], "clearance": "confidential" },
-            { "name": "notify_customer", "module": "noop@0.1.0", "depends_on": ["execute_refund"],
-              "reads": ["customer_email"], "clearance": "confidential" }
-        ]
-    })
-    .to_string()
+    refund_workflow(&Notify::Noop)
 }
 
 pub fn request(n: usize) -> CreateTask {

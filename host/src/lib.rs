@@ -14,6 +14,7 @@ pub mod classify;
 pub mod cli;
 pub mod crypto;
 pub mod engine;
+pub mod example;
 pub mod policy;
 pub mod sandbox;
 pub mod store;

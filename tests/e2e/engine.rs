@@ -97,39 +97,12 @@ where
 }
 
 fn definition(notify_endpoint: &str, notify_origin: &str, max_attempts: u32) -> String {
-    json!({
-        "namespace": NS,
-        "name": "process_refund",
-        "version": "1.0.0",
-        "input_schema": {
-            "type": "object",
-            "required": ["customer_id", "customer_email", "order_id", "refund_amount", "reason"],
-            "properties": {
-                "customer_id": { "type": "string", "x-data-classification": "pii-identifier", "x-data-subject": true },
-                "customer_email": { "type": "string", "format": "email", "x-data-classification": "pii-contact" },
-                "order_id": { "type": "string", "x-data-classification": "internal" },
-                "refund_amount": { "type": "number", "x-data-classification": "financial" },
-                "currency": { "type": "string", "x-data-classification": "internal" },
-                "reason": { "type": "string", "x-data-classification": "internal" }
-            }
-        },
-        "steps": [
-            { "name": "validate_refund_request", "module": "validate_refund_request@0.1.0",
-              "reads": ["refund_amount", "order_id", "currency", "reason"], "clearance": "confidential",
-              "config": { "max_amount": 1000.0, "approval_threshold": 100.0 } },
-            { "name": "get_manager_approval", "module": "get_manager_approval@0.1.0",
-              "depends_on": ["validate_refund_request"], "clearance": "confidential",
-              "config": { "auto_approve_limit": 500.0, "on_exceed": "reject" } },
-            { "name": "execute_refund", "module": "execute_refund@0.1.0", "requires_permission": PERMISSION,
-              "depends_on": ["get_manager_approval", "validate_refund_request"], "clearance": "confidential" },
-            { "name": "notify_customer", "module": "notify_customer@0.1.0", "depends_on": ["execute_refund"],
-              "reads": ["customer_email"], "clearance": "confidential",
-              "retry": { "max_attempts": max_attempts, "initial_backoff_ms": 1000, "max_backoff_ms": 5000 },
-              "secrets": ["NOTIFY_API_KEY"], "hosts": [notify_origin],
-              "config": { "endpoint": notify_endpoint } }
-        ]
+    stepbox::example::refund_workflow(&stepbox::example::Notify::Http {
+        endpoint: notify_endpoint,
+        origin: notify_origin,
+        max_attempts,
+        initial_backoff_ms: 1000,
     })
-    .to_string()
 }
 
 pub(crate) struct Setup {

@@ -223,7 +223,12 @@ async fn load_example(engine: &Engine, args: &ServeArgs) -> Result<(), CliError>
     }
     engine
         .apply_workflow(
-            &refund_workflow(&args.notify_endpoint, &origin),
+            &crate::example::refund_workflow(&crate::example::Notify::Http {
+                endpoint: &args.notify_endpoint,
+                origin: &origin,
+                max_attempts: 3,
+                initial_backoff_ms: 500,
+            }),
             "system:serve",
         )
         .await
@@ -233,42 +238,6 @@ async fn load_example(engine: &Engine, args: &ServeArgs) -> Result<(), CliError>
          notification key with `stepbox secrets set {DEMO_NS} NOTIFY_API_KEY`"
     );
     Ok(())
-}
-
-/// The refund workflow of the seed story.
-fn refund_workflow(endpoint: &str, origin: &str) -> String {
-    json!({
-        "namespace": DEMO_NS, "name": "process_refund", "version": "1.0.0",
-        "input_schema": {
-            "type": "object",
-            "required": ["customer_id", "customer_email", "order_id", "refund_amount", "reason"],
-            "properties": {
-                "customer_id": { "type": "string", "x-data-classification": "pii-identifier", "x-data-subject": true },
-                "customer_email": { "type": "string", "x-data-classification": "pii-contact" },
-                "order_id": { "type": "string", "x-data-classification": "internal" },
-                "refund_amount": { "type": "number", "x-data-classification": "financial" },
-                "currency": { "type": "string", "x-data-classification": "internal" },
-                "reason": { "type": "string", "x-data-classification": "internal" }
-            }
-        },
-        "steps": [
-            { "name": "validate_refund_request", "module": "validate_refund_request@0.1.0",
-              "reads": ["refund_amount", "order_id", "currency", "reason"], "clearance": "confidential",
-              "config": { "max_amount": 1000.0, "approval_threshold": 100.0 } },
-            { "name": "get_manager_approval", "module": "get_manager_approval@0.1.0",
-              "depends_on": ["validate_refund_request"], "clearance": "confidential",
-              "config": { "auto_approve_limit": 500.0, "on_exceed": "reject" } },
-            { "name": "execute_refund", "module": "execute_refund@0.1.0",
-              "requires_permission": "customer_success.process_refund:execute",
-              "depends_on": ["get_manager_approval", "validate_refund_request"], "clearance": "confidential" },
-            { "name": "notify_customer", "module": "notify_customer@0.1.0", "depends_on": ["execute_refund"],
-              "reads": ["customer_email"], "clearance": "confidential",
-              "retry": { "max_attempts": 3, "initial_backoff_ms": 500, "max_backoff_ms": 5000 },
-              "secrets": ["NOTIFY_API_KEY"], "hosts": [origin],
-              "config": { "endpoint": endpoint } }
-        ]
-    })
-    .to_string()
 }
 
 pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
