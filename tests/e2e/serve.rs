@@ -21,7 +21,19 @@ fn free_port() -> u16 {
 
 /// Start `stepbox serve` with its log (at info) going to `log`, and wait until it is ready.
 async fn serve(data_dir: &Path, port: u16, notify: &str, log: &Path) -> Child {
+    serve_with(data_dir, port, notify, log, &[]).await
+}
+
+/// [`serve`] with `extra` flags.
+async fn serve_with(
+    data_dir: &Path,
+    port: u16,
+    notify: &str,
+    log: &Path,
+    extra: &[&std::ffi::OsStr],
+) -> Child {
     let child = stepbox(&["serve"], data_dir)
+        .args(extra)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--steps-dir")
@@ -354,31 +366,8 @@ async fn the_policy_files_namespace_policies_are_applied_at_start() {
     )
     .unwrap();
     let port = free_port();
-    let child = stepbox(&["serve"], &data)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--steps-dir")
-        .arg(components_dir())
-        .arg("--notify-endpoint")
-        .arg(notify.url("/notify"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reqwest::get(format!("http://127.0.0.1:{port}/health/ready"))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let flags = ["--policy".as_ref(), policy.as_os_str()];
+    let child = serve_with(&data, port, &notify.url("/notify"), &log, &flags).await;
     let agent = token(&data, &["--mfa"]);
     let body = json!({
         "namespace": "customer_success", "name": "process_refund",

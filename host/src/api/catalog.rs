@@ -7,6 +7,7 @@
 use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
@@ -16,7 +17,7 @@ use super::{ApiError, ApiState, CorrelationId, policy_or_default, record, refuse
 use crate::audit::NewEvent;
 use crate::auth::Identity;
 use crate::engine::{EngineError, WorkflowDef, valid_name, valid_version};
-use crate::policy::{AccessPolicy, Principal};
+use crate::policy::{AccessPolicy, NamespacePolicy, Principal, Refusal};
 use crate::store::{ModuleInfo, WorkflowRow};
 
 /// The header carrying a module's Ed25519 signature over its SHA-256 digest, hex.
@@ -46,43 +47,20 @@ fn check_names(namespace: &str, name: &str, version: Option<&str>) -> Result<(),
     Ok(())
 }
 
-/// The caller, if it may read `namespace`'s modules and workflows; else a recorded 403.
-async fn reader(
+/// The caller, if `decide` lets it act on `namespace`; else a 403 recorded as `action` on
+/// `resource`.
+async fn authorized(
     state: &ApiState,
     identity: &Identity,
     namespace: &str,
-    correlation: &CorrelationId,
-) -> Result<Principal, ApiError> {
-    let caller = state.access.effective(&identity.principal);
-    let policy = policy_or_default(state, namespace).await?;
-    if let Err(refusal) = AccessPolicy::may_read(&caller, namespace, &policy, false) {
-        let resource = format!("namespace/{namespace}");
-        return Err(refuse(
-            state,
-            &caller,
-            "namespace.read_denied",
-            resource,
-            namespace,
-            &refusal,
-            correlation,
-        )
-        .await);
-    }
-    Ok(caller)
-}
-
-/// The caller, if it manages `namespace`; else a recorded 403 (`action` on `resource`).
-async fn manager(
-    state: &ApiState,
-    identity: &Identity,
-    namespace: &str,
+    decide: fn(&Principal, &str, &NamespacePolicy) -> Result<(), Refusal>,
     action: &str,
     resource: String,
     correlation: &CorrelationId,
 ) -> Result<Principal, ApiError> {
     let caller = state.access.effective(&identity.principal);
     let policy = policy_or_default(state, namespace).await?;
-    if let Err(refusal) = AccessPolicy::may_manage(&caller, namespace, &policy) {
+    if let Err(refusal) = decide(&caller, namespace, &policy) {
         return Err(refuse(
             state,
             &caller,
@@ -95,6 +73,44 @@ async fn manager(
         .await);
     }
     Ok(caller)
+}
+
+/// The caller, if it may read `namespace`'s modules and workflows.
+async fn reader(
+    state: &ApiState,
+    identity: &Identity,
+    namespace: &str,
+    correlation: &CorrelationId,
+) -> Result<Principal, ApiError> {
+    let read = |caller: &Principal, namespace: &str, policy: &NamespacePolicy| {
+        AccessPolicy::may_read(caller, namespace, policy, false)
+    };
+    let resource = format!("namespace/{namespace}");
+    authorized(
+        state,
+        identity,
+        namespace,
+        read,
+        "namespace.read_denied",
+        resource,
+        correlation,
+    )
+    .await
+}
+
+/// The namespace of a listing's `?namespace=…`, if it is a name the caller may read.
+async fn readable_namespace(
+    state: &ApiState,
+    identity: &Identity,
+    correlation: &CorrelationId,
+    query: Result<Query<NamespaceQuery>, QueryRejection>,
+) -> Result<String, ApiError> {
+    let Query(query) = query.map_err(|_| invalid("the query needs `namespace` and only it"))?;
+    if !valid_name(&query.namespace) {
+        return Err(invalid("the namespace is not a valid name"));
+    }
+    reader(state, identity, &query.namespace, correlation).await?;
+    Ok(query.namespace)
 }
 
 fn module_json(module: &ModuleInfo) -> Value {
@@ -122,10 +138,11 @@ pub(super) async fn upload_module(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_names(&namespace, &name, Some(&version))?;
     let resource = format!("module/{namespace}/{name}@{version}");
-    let caller = manager(
+    let caller = authorized(
         &state,
         &identity,
         &namespace,
+        AccessPolicy::may_manage,
         "module.denied",
         resource.clone(),
         &correlation,
@@ -182,14 +199,7 @@ pub(super) async fn upload_module(
         )
         .await;
     let (code, status, why) = match uploaded {
-        Ok(_) => {
-            return Ok((
-                StatusCode::CREATED,
-                Json(module_json(
-                    &uploaded_module(&state, &namespace, &name, &version).await?,
-                )),
-            ));
-        }
+        Ok(module) => return Ok((StatusCode::CREATED, Json(module_json(&module)))),
         Err(EngineError::Invalid(why)) => ("invalid_module", StatusCode::UNPROCESSABLE_ENTITY, why),
         Err(EngineError::Untrusted(why)) => ("untrusted_module", StatusCode::FORBIDDEN, why),
         Err(other) => return Err(other.into()),
@@ -208,34 +218,17 @@ pub(super) async fn upload_module(
     Err(ApiError::new(status, code, why))
 }
 
-/// The module just stored, as listings show it.
-async fn uploaded_module(
-    state: &ApiState,
-    namespace: &str,
-    name: &str,
-    version: &str,
-) -> Result<ModuleInfo, ApiError> {
-    let module = state
-        .engine
-        .read(async |tx| tx.get_module(namespace, name, version).await)
-        .await?
-        .ok_or_else(|| EngineError::Internal("an uploaded module is not stored".into()))?;
-    Ok(ModuleInfo::from(&module))
-}
-
 /// `GET /v1/modules?namespace=…`.
 pub(super) async fn list_modules(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    query: Result<Query<NamespaceQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<NamespaceQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|_| invalid("the query needs `namespace` and only it"))?;
-    check_names(&query.namespace, "modules", None)?;
-    reader(&state, &identity, &query.namespace, &correlation).await?;
+    let namespace = readable_namespace(&state, &identity, &correlation, query).await?;
     let modules = state
         .engine
-        .read(async |tx| tx.list_modules(&query.namespace).await)
+        .read(async |tx| tx.list_modules(&namespace).await)
         .await?;
     let items: Vec<Value> = modules.iter().map(module_json).collect();
     Ok(Json(json!({ "items": items })))
@@ -308,16 +301,17 @@ pub(super) async fn apply_workflow(
         )
     })?;
     let resource = format!("workflow/{}/{}@{}", def.namespace, def.name, def.version);
-    let caller = manager(
+    let caller = authorized(
         &state,
         &identity,
         &def.namespace,
+        AccessPolicy::may_manage,
         "workflow.denied",
         resource,
         &correlation,
     )
     .await?;
-    let applied = state
+    let (def, row) = state
         .engine
         .apply_workflow(text, &format!("user:{}", caller.subject))
         .await
@@ -327,10 +321,6 @@ pub(super) async fn apply_workflow(
             }
             other => other.into(),
         })?;
-    let (def, row) = state
-        .engine
-        .workflow_definition(&applied.namespace, &applied.name, Some(&applied.version))
-        .await?;
     Ok((StatusCode::CREATED, Json(workflow_json(&def, &row))))
 }
 
@@ -339,14 +329,12 @@ pub(super) async fn list_workflows(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    query: Result<Query<NamespaceQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<NamespaceQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|_| invalid("the query needs `namespace` and only it"))?;
-    check_names(&query.namespace, "workflows", None)?;
-    reader(&state, &identity, &query.namespace, &correlation).await?;
+    let namespace = readable_namespace(&state, &identity, &correlation, query).await?;
     let rows = state
         .engine
-        .read(async |tx| tx.list_workflows(&query.namespace).await)
+        .read(async |tx| tx.list_workflows(&namespace).await)
         .await?;
     let items: Vec<Value> = rows
         .iter()

@@ -125,7 +125,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/workflows/{namespace}/{name}/{version}",
             get(catalog::get_workflow_version),
-        )
+        );
+    let authenticated = Router::new()
+        .nest("/v1", v1)
+        .route("/metrics", get(serve_metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // Outside the token check: an address is limited before its tokens are looked at.
         .route_layer(middleware::from_fn_with_state(state.clone(), limit_address));
@@ -134,13 +137,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/health/ready", get(ready))
         // The API's description is public: it holds no data, and clients need it first.
         .route("/v1/openapi.json", get(openapi))
-        .nest("/v1", v1)
-        .merge(
-            Router::new()
-                .route("/metrics", get(serve_metrics))
-                .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
-                .route_layer(middleware::from_fn_with_state(state.clone(), limit_address)),
-        )
+        .merge(authenticated)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(protect))

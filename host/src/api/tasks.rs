@@ -310,12 +310,10 @@ pub(super) async fn list(
         .await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| {
-            rows.last()
-                .map(|last| encode_cursor(&TaskCursor::from(last)))
-        })
-        .flatten();
+    let next_cursor = rows
+        .last()
+        .filter(|_| more)
+        .map(|last| encode_cursor(&TaskCursor::from(last)));
     let items: Vec<Value> = rows.iter().map(summary).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }

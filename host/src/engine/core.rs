@@ -16,7 +16,7 @@ use crate::classify::FieldClasses;
 use crate::crypto::KeyRing;
 use crate::policy::NamespacePolicy;
 use crate::sandbox::{Sandbox, StepModule};
-use crate::store::{ModuleRow, Store, Tx, WorkflowRow};
+use crate::store::{ModuleInfo, ModuleRow, Store, Tx, WorkflowRow};
 
 /// Longest lease a worker holds on a step before it must renew it.
 pub const DEFAULT_LEASE_MS: i64 = 30_000;
@@ -299,14 +299,17 @@ impl Engine {
         wasm: &[u8],
         uploader: &str,
     ) -> Result<String, EngineError> {
-        self.register_signed_module(namespace, name, version, wasm, None, uploader)
-            .await
+        let stored = self
+            .register_signed_module(namespace, name, version, wasm, None, uploader)
+            .await?;
+        Ok(stored.digest)
     }
 
     /// Upload a module with an optional Ed25519 `signature` over its SHA-256 digest. A
     /// signature must verify under one of the namespace's trusted keys (a signature that
     /// does not is refused, never stored as if unsigned); a namespace with
-    /// `require_signed_modules` refuses unsigned uploads. Returns the hex digest.
+    /// `require_signed_modules` refuses unsigned uploads. Returns the module as stored,
+    /// without its bytes.
     pub async fn register_signed_module(
         &self,
         namespace: &str,
@@ -315,7 +318,7 @@ impl Engine {
         wasm: &[u8],
         signature: Option<&[u8]>,
         uploader: &str,
-    ) -> Result<String, EngineError> {
+    ) -> Result<ModuleInfo, EngineError> {
         if !super::valid_name(name) || !super::valid_version(version) {
             return Err(EngineError::Invalid(format!(
                 "module `{name}@{version}` is not a valid name@MAJOR.MINOR.PATCH"
@@ -340,7 +343,7 @@ impl Engine {
             }
             None => None,
         };
-        tx.insert_module(&ModuleRow {
+        let row = ModuleRow {
             digest: digest.clone(),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -350,8 +353,8 @@ impl Engine {
             uploader: uploader.to_owned(),
             signature: signature.map(<[u8]>::to_vec),
             created_at: now,
-        })
-        .await?;
+        };
+        tx.insert_module(&row).await?;
         let event = NewEvent {
             actor: uploader.to_owned(),
             action: "module.uploaded".into(),
@@ -364,16 +367,17 @@ impl Engine {
         audit::record(&mut tx, &event, now).await?;
         tx.commit().await?;
         lock(&self.inner.modules).insert(versioned_key(namespace, name, version), module);
-        Ok(digest)
+        Ok(ModuleInfo::from(&row))
     }
 
-    /// Apply a workflow definition (JSON): checked on its own, then against the namespace
-    /// (its modules exist, its grants are within the policy). Immutable per version.
+    /// Apply a workflow definition (YAML or JSON): checked on its own, then against the
+    /// namespace (its modules exist, its grants are within the policy). Immutable per
+    /// version. Returns the definition and its stored row.
     pub async fn apply_workflow(
         &self,
         definition: &str,
         actor: &str,
-    ) -> Result<WorkflowDef, EngineError> {
+    ) -> Result<(WorkflowDef, WorkflowRow), EngineError> {
         let loaded = LoadedWorkflow::new(WorkflowDef::parse(definition)?)?;
         let def = &loaded.def;
         let now = self.now();
@@ -410,15 +414,15 @@ impl Engine {
         }
         let stored =
             serde_json::to_string(&def).map_err(|e| EngineError::Internal(e.to_string()))?;
-        tx.insert_workflow(&WorkflowRow {
+        let row = WorkflowRow {
             namespace: def.namespace.clone(),
             name: def.name.clone(),
             version: def.version.clone(),
             definition: stored,
             created_by: actor.to_owned(),
             created_at: now,
-        })
-        .await?;
+        };
+        tx.insert_workflow(&row).await?;
         let event = NewEvent {
             actor: actor.to_owned(),
             action: "workflow.applied".into(),
@@ -433,7 +437,7 @@ impl Engine {
         let key = versioned_key(&def.namespace, &def.name, &def.version);
         let def = def.clone();
         lock(&self.inner.workflows).insert(key, Arc::new(loaded));
-        Ok(def)
+        Ok((def, row))
     }
 
     /// A workflow by exact version (cached; definitions never change).
