@@ -135,6 +135,7 @@ async fn baseline(sandbox: &Sandbox, worker_count: usize) -> Served {
                     reason: None,
                     tags: vec![],
                     correlation_id: None,
+                    request: None,
                 },
             )
             .await

@@ -48,6 +48,7 @@ pub fn request(n: usize) -> CreateTask {
         reason: Some("benchmark".into()),
         tags: vec![],
         correlation_id: None,
+        request: None,
     }
 }
 

@@ -98,6 +98,10 @@ async fn every_endpoint_as_every_role_is_decided_as_the_policy_says() {
             ("list modules of payments", vec!["payments_agent"]),
             ("list tasks of payments by others", vec!["payments_agent"]),
             ("read metrics", vec![]),
+            ("query the audit trail", vec!["auditor"]),
+            ("audit a task", vec!["auditor"]),
+            ("export the audit trail", vec!["auditor"]),
+            ("verify the audit chain", vec!["auditor"]),
         ];
         let noop = component("noop");
         let mut unexpected = Vec::new();
@@ -168,6 +172,18 @@ async fn every_endpoint_as_every_role_is_decided_as_the_policy_says() {
                         "/v1/tasks?namespace=payments&created_by=user_owner".into(),
                     ),
                     "read metrics" => call("GET", "/metrics".into()),
+                    "query the audit trail" => {
+                        call("GET", "/v1/audit/trail?user_id=user_owner".into())
+                    }
+                    "audit a task" => call(
+                        "GET",
+                        format!("/v1/audit/tasks/{}", foreign_task(&api).await),
+                    ),
+                    "export the audit trail" => call(
+                        "GET",
+                        "/v1/audit/export?format=csv&action=task.created".into(),
+                    ),
+                    "verify the audit chain" => call("GET", "/v1/audit/verify".into()),
                     other => unreachable!("{other}"),
                 };
                 let (status, body) = send(&api, &caller, call).await;

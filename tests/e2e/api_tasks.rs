@@ -5,6 +5,7 @@
 
 use serde_json::{Value, json};
 use stepbox::api::{self, ApiState, RateLimits};
+use stepbox::audit::AuditSigner;
 use stepbox::auth::{DEV_AUDIENCE, DEV_ISSUER, DevKey, DevTokenRequest, Verifier};
 use stepbox::engine::{Engine, ManualClock};
 use stepbox::policy::{AccessPolicy, NamespacePolicy};
@@ -40,7 +41,7 @@ fn access() -> AccessPolicy {
         "ns_admin": ["customer_success:manage", "customer_success:read"],
         "customer_success_agent": ["customer_success:read", "customer_success.process_refund:execute"],
         "team_lead": ["customer_success:execute", "customer_success:read"],
-        "auditor": ["customer_success:read"],
+        "auditor": ["customer_success:read", "audit:read"],
         "payments_agent": ["payments:read", "payments:execute"]
     }}))
     .unwrap()
@@ -69,6 +70,12 @@ pub(crate) async fn start_limited(url: &stepbox::store::DatabaseUrl, limits: Rat
     };
     engine.set_policy(NS, &policy, "user:admin").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let signer = AuditSigner::load_or_create(&dir.path().join("audit-signing.pem")).unwrap();
+    let engine = engine.with_audit_signer(std::sync::Arc::new(signer));
+    assert!(
+        engine.audit_signer().is_some(),
+        "the engine was shared before its signer was set"
+    );
     let key = DevKey::load_or_create(dir.path()).unwrap();
     let verifier = Verifier::new(key.key_set(), DEV_ISSUER, DEV_AUDIENCE);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -186,6 +186,7 @@ pub(crate) fn refund_request(amount: f64) -> CreateTask {
         reason: Some("customer called".into()),
         tags: vec![],
         correlation_id: None,
+        request: None,
     }
 }
 
@@ -486,7 +487,7 @@ async fn parallel_branches_of_a_dag_run_concurrently() {
                        { "name": "join", "module": "noop@0.1.0", "depends_on": ["left", "right"] } ]
         });
         engine.apply_workflow(&definition.to_string(), "user:team_lead").await.unwrap();
-        let request = CreateTask { namespace: NS.into(), workflow: "fan_out".into(), version: None, context: json!({}), reason: None, tags: vec![], correlation_id: None };
+        let request = CreateTask { namespace: NS.into(), workflow: "fan_out".into(), version: None, context: json!({}), reason: None, tags: vec![], correlation_id: None, request: None };
         let created = engine.create_task(&agent(), request).await.unwrap();
 
         let (stop_tx, stop) = tokio::sync::watch::channel(false);

@@ -6,6 +6,7 @@ mod api_catalog;
 mod api_matrix;
 mod api_openapi;
 mod api_tasks;
+mod audit_trail;
 mod cli;
 mod control;
 mod engine;

@@ -113,6 +113,7 @@ async fn create_tasks(engine: &Engine, count: usize) -> Vec<String> {
             reason: None,
             tags: vec![],
             correlation_id: None,
+            request: None,
         };
         ids.push(engine.create_task(&principal, request).await.unwrap().id);
     }

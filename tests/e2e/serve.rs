@@ -205,6 +205,71 @@ async fn serve_sets_itself_up_and_runs_the_refund_story_over_http() {
         }
     }
 
+    // The auditor's tools on the installation: what user_123 did; a whole export, verified
+    // offline with the public key alone; an edited line in it named.
+    let queried = stepbox(&["audit", "query", "--user-id", "user_123"], &data)
+        .output()
+        .unwrap();
+    assert!(
+        queried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&queried.stderr)
+    );
+    let queried: Value = serde_json::from_slice(&queried.stdout).unwrap();
+    let did: Vec<&str> = queried["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(did[..2], ["task.denied", "task.created"], "{queried}");
+    assert!(!queried.to_string().contains(CUSTOMER_EMAIL));
+    let export = dir.path().join("audit.jsonl");
+    let exported = stepbox(&["audit", "export", "-o", export.to_str().unwrap()], &data)
+        .output()
+        .unwrap();
+    let progress = String::from_utf8_lossy(&exported.stderr).into_owned();
+    assert!(
+        exported.status.success() && progress.contains("exported"),
+        "{progress}"
+    );
+    let public = stepbox(&["audit", "public-key"], &data).output().unwrap();
+    assert!(public.status.success());
+    let key = dir.path().join("audit.pub");
+    std::fs::write(&key, &public.stdout).unwrap();
+    let offline = |file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_stepbox"))
+            .args(["audit", "verify", "--export"])
+            .arg(file)
+            .arg("--public-key")
+            .arg(&key)
+            .output()
+            .unwrap()
+    };
+    let verified = offline(&export);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let report: Value = serde_json::from_slice(&verified.stdout).unwrap();
+    assert!(report["checkpoints"].as_u64().unwrap() >= 1, "{report}");
+    let text = std::fs::read_to_string(&export).unwrap();
+    assert!(!text.contains(CUSTOMER_EMAIL));
+    let tampered = dir.path().join("tampered.jsonl");
+    std::fs::write(
+        &tampered,
+        text.replacen("\"outcome\":\"success\"", "\"outcome\":\"denied\"", 1),
+    )
+    .unwrap();
+    let refused = offline(&tampered);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(": edited"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     // A second start keeps the installation: same keys, same workflow, the task still there.
     let server = serve(&data, port, &notify.url("/notify"), &log).await;
     let again = get_task(&base, &agent, &id).await;

@@ -33,6 +33,7 @@ pub fn stepbox(args: &[&str], data_dir: &Path) -> Command {
         .arg(data_dir)
         .env_remove("STEPBOX_DATABASE_URL")
         .env_remove("STEPBOX_KEYS_FILE")
+        .env_remove("STEPBOX_AUDIT_KEY_FILE")
         .env_remove("STEPBOX_POLICY_FILE");
     command
 }

@@ -7,6 +7,7 @@
 //! into calls on `auth`, `policy` and `engine`; it never touches the store's rows or a
 //! key itself.
 
+mod audit;
 mod catalog;
 mod error;
 mod limits;
@@ -34,7 +35,7 @@ pub use tls::{Tls, TlsError, serve_tls};
 use crate::audit::NewEvent;
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::engine::Engine;
-use crate::engine::EngineError;
+use crate::engine::{EngineError, RequestDetails};
 use crate::policy::{AccessPolicy, NamespacePolicy, Principal, Refusal};
 
 /// Largest request body accepted. Task contexts are small JSON documents; modules, the
@@ -97,6 +98,37 @@ impl ApiState {
 #[derive(Clone, Debug)]
 pub struct CorrelationId(pub String);
 
+/// Where a request came from, for the audit event it causes: client address, user agent
+/// (cut short), the token's session id. Never fails.
+#[derive(Clone, Debug)]
+pub(crate) struct Client(pub RequestDetails);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(request_details(&parts.extensions, &parts.headers)))
+    }
+}
+
+fn request_details(extensions: &axum::http::Extensions, headers: &HeaderMap) -> RequestDetails {
+    RequestDetails {
+        ip: extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect()),
+        session_id: extensions
+            .get::<Identity>()
+            .and_then(|identity| identity.session_id.clone()),
+    }
+}
+
 /// The routes with every protection layered on. Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` so refusals record the client's
 /// address.
@@ -122,6 +154,11 @@ pub fn router(state: ApiState) -> Router {
             get(catalog::list_workflows).post(catalog::apply_workflow),
         )
         .route("/workflows/{namespace}/{name}", get(catalog::get_workflow))
+        .route("/audit/trail", get(audit::trail))
+        .route("/audit/tasks/{id}", get(audit::task))
+        .route("/audit/export", get(audit::export))
+        .route("/audit/verify", get(audit::verify))
+        .route("/audit/public-key", get(audit::public_key))
         .route(
             "/workflows/{namespace}/{name}/{version}",
             get(catalog::get_workflow_version),
@@ -388,15 +425,7 @@ fn refusal_event(request: &Request, refusal: &AuthError) -> NewEvent {
 
 /// A denied event about `request`: its path, method, client address and user agent.
 fn client_event(request: &Request, action: &str, actor: &str) -> NewEvent {
-    let ip = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string());
-    let user_agent = request
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect::<String>());
+    let client = request_details(request.extensions(), request.headers());
     NewEvent {
         actor: actor.to_owned(),
         action: action.to_owned(),
@@ -415,8 +444,8 @@ fn client_event(request: &Request, action: &str, actor: &str) -> NewEvent {
             .map(|c| c.0.clone()),
         details: json!({
             "method": request.method().as_str(),
-            "ip": ip,
-            "user_agent": user_agent,
+            "ip": client.ip,
+            "user_agent": client.user_agent,
         }),
         ..NewEvent::default()
     }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::named_field;
-use super::{ApiError, ApiState, CorrelationId, policy_or_default, record, refuse};
+use super::{ApiError, ApiState, Client, CorrelationId, policy_or_default, record, refuse};
 use crate::audit::NewEvent;
 use crate::auth::Identity;
 use crate::engine::{CreateTask, EngineError, TaskView, valid_name, valid_version};
@@ -79,6 +79,7 @@ pub(super) async fn create(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
+    Client(client): Client,
     body: Result<Json<CreateBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body.map_err(|e| ApiError::json_body(e, "a task request"))?;
@@ -108,6 +109,7 @@ pub(super) async fn create(
                 reason: body.reason,
                 tags: body.tags,
                 correlation_id: Some(correlation.0.clone()),
+                request: Some(client),
             },
         )
         .await?;
@@ -124,6 +126,7 @@ pub(super) async fn get(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
+    Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = state.access.effective(&identity.principal);
@@ -137,7 +140,29 @@ pub(super) async fn get(
         ),
         other => other.into(),
     })?;
-    Ok(Json(show(&view, &caller, &policy)))
+    let shown = show(&view, &caller, &policy);
+    // A data access: who saw the task's context, from where, and whether its PII showed.
+    // Fail closed: data whose access cannot be recorded is not shown.
+    let event = NewEvent {
+        actor: format!("user:{}", caller.subject),
+        action: "task.read".into(),
+        resource: format!("task/{id}"),
+        namespace: Some(view.namespace.clone()),
+        outcome: "success".into(),
+        classification: Some(view.classification.clone()),
+        contains_pii: view.contains_pii,
+        correlation_id: Some(correlation.0.clone()),
+        details: json!({
+            "workflow": format!("{}@{}", view.workflow, view.version),
+            "pii_shown": AccessPolicy::sees_pii(&caller, &view.namespace, &policy),
+            "request": client,
+        }),
+    };
+    state
+        .engine
+        .record_event(&event, state.engine.now())
+        .await?;
+    Ok(Json(shown))
 }
 
 /// Task `id` and its namespace's policy, if `caller` may read it. Otherwise the answer
@@ -446,7 +471,7 @@ pub(super) async fn retry(
 }
 
 /// Task ids are `task_` and hex; anything else is no task of ours.
-fn valid_task_id(id: &str) -> bool {
+pub(super) fn valid_task_id(id: &str) -> bool {
     id.strip_prefix("task_").is_some_and(|hex| {
         !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
     })

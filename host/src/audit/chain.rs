@@ -6,10 +6,13 @@
 //! The sequence number is inside the hash, so moving a row to another position breaks
 //! it; the previous hash is inside, so removing or inserting a row breaks the next link.
 
+use std::collections::VecDeque;
+
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::store::AuditRow;
+use super::checkpoint::CheckpointKeys;
+use crate::store::{AuditRow, CheckpointRow};
 
 /// Separates our hashes from any other SHA-256 use of the same bytes.
 const DOMAIN: &[u8] = b"stepbox-audit-v1\0";
@@ -77,6 +80,8 @@ pub enum Problem {
     Inserted,
     /// Rows were moved out of their sealed order.
     Reordered,
+    /// A checkpoint's signature does not verify under the trusted keys.
+    BadSignature,
 }
 
 /// The first failure found.
@@ -97,6 +102,13 @@ pub struct Verification {
     pub unsealed: u64,
     /// Sequence number and hash of the last good sealed event.
     pub head: Option<(i64, String)>,
+    /// Signed checkpoints checked.
+    pub checkpoints: u64,
+    /// The last event a good checkpoint signed: everything up to it is as it was signed.
+    pub signed_through: Option<i64>,
+    /// Whether events were checked as one chain (a whole trail) or each against its own
+    /// hash only (a filtered export, whose events do not link to each other).
+    pub linked: bool,
     /// The first failure, if any.
     pub broken: Option<Break>,
 }
@@ -122,6 +134,15 @@ pub struct Verifier {
     /// After a failure, the failing row's `prev_hash` and how many more rows to read
     /// looking for it: found *later* in the chain, the rows were reordered.
     lookahead: Option<([u8; 32], usize)>,
+    /// The last sealed event that checked out.
+    head_seq: Option<i64>,
+    /// False for a filtered export: each event is checked against its own hash only.
+    links: bool,
+    /// Checkpoints given but not checked yet, in `seq` order.
+    pending: VecDeque<CheckpointRow>,
+    keys: CheckpointKeys,
+    checkpoints: u64,
+    signed_through: Option<i64>,
 }
 
 /// Rows read past a failure to tell a reordering from an edit.
@@ -146,11 +167,65 @@ impl Verifier {
             unsealed: 0,
             broken: None,
             lookahead: None,
+            head_seq: None,
+            links: true,
+            pending: VecDeque::new(),
+            keys: CheckpointKeys::default(),
+            checkpoints: 0,
+            signed_through: None,
+        }
+    }
+
+    /// A verifier for events that need not link to each other (a filtered export): each
+    /// must match its own hash and come in increasing `seq` order.
+    pub fn unlinked() -> Self {
+        Self {
+            links: false,
+            ..Self::default()
+        }
+    }
+
+    /// The same verifier checking signed checkpoints against `keys`.
+    pub fn with_keys(mut self, keys: CheckpointKeys) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// A checkpoint to check once the events up to its `seq` are in; give checkpoints in
+    /// `seq` order, each before any event after it.
+    pub fn expect(&mut self, checkpoint: CheckpointRow) {
+        self.pending.push_back(checkpoint);
+    }
+
+    /// Check every given checkpoint below `seq`: the events it covers are all in.
+    fn settle_below(&mut self, seq: i64) {
+        while self.pending.front().is_some_and(|c| c.seq < seq) {
+            let Some(checkpoint) = self.pending.pop_front() else {
+                break;
+            };
+            if self.broken.is_some() {
+                continue;
+            }
+            if !self.keys.check(&checkpoint) {
+                return self.fail(checkpoint.seq, Problem::BadSignature);
+            }
+            let here = self.head_seq == Some(checkpoint.seq);
+            if here && checkpoint.hash[..] != self.prev_hash[..] {
+                // The chain links, yet not to what was signed: rewritten and re-hashed.
+                return self.fail(checkpoint.seq, Problem::Edited);
+            }
+            if !here && self.links {
+                // The signed event is gone: removed, or the tail was cut off.
+                return self.fail(checkpoint.seq, Problem::Missing);
+            }
+            self.checkpoints += 1;
+            self.signed_through = Some(checkpoint.seq);
         }
     }
 
     /// Check the next event. After the first break, further events are ignored.
     pub fn push(&mut self, event: &AuditRow) {
+        self.settle_below(event.seq);
         if let Some((target, left)) = &mut self.lookahead {
             if stored_hash(event.hash.as_deref()) == Some(*target) {
                 if let Some(broken) = &mut self.broken {
@@ -184,6 +259,16 @@ impl Verifier {
             // after the chain had moved past its position.
             return self.fail(unsealed, Problem::Inserted);
         }
+        if !self.links {
+            if link_hash(event, &prev_hash) != hash {
+                return self.fail(event.seq, Problem::Edited);
+            }
+            self.prev_hash = hash;
+            self.prev_seq = Some(event.seq);
+            self.head_seq = Some(event.seq);
+            self.checked += 1;
+            return;
+        }
         if link_hash(event, &prev_hash) != hash {
             // Content or position changed. If the row it links to turns up later, rows
             // were moved; otherwise this one was edited.
@@ -207,6 +292,7 @@ impl Verifier {
         self.prev_prev_hash = Some(self.prev_hash);
         self.prev_hash = hash;
         self.prev_seq = Some(event.seq);
+        self.head_seq = Some(event.seq);
         self.checked += 1;
     }
 
@@ -214,17 +300,21 @@ impl Verifier {
         self.broken = Some(Break { seq, problem });
     }
 
-    /// The verdict so far.
-    pub fn finish(&self) -> Verification {
+    /// The verdict, once every event and checkpoint is in.
+    pub fn finish(mut self) -> Verification {
+        self.settle_below(i64::MAX);
         Verification {
             checked: self.checked,
             unsealed: self.unsealed,
             head: (self.checked > 0).then(|| {
                 (
-                    self.prev_seq.unwrap_or_default(),
+                    self.head_seq.unwrap_or_default(),
                     hex::encode(self.prev_hash),
                 )
             }),
+            checkpoints: self.checkpoints,
+            signed_through: self.signed_through,
+            linked: self.links,
             broken: self.broken.clone(),
         }
     }
@@ -246,6 +336,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::audit::AuditSigner;
 
     fn event(seq: i64) -> AuditRow {
         AuditRow {
@@ -276,6 +367,99 @@ mod tests {
         let mut verifier = Verifier::default();
         events.iter().for_each(|e| verifier.push(e));
         verifier.finish()
+    }
+
+    fn signer() -> AuditSigner {
+        AuditSigner::from_pem(
+            "-----BEGIN PRIVATE KEY-----\n\
+             MC4CAQAwBQYDK2VwBCIEIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcH\n\
+             -----END PRIVATE KEY-----\n",
+        )
+        .unwrap()
+    }
+
+    /// `events` checked with a checkpoint of each seq in `at`, signed by `signer()`.
+    fn verify_signed(events: &[AuditRow], checkpoints: &[CheckpointRow]) -> Verification {
+        let mut verifier = Verifier::default().with_keys(signer().verifying());
+        checkpoints.iter().for_each(|c| verifier.expect(c.clone()));
+        events.iter().for_each(|e| verifier.push(e));
+        verifier.finish()
+    }
+
+    fn checkpoint_of(event: &AuditRow) -> CheckpointRow {
+        signer().sign(event.seq, event.hash.as_deref().unwrap(), 0)
+    }
+
+    #[test]
+    fn checkpoints_sign_the_chain_and_a_cut_off_tail_is_missing() {
+        let events = sealed(10);
+        let checkpoints = [checkpoint_of(&events[4]), checkpoint_of(&events[9])];
+        let report = verify_signed(&events, &checkpoints);
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!((report.checkpoints, report.signed_through), (2, Some(10)));
+
+        // The last three rows deleted: the chain that is left links, the checkpoint says no.
+        assert_eq!(
+            verify_signed(&events[..7], &checkpoints).broken,
+            Some(Break {
+                seq: 10,
+                problem: Problem::Missing
+            })
+        );
+    }
+
+    #[test]
+    fn a_rehashed_chain_disagrees_with_its_checkpoint() {
+        let mut events = sealed(10);
+        let checkpoints = [checkpoint_of(&events[9])];
+        // Edit row 3 and recompute every hash from there: the chain links again.
+        events[2].outcome = "denied".into();
+        let prev = stored_hash(events[1].hash.as_deref()).unwrap();
+        seal_in_order(&mut events[2..], prev);
+        assert!(verify(&events).is_intact());
+        assert_eq!(
+            verify_signed(&events, &checkpoints).broken,
+            Some(Break {
+                seq: 10,
+                problem: Problem::Edited
+            })
+        );
+    }
+
+    #[test]
+    fn a_forged_checkpoint_signature_is_named() {
+        let events = sealed(5);
+        let mut checkpoint = checkpoint_of(&events[2]);
+        checkpoint.signature[0] ^= 0x40;
+        assert_eq!(
+            verify_signed(&events, &[checkpoint]).broken,
+            Some(Break {
+                seq: 3,
+                problem: Problem::BadSignature
+            })
+        );
+    }
+
+    #[test]
+    fn a_filtered_trail_checks_each_event_against_its_own_hash() {
+        let mut events = sealed(10);
+        events.retain(|e| e.seq % 3 == 0);
+        let mut verifier = Verifier::unlinked();
+        events.iter().for_each(|e| verifier.push(e));
+        let report = verifier.finish();
+        assert!(report.is_intact() && !report.linked, "{report:?}");
+        assert_eq!(report.checked, 3);
+
+        events[1].actor = "user:mallory".into();
+        let mut verifier = Verifier::unlinked();
+        events.iter().for_each(|e| verifier.push(e));
+        assert_eq!(
+            verifier.finish().broken,
+            Some(Break {
+                seq: 6,
+                problem: Problem::Edited
+            })
+        );
     }
 
     #[test]

@@ -4,9 +4,20 @@
 //! never rewrite a sealed event.
 
 mod chain;
+mod checkpoint;
+mod export;
+mod present;
 mod trail;
 
 pub use chain::{
     Break, GENESIS, Problem, Verification, Verifier, canonical, link_hash, seal_in_order,
 };
-pub use trail::{AuditError, NewEvent, record, record_many, seal_pending, verify};
+pub use checkpoint::{
+    AuditSigner, CHECKPOINT_EVERY_MS, CheckpointKeys, SigningKeyError, checkpoint, key_id,
+};
+pub use export::{ExportError, ExportFormat, export, verify_export};
+pub use present::{
+    CSV_HEADER, ExportCheckpoint, ExportEvent, ExportLine, compliance_tags, csv_record, event_view,
+    export_header, parse_rfc3339, rfc3339,
+};
+pub use trail::{AuditError, NewEvent, record, record_many, seal_pending, verify, verify_signed};

@@ -13,6 +13,7 @@
 use serde::Serialize;
 
 use super::chain::{GENESIS, Verification, Verifier, link_hash, stored_hash};
+use super::checkpoint::CheckpointKeys;
 use crate::store::{Backend, NewAuditRow, Store, StoreError, Tx};
 
 /// Events sealed per round trip.
@@ -164,11 +165,38 @@ pub async fn seal_pending(store: &Store) -> Result<u64, AuditError> {
 
 /// Walk the whole stored chain, page by page, in constant memory.
 pub async fn verify(store: &Store) -> Result<Verification, AuditError> {
-    let mut verifier = Verifier::default();
+    walk(store, Verifier::default(), false).await
+}
+
+/// Walk the whole stored chain and check every signed checkpoint against `keys` on the
+/// way: a checkpoint that does not verify, or whose event is gone or differs, is named.
+pub async fn verify_signed(
+    store: &Store,
+    keys: &CheckpointKeys,
+) -> Result<Verification, AuditError> {
+    walk(store, Verifier::default().with_keys(keys.clone()), true).await
+}
+
+async fn walk(
+    store: &Store,
+    mut verifier: Verifier,
+    checkpoints: bool,
+) -> Result<Verification, AuditError> {
     let mut from = i64::MIN;
     loop {
         let mut tx = store.begin_read().await?;
         let rows = tx.audit_events(from, VERIFY_PAGE).await?;
+        // The checkpoints this page covers, read in the same snapshot; past the last
+        // page, every checkpoint left (one past the end shows a cut-off tail).
+        let through = match rows.last() {
+            Some(last) => last.seq,
+            None => i64::MAX,
+        };
+        if checkpoints {
+            for checkpoint in tx.checkpoints_between(from, through).await? {
+                verifier.expect(checkpoint);
+            }
+        }
         tx.commit().await?;
         let Some(last) = rows.last().map(|r| r.seq) else {
             break;

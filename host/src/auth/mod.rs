@@ -22,6 +22,7 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
+pub(crate) use dev::write_private;
 pub use dev::{DEV_AUDIENCE, DEV_ISSUER, DevKey, DevKeyError, DevTokenRequest};
 pub use keys::{KeySet, KeySetError};
 

@@ -409,6 +409,11 @@ async fn wait(api: &Api, id: &str, timeout: Duration) -> Result<ExitCode, CliErr
     let deadline = Instant::now() + timeout;
     let mut shown: Vec<(String, String, i64)> = Vec::new();
     loop {
+        // The task before its steps: once it is seen finished, the steps read after it
+        // are final, so the last lines printed are the steps' last states.
+        let Answer::Ok(task) = api.get(&format!("/v1/tasks/{id}")).await? else {
+            return Ok(ExitCode::FAILURE);
+        };
         let Answer::Ok(steps) = api.get(&format!("/v1/tasks/{id}/steps")).await? else {
             return Ok(ExitCode::FAILURE);
         };
@@ -428,9 +433,6 @@ async fn wait(api: &Api, id: &str, timeout: Duration) -> Result<ExitCode, CliErr
                 .unwrap_or_default();
             eprintln!("  {name}: {status} (attempt {attempts}{error})");
         }
-        let Answer::Ok(task) = api.get(&format!("/v1/tasks/{id}")).await? else {
-            return Ok(ExitCode::FAILURE);
-        };
         match task["status"].as_str() {
             Some("complete") => return Ok(print(&task)),
             Some("error" | "cancelled") => {

@@ -7,6 +7,7 @@
 //! tls: { cert: /etc/stepbox/tls.crt, key: /etc/stepbox/tls.key }
 //! database: postgres://stepbox@db.internal/stepbox
 //! keys: /etc/stepbox/keys.json          # away from the database and its backups
+//! audit_key: /etc/stepbox/audit-signing.pem  # signs audit checkpoints; not a data key
 //! policy: /etc/stepbox/policy.json
 //! workers: 8
 //! rate_limits: { per_ip: 1000, per_principal: 200 }
@@ -43,6 +44,8 @@ pub struct ServeConfig {
     pub database: Option<String>,
     /// Key file.
     pub keys: Option<PathBuf>,
+    /// Audit checkpoint signing key file.
+    pub audit_key: Option<PathBuf>,
     /// Access policy file.
     pub policy: Option<PathBuf>,
     /// Workers in this process.

@@ -2,6 +2,7 @@
 //! the library's faces (`sandbox`, `engine`, `audit`, `crypto`, `store`); they never print
 //! secrets, key material or unredacted guest output.
 
+mod audit;
 mod client;
 mod config;
 mod ops;
@@ -14,12 +15,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub use audit::{AuditCommand, ExportArgs, QueryArgs, TrailArgs, VerifyArgs};
 pub use client::{
     ClientArgs, ModuleCommand, ModulePushArgs, TaskCommand, TaskIdArgs, TaskListArgs,
     TaskSubmitArgs, TaskWaitArgs, WorkflowApplyArgs, WorkflowCommand,
 };
 pub use config::{JwtConfig, ServeConfig};
-pub use ops::{AuditCommand, DataArgs, KeysCommand, WorkerArgs};
+pub use ops::{DataArgs, KeysCommand, WorkerArgs};
 pub use secrets::{SecretSetArgs, SecretsCommand};
 pub use serve::ServeArgs;
 pub use step_run::StepRunArgs;
@@ -48,7 +50,7 @@ pub enum Command {
     /// Manage key-encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Check the audit trail.
+    /// Verify, query and export the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Manage the secrets steps may be granted (sealed in the database).
@@ -107,7 +109,7 @@ impl Cli {
             Command::Serve(args) => serve::run(args).await,
             Command::Worker(args) => ops::worker(args).await,
             Command::Keys(command) => ops::keys(command).await,
-            Command::Audit(command) => ops::audit(command).await,
+            Command::Audit(command) => audit::run(command).await,
             Command::Secrets(command) => secrets::run(command).await,
             Command::Token(args) => token::run(args),
             Command::Module(command) => client::module(command).await,

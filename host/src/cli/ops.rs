@@ -1,5 +1,5 @@
-//! Operator commands over a database and a key file: `keys init|rotate`, `audit verify`
-//! and `worker` (`secrets set` lives in `secrets`).
+//! Operator commands over a database and a key file: `keys init|rotate` and `worker`
+//! (`secrets set` lives in `secrets`, `audit …` in `audit`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +27,10 @@ pub struct DataArgs {
     /// Key file; overrides the data directory's. Keep it apart from the database.
     #[arg(long, env = "STEPBOX_KEYS_FILE")]
     pub keys: Option<PathBuf>,
+    /// The audit checkpoint signing key (Ed25519, PKCS#8 PEM), apart from the data keys;
+    /// `audit-signing.pem` in the data directory by default.
+    #[arg(long, env = "STEPBOX_AUDIT_KEY_FILE")]
+    pub audit_key: Option<PathBuf>,
 }
 
 impl DataArgs {
@@ -43,6 +47,12 @@ impl DataArgs {
         self.keys
             .clone()
             .unwrap_or_else(|| self.data_dir.join("keys.json"))
+    }
+
+    pub(super) fn audit_key_file(&self) -> PathBuf {
+        self.audit_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-signing.pem"))
     }
 
     pub(super) fn ring(&self) -> Result<KeyRing, CliError> {
@@ -70,14 +80,6 @@ pub enum KeysCommand {
         #[arg(long)]
         retire_old: bool,
     },
-}
-
-/// `stepbox audit …`
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// Seal pending events and walk the chain; exit 1 and name the first bad sequence
-    /// number if it is broken.
-    Verify(DataArgs),
 }
 
 /// `stepbox worker`
@@ -164,28 +166,6 @@ pub(super) async fn keys(command: KeysCommand) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn audit(command: AuditCommand) -> Result<ExitCode, CliError> {
-    let AuditCommand::Verify(data) = command;
-    let store = data.store().await?;
-    audit::seal_pending(&store)
-        .await
-        .map_err(|e| CliError::Usage(format!("seal: {e}")))?;
-    let report = audit::verify(&store)
-        .await
-        .map_err(|e| CliError::Usage(format!("verify: {e}")))?;
-    print(&report);
-    Ok(match &report.broken {
-        None => ExitCode::SUCCESS,
-        Some(broken) => {
-            eprintln!(
-                "audit chain broken at sequence {}: {:?}",
-                broken.seq, broken.problem
-            );
-            ExitCode::from(1)
-        }
-    })
-}
-
 pub(super) async fn worker(args: WorkerArgs) -> Result<ExitCode, CliError> {
     let store = args.data.store().await?;
     let ring = args.data.ring()?;
@@ -197,6 +177,19 @@ pub(super) async fn worker(args: WorkerArgs) -> Result<ExitCode, CliError> {
         Arc::new(SystemClock),
     )
     .with_lease_ms(args.lease_ms);
+    // Sign checkpoints if this process has the key; on a shared database another may.
+    let audit_key = args.data.audit_key_file();
+    let engine = if audit_key.exists() {
+        let signer = audit::AuditSigner::load_or_create(&audit_key)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        engine.with_audit_signer(Arc::new(signer))
+    } else {
+        eprintln!(
+            "no audit signing key at {}: this process signs no checkpoints",
+            audit_key.display()
+        );
+        engine
+    };
     let name = args
         .name
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));

@@ -19,6 +19,7 @@ use super::CliError;
 use super::config::ServeConfig;
 use super::ops::DataArgs;
 use crate::api::{self, ApiState};
+use crate::audit::AuditSigner;
 use crate::auth::DevKey;
 use crate::crypto::KeyRing;
 use crate::engine::{Engine, SystemClock, WorkerPool};
@@ -267,6 +268,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         data_dir: args.data.data_dir.clone(),
         database: args.data.database.clone().or(config.database.clone()),
         keys: args.data.keys.clone().or(config.keys.clone()),
+        audit_key: args.data.audit_key.clone().or(config.audit_key.clone()),
     };
     let policy_file = args.policy.clone().or(config.policy.clone());
 
@@ -295,12 +297,16 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
     let dev_key = DevKey::load_or_create(dir).map_err(|e| CliError::Usage(e.to_string()))?;
     let store = data.store().await?;
     let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let audit_key = data.audit_key_file();
+    let signer =
+        AuditSigner::load_or_create(&audit_key).map_err(|e| CliError::Usage(e.to_string()))?;
     let engine = Engine::new(
         store.clone(),
         Arc::new(ring),
         sandbox,
         Arc::new(SystemClock),
-    );
+    )
+    .with_audit_signer(Arc::new(signer));
     load_example(&engine, &args).await?;
     apply_namespaces(&engine, &policies).await?;
 

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::clock::Clock;
 use super::data::{self, TaskKey};
 use super::{EngineError, WorkflowDef, parse_module_ref};
-use crate::audit::{self, NewEvent};
+use crate::audit::{self, AuditSigner, NewEvent};
 use crate::classify::FieldClasses;
 use crate::crypto::KeyRing;
 use crate::policy::NamespacePolicy;
@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) work_ready: tokio::sync::Notify,
     /// Task creations waiting to be stored together (see `create`).
     pub(crate) creations: super::create::Queue,
+    /// Signs the audit chain's checkpoints, if this process has the key.
+    pub(crate) audit_signer: Option<Arc<AuditSigner>>,
 }
 
 /// A workflow definition ready to use: parsed, its fields classified, its input schema
@@ -89,6 +91,19 @@ pub struct CreateTask {
     /// The request's correlation id (e.g. the API's `x-request-id`), carried by the
     /// `task.created` event; `None`: the task's id.
     pub correlation_id: Option<String>,
+    /// Where the request came from, for the `task.created` event.
+    pub request: Option<RequestDetails>,
+}
+
+/// Where a request came from, as its audit event keeps it: never a token or a body.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RequestDetails {
+    /// The client's address.
+    pub ip: Option<String>,
+    /// The client's user agent, cut short.
+    pub user_agent: Option<String>,
+    /// The token's session id.
+    pub session_id: Option<String>,
 }
 
 /// What the caller learns about a created task.
@@ -150,6 +165,7 @@ impl Engine {
                 baseline_key: tokio::sync::OnceCell::new(),
                 work_ready: tokio::sync::Notify::new(),
                 creations: super::create::Queue::default(),
+                audit_signer: None,
             }),
         }
     }
@@ -223,6 +239,20 @@ impl Engine {
             inner.lease_ms = lease_ms.max(100);
         }
         self
+    }
+
+    /// The same engine signing audit checkpoints with `signer` after sealing (set before
+    /// sharing the engine).
+    pub fn with_audit_signer(mut self, signer: Arc<AuditSigner>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.audit_signer = Some(signer);
+        }
+        self
+    }
+
+    /// The audit checkpoint signer, if this engine has one.
+    pub fn audit_signer(&self) -> Option<&Arc<AuditSigner>> {
+        self.inner.audit_signer.as_ref()
     }
 
     /// The store.

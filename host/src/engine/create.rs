@@ -49,7 +49,8 @@ struct Creation {
     subject: Option<String>,
     level: String,
     contains_pii: bool,
-    fields: Vec<String>,
+    /// Each context field's class.
+    fields: std::collections::BTreeMap<String, crate::classify::DataClass>,
 }
 
 impl Engine {
@@ -125,7 +126,7 @@ impl Engine {
             principal: principal.clone(),
             level: classification.level.to_string(),
             contains_pii: classification.contains_pii,
-            fields: classification.fields.keys().cloned().collect(),
+            fields: classification.fields.clone(),
             request,
             workflow,
             subject,
@@ -348,10 +349,20 @@ fn created_event(c: &Creation) -> NewEvent {
                 .clone()
                 .unwrap_or_else(|| c.id.clone()),
         ),
-        details: json!({
-            "workflow": format!("{}@{}", def.name, def.version),
-            "subject": c.subject,
-            "fields": c.fields,
-        }),
+        details: {
+            let mut classes: Vec<&str> = c.fields.values().map(|class| class.as_str()).collect();
+            classes.sort_unstable();
+            classes.dedup();
+            let mut details = json!({
+                "workflow": format!("{}@{}", def.name, def.version),
+                "subject": c.subject,
+                "fields": c.fields.keys().collect::<Vec<_>>(),
+                "data_classes": classes,
+            });
+            if let Some(request) = &c.request.request {
+                details["request"] = json!(request);
+            }
+            details
+        },
     }
 }

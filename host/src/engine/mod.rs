@@ -19,7 +19,7 @@ mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use control::{CancelledTask, RetriedStep};
-pub use core::{CreateTask, CreatedTask, DEFAULT_LEASE_MS, Engine};
+pub use core::{CreateTask, CreatedTask, DEFAULT_LEASE_MS, Engine, RequestDetails};
 pub use definition::{
     AuditLevel, DefinitionError, RetryPolicy, StepDef, WorkflowDef, parse_module_ref, valid_name,
     valid_secret_name, valid_version,

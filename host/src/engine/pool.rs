@@ -51,14 +51,12 @@ impl Engine {
     /// Run the workers and the audit sealer until `stop` is set, then seal what they
     /// committed: what `stepbox worker` and `stepbox serve` run.
     pub async fn work(&self, pool: &WorkerPool, stop: watch::Receiver<bool>) {
-        let store = self.inner.store.clone();
         let every = pool.seal_every;
         let mut sealer_stop = stop.clone();
+        let engine = self.clone();
         let sealer = tokio::spawn(async move {
             loop {
-                if let Err(e) = audit::seal_pending(&store).await {
-                    tracing::warn!(error = %e, "sealing audit events failed");
-                }
+                engine.seal_and_sign().await;
                 tokio::select! {
                     () = tokio::time::sleep(every) => {}
                     _ = sealer_stop.changed() => return,
@@ -68,8 +66,20 @@ impl Engine {
         self.run_workers(pool.workers.max(1), &pool.name, pool.idle, stop)
             .await;
         let _ = sealer.await;
-        if let Err(e) = audit::seal_pending(&self.inner.store).await {
+        self.seal_and_sign().await;
+    }
+
+    /// Seal what was committed, then sign a checkpoint of the new tip if one is due.
+    async fn seal_and_sign(&self) {
+        let store = &self.inner.store;
+        if let Err(e) = audit::seal_pending(store).await {
             tracing::warn!(error = %e, "sealing audit events failed");
+        }
+        if let Some(signer) = &self.inner.audit_signer
+            && let Err(e) =
+                audit::checkpoint(store, signer, self.now(), audit::CHECKPOINT_EVERY_MS).await
+        {
+            tracing::warn!(error = %e, "signing an audit checkpoint failed");
         }
     }
 

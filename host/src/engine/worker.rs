@@ -774,6 +774,18 @@ impl Finished {
         });
         let full = self.def.audit_level == super::AuditLevel::Full;
         if full {
+            // The classes of the data it read, for the trail's compliance tags.
+            let mut classes: Vec<&str> = report
+                .record
+                .fields_read
+                .iter()
+                .filter(|read| !read.redacted)
+                .filter_map(|read| self.workflow.classes.get(&read.field))
+                .map(|class| class.as_str())
+                .collect();
+            classes.sort_unstable();
+            classes.dedup();
+            details["data_classes"] = json!(classes);
             details["fields_read"] = json!(report.record.fields_read);
             details["upstream_read"] = json!(report.record.upstream_read);
             details["secrets_used"] = json!(report.record.secrets_used);
@@ -822,7 +834,10 @@ fn task_event(task: &TaskRow, status: TaskStatus, error_step: Option<&str>) -> N
         classification: Some(task.classification.clone()),
         contains_pii: task.contains_pii,
         correlation_id: Some(task.id.clone()),
-        details: json!({ "error_step": error_step }),
+        details: json!({
+            "error_step": error_step,
+            "workflow": format!("{}@{}", task.workflow_name, task.workflow_version),
+        }),
     }
 }
 
@@ -862,6 +877,7 @@ fn step_event(
 ) -> NewEvent {
     details["attempt"] = json!(attempt);
     details["step"] = json!(step);
+    details["workflow"] = json!(format!("{}@{}", task.workflow_name, task.workflow_version));
     NewEvent {
         actor: system(worker),
         action: action.into(),

@@ -67,6 +67,9 @@ pub enum Refusal {
     /// The namespace has suspended the caller.
     #[error("you are suspended in namespace `{0}`")]
     Suspended(String),
+    /// A platform-wide permission (audit, compliance, GDPR) the caller lacks.
+    #[error("this needs the permission `{0}`")]
+    Lacks(&'static str),
 }
 
 impl Refusal {
@@ -81,11 +84,30 @@ impl Refusal {
             Self::NotManager(_) => "manage_denied",
             Self::NotOwner(_) => "not_task_owner",
             Self::Suspended(_) => "suspended",
+            Self::Lacks(_) => "permission_denied",
         }
     }
 }
 
+/// Reading the audit trail and verifying it.
+pub const AUDIT_READ: &str = "audit:read";
+/// Compliance reports and controls.
+pub const COMPLIANCE_READ: &str = "compliance:read";
+/// Data-subject requests: access, export, erasure.
+pub const GDPR_MANAGE: &str = "gdpr:manage";
+
 impl AccessPolicy {
+    /// May `caller` (an [`AccessPolicy::effective`] principal) use what the platform-wide
+    /// `permission` guards? Only an exact grant counts: no wildcard, no admin bypass, so
+    /// the trail's readers are exactly the roles the policy names.
+    pub fn may(caller: &Principal, permission: &'static str) -> Result<(), Refusal> {
+        if caller.permissions.contains(permission) {
+            Ok(())
+        } else {
+            Err(Refusal::Lacks(permission))
+        }
+    }
+
     /// `principal` with the permissions of its roles added to those its token lists:
     /// the snapshot a task keeps, and what workers check again before each step.
     pub fn effective(&self, principal: &Principal) -> Principal {

@@ -6,7 +6,10 @@ mod access;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use access::{AccessPolicy, DEFAULT_MFA_MAX_AGE_SECS, Refusal, manages};
+pub use access::{
+    AUDIT_READ, AccessPolicy, COMPLIANCE_READ, DEFAULT_MFA_MAX_AGE_SECS, GDPR_MANAGE, Refusal,
+    manages,
+};
 
 use serde::{Deserialize, Serialize};
 

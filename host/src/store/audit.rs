@@ -126,12 +126,47 @@ pub struct AuditFilter {
     pub namespace: Option<String>,
     /// Only events with this correlation id.
     pub correlation_id: Option<String>,
+    /// Only events with this outcome.
+    pub outcome: Option<String>,
+    /// Only events about this task: the task itself and each of its steps.
+    pub task: Option<String>,
     /// Only events at or after this time, unix ms.
     pub from_ts: Option<i64>,
     /// Only events before this time, unix ms.
     pub until_ts: Option<i64>,
     /// Only events after this `seq` (for paging).
     pub after_seq: Option<i64>,
+    /// Only events up to this `seq` (an export's snapshot of the tip).
+    pub through_seq: Option<i64>,
+}
+
+impl AuditFilter {
+    /// Whether it selects by anything but position: such a selection's events do not
+    /// link up into one chain.
+    pub fn selects(&self) -> bool {
+        let Self {
+            actor,
+            resource,
+            action,
+            namespace,
+            correlation_id,
+            outcome,
+            task,
+            from_ts,
+            until_ts,
+            after_seq: _,
+            through_seq: _,
+        } = self;
+        actor.is_some()
+            || resource.is_some()
+            || action.is_some()
+            || namespace.is_some()
+            || correlation_id.is_some()
+            || outcome.is_some()
+            || task.is_some()
+            || from_ts.is_some()
+            || until_ts.is_some()
+    }
 }
 
 /// Binds a [`NewAuditRow`]'s columns in `insert_columns!` order.
@@ -155,7 +190,59 @@ macro_rules! bind_event {
 /// A bind parameter of [`Tx::query_audit`]'s dynamically built query.
 enum Param<'a> {
     Text(&'a str),
+    Owned(String),
     Int(i64),
+}
+
+/// `select` with a `WHERE` for every condition `filter` sets, and their parameters.
+/// Every condition can use an index: a task's step events are the resource range
+/// `step/<id>/` up to `step/<id>0` (`0` sorts right after `/`).
+fn filtered<'a>(select: &str, filter: &'a AuditFilter) -> (String, Vec<Param<'a>>) {
+    let mut conditions: Vec<String> = Vec::new();
+    let mut params: Vec<Param<'a>> = Vec::new();
+    let texts = [
+        ("actor =", &filter.actor),
+        ("resource =", &filter.resource),
+        ("action =", &filter.action),
+        ("namespace =", &filter.namespace),
+        ("correlation_id =", &filter.correlation_id),
+        ("outcome =", &filter.outcome),
+    ];
+    for (clause, value) in texts {
+        if let Some(value) = value {
+            params.push(Param::Text(value));
+            conditions.push(format!("{clause} ${}", params.len()));
+        }
+    }
+    if let Some(task) = &filter.task {
+        params.push(Param::Owned(format!("task/{task}")));
+        params.push(Param::Owned(format!("step/{task}/")));
+        params.push(Param::Owned(format!("step/{task}0")));
+        let n = params.len();
+        conditions.push(format!(
+            "(resource = ${} OR (resource >= ${} AND resource < ${n}))",
+            n - 2,
+            n - 1
+        ));
+    }
+    let ints = [
+        ("ts >=", filter.from_ts),
+        ("ts <", filter.until_ts),
+        ("seq >", filter.after_seq),
+        ("seq <=", filter.through_seq),
+    ];
+    for (clause, value) in ints {
+        if let Some(value) = value {
+            params.push(Param::Int(value));
+            conditions.push(format!("{clause} ${}", params.len()));
+        }
+    }
+    let mut sql = select.to_owned();
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    (sql, params)
 }
 
 impl Tx<'_> {
@@ -386,37 +473,8 @@ impl Tx<'_> {
         filter: &AuditFilter,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let mut conditions: Vec<String> = Vec::new();
-        let mut params: Vec<Param<'_>> = Vec::new();
-        let texts = [
-            ("actor =", &filter.actor),
-            ("resource =", &filter.resource),
-            ("action =", &filter.action),
-            ("namespace =", &filter.namespace),
-            ("correlation_id =", &filter.correlation_id),
-        ];
-        for (clause, value) in texts {
-            if let Some(value) = value {
-                params.push(Param::Text(value));
-                conditions.push(format!("{clause} ${}", params.len()));
-            }
-        }
-        let ints = [
-            ("ts >=", filter.from_ts),
-            ("ts <", filter.until_ts),
-            ("seq >", filter.after_seq),
-        ];
-        for (clause, value) in ints {
-            if let Some(value) = value {
-                params.push(Param::Int(value));
-                conditions.push(format!("{clause} ${}", params.len()));
-            }
-        }
-        let mut sql = String::from(concat!("SELECT ", columns!(), " FROM audit_events"));
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
+        let (mut sql, mut params) =
+            filtered(concat!("SELECT ", columns!(), " FROM audit_events"), filter);
         params.push(Param::Int(limit));
         sql.push_str(&format!(" ORDER BY seq LIMIT ${}", params.len()));
         with_conn!(self, |conn| {
@@ -424,12 +482,30 @@ impl Tx<'_> {
             for param in &params {
                 query = match param {
                     Param::Text(value) => query.bind(*value),
+                    Param::Owned(value) => query.bind(value.as_str()),
                     Param::Int(value) => query.bind(*value),
                 };
             }
             query.fetch_all(conn).await
         })
         .ctx("query audit events")
+    }
+
+    /// How many events match `filter` (its `after_seq` included).
+    pub async fn count_audit(&mut self, filter: &AuditFilter) -> Result<i64, StoreError> {
+        let (sql, params) = filtered("SELECT COUNT(*) FROM audit_events", filter);
+        with_conn!(self, |conn| {
+            let mut query = sqlx::query_scalar(&sql);
+            for param in &params {
+                query = match param {
+                    Param::Text(value) => query.bind(*value),
+                    Param::Owned(value) => query.bind(value.as_str()),
+                    Param::Int(value) => query.bind(*value),
+                };
+            }
+            query.fetch_one(conn).await
+        })
+        .ctx("count audit events")
     }
 
     /// Stores a signed checkpoint. `Conflict` if one exists at that `seq`.
@@ -453,6 +529,38 @@ impl Tx<'_> {
         })
         .ctx("insert audit checkpoint")?;
         Ok(())
+    }
+
+    /// The checkpoint with the highest `seq`, if any.
+    pub async fn last_checkpoint(&mut self) -> Result<Option<CheckpointRow>, StoreError> {
+        with_conn!(self, |conn| {
+            sqlx::query_as(
+                "SELECT seq, hash, signature, key_id, created_at FROM audit_checkpoints
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .fetch_optional(conn)
+            .await
+        })
+        .ctx("read the last audit checkpoint")
+    }
+
+    /// The checkpoints with `from_seq <= seq <= to_seq`, in `seq` order.
+    pub async fn checkpoints_between(
+        &mut self,
+        from_seq: i64,
+        to_seq: i64,
+    ) -> Result<Vec<CheckpointRow>, StoreError> {
+        with_conn!(self, |conn| {
+            sqlx::query_as(
+                "SELECT seq, hash, signature, key_id, created_at FROM audit_checkpoints
+                 WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
+            )
+            .bind(from_seq)
+            .bind(to_seq)
+            .fetch_all(conn)
+            .await
+        })
+        .ctx("read audit checkpoints")
     }
 
     /// Every checkpoint, in `seq` order.
