@@ -42,6 +42,7 @@ fn access() -> AccessPolicy {
         "customer_success_agent": ["customer_success:read", "customer_success.process_refund:execute"],
         "team_lead": ["customer_success:execute", "customer_success:read"],
         "auditor": ["customer_success:read", "audit:read"],
+        "compliance_officer": ["audit:read", "compliance:read", "gdpr:manage"],
         "payments_agent": ["payments:read", "payments:execute"]
     }}))
     .unwrap()

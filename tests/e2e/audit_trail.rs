@@ -345,3 +345,114 @@ async fn the_trail_is_for_auditors_only_and_a_bad_query_is_named() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_quarterly_report_and_the_controls_agree_with_what_happened() {
+    both_apis(|api| async move {
+        scenario(&api).await;
+        // One refusal by policy (no MFA for the sensitive refund), one refused token.
+        let no_mfa = token(&api, "user_777", &["customer_success_agent"], &[], false, 0);
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/tasks", api.base))
+            .bearer_auth(&no_mfa)
+            .header("content-type", "application/json")
+            .body(refund_body().to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 403);
+        let (status, _) = get(&api, "not-a-token", "/v1/tasks?namespace=customer_success").await;
+        assert_eq!(status, 401);
+
+        let officer = token(&api, "user_800", &["compliance_officer"], &[], false, 0);
+        let (status, report) = get(&api, &officer, "/v1/compliance/report?period=quarterly").await;
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["period"]["from"], "2025-10-01T00:00:00Z");
+        assert_eq!(report["period"]["to"], "2026-01-01T00:00:00Z");
+        let runs = &report["workflow_executions"];
+        assert_eq!(
+            (runs["created"].as_i64(), runs["completed"].as_i64()),
+            (Some(3), Some(3)),
+            "{runs}"
+        );
+        assert_eq!(runs["by_workflow"]["customer_success.process_refund"], 3);
+        assert_eq!(report["unauthorized_attempts"]["total"], 1, "{report}");
+        assert_eq!(
+            report["unauthorized_attempts"]["by_code"]["mfa_required"],
+            1
+        );
+        assert_eq!(report["authentication_failures"]["total"], 1);
+        assert_eq!(report["data_access_requests"]["task_reads"], 1);
+        assert_eq!(
+            report["pii_workflows"]["customer_success.process_refund"],
+            3
+        );
+        assert_eq!(report["tasks_by_classification"]["restricted"], 3);
+        let coverage = &report["encryption_coverage"];
+        assert_eq!(coverage["task_contexts"]["stored"], 3, "{coverage}");
+        assert_eq!(coverage["task_contexts"]["sealed"], 3);
+        assert_eq!(coverage["step_results"]["stored"], 12);
+        assert_eq!(coverage["overall"]["percent"], 100.0);
+        assert_eq!(report["audit_chain"]["intact"], true);
+        assert!(report["audit_chain"]["checkpoints"].as_i64().unwrap() >= 1);
+        assert_eq!(report["keys"]["key_encryption_keys"][0]["active"], true);
+        assert_eq!(report["changes"]["module_uploads"], 4);
+        assert!(!report.to_string().contains(CUSTOMER_EMAIL));
+
+        // The quarter before: nothing ran. As CSV: the same figures.
+        let (_, before) = get(
+            &api,
+            &officer,
+            "/v1/compliance/report?from=2025-07-01T00:00:00Z&to=2025-10-01T00:00:00Z",
+        )
+        .await;
+        assert_eq!(before["workflow_executions"]["created"], 0, "{before}");
+        let (status, csv) = text(
+            &api,
+            &officer,
+            "/v1/compliance/report?period=quarterly&format=csv",
+        )
+        .await;
+        assert_eq!(status, 200);
+        let row = csv::Reader::from_reader(csv.as_bytes())
+            .records()
+            .map(Result::unwrap)
+            .find(|r| &r[0] == "workflow_executions" && &r[1] == "created")
+            .unwrap();
+        assert_eq!(&row[2], "3");
+
+        let (status, controls) = get(&api, &officer, "/v1/compliance/controls").await;
+        assert_eq!(status, 200, "{controls}");
+        let by_id = |id: &str| {
+            controls["controls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["id"] == id)
+                .unwrap()
+                .clone()
+        };
+        for id in ["CC6.1", "CC6.2", "CC6.3", "CC6.7", "CC7.2", "CC8.1"] {
+            assert_eq!(by_id(id)["status"], "effective", "{id}: {}", by_id(id));
+        }
+        assert_eq!(by_id("CC6.1")["evidence"]["tasks_created"], 3);
+        assert_eq!(by_id("CC6.2")["evidence"]["tokens_refused"], 1);
+        assert_eq!(by_id("CC8.1")["evidence"]["workflow_versions"], 1);
+
+        // For compliance officers only, and each report is on the trail.
+        let auditor = token(&api, "user_900", &["auditor"], &[], false, 0);
+        let (status, problem) = get(&api, &auditor, "/v1/compliance/report").await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (403, Some("permission_denied"))
+        );
+        let (status, problem) = get(&api, &officer, "/v1/compliance/report?period=weekly").await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (422, Some("invalid_query"))
+        );
+        assert_eq!(events(&api.store, "compliance.reported").await.len(), 4);
+        assert_eq!(events(&api.store, "compliance.denied").await.len(), 1);
+    })
+    .await;
+}

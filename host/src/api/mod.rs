@@ -9,6 +9,7 @@
 
 mod audit;
 mod catalog;
+mod compliance;
 mod error;
 mod limits;
 mod metrics;
@@ -159,6 +160,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/audit/export", get(audit::export))
         .route("/audit/verify", get(audit::verify))
         .route("/audit/public-key", get(audit::public_key))
+        .route("/compliance/report", get(compliance::report))
+        .route("/compliance/controls", get(compliance::controls))
         .route(
             "/workflows/{namespace}/{name}/{version}",
             get(catalog::get_workflow_version),

@@ -1,12 +1,15 @@
 //! The audit trail: a tamper-evident chain of events. It owns the chain format (canonical
 //! encoding, link hashes), the verifier, and the sealer that links events in sequence
-//! order. It must never hold raw PII (subjects appear as blind-index references only) and
-//! never rewrite a sealed event.
+//! order; signed checkpoints of the chain; how events read to an auditor, exports and their
+//! offline verification; and the compliance reports counted from the trail. It must never
+//! hold raw PII (subjects appear as blind-index references only) and never rewrite a
+//! sealed event.
 
 mod chain;
 mod checkpoint;
 mod export;
 mod present;
+mod report;
 mod trail;
 
 pub use chain::{
@@ -20,4 +23,5 @@ pub use present::{
     CSV_HEADER, ExportCheckpoint, ExportEvent, ExportLine, compliance_tags, csv_record, event_view,
     export_header, parse_rfc3339, rfc3339,
 };
+pub use report::{Period, ReportInputs, compliance_report, controls, period_bounds, report_csv};
 pub use trail::{AuditError, NewEvent, record, record_many, seal_pending, verify, verify_signed};

@@ -174,6 +174,11 @@ impl KeyRing {
         self.retiring.push(old);
     }
 
+    /// Each held key's id and when it was made (RFC 3339, as the key file has it).
+    pub fn created(&self) -> &[(KeyId, String)] {
+        &self.created_at
+    }
+
     /// The id of the KEK that wraps new data keys.
     pub fn active_id(&self) -> &KeyId {
         &self.active.id
