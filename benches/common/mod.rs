@@ -61,7 +61,12 @@ pub async fn refund_engine(
     policy: &NamespacePolicy,
 ) -> Engine {
     let keys = Arc::new(KeyRing::generate().unwrap());
-    let engine = Engine::new(store.clone(), keys, sandbox.clone(), Arc::new(SystemClock));
+    let vault_dir = tempfile::tempdir().unwrap().keep();
+    let vault = stepbox::crypto::SubjectVault::open(&vault_dir.join("subject-vault.db"))
+        .await
+        .unwrap();
+    let engine = Engine::new(store.clone(), keys, sandbox.clone(), Arc::new(SystemClock))
+        .with_subject_vault(Arc::new(vault));
     let engine = if protected {
         engine
     } else {

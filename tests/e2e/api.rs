@@ -37,7 +37,8 @@ async fn start(url: &DatabaseUrl) -> Server {
         Arc::new(KeyRing::generate().unwrap()),
         sandbox().clone(),
         Arc::new(SystemClock),
-    );
+    )
+    .with_subject_vault(crate::support::vault().await);
     let dir = tempfile::tempdir().unwrap();
     let key = DevKey::load_or_create(dir.path()).unwrap();
     let verifier = Verifier::new(key.key_set(), DEV_ISSUER, DEV_AUDIENCE);

@@ -125,7 +125,8 @@ pub(crate) async fn setup(
         keys,
         sandbox().clone(),
         Arc::new(clock.clone()),
-    );
+    )
+    .with_subject_vault(crate::support::vault().await);
     let policy = NamespacePolicy {
         hosts: [server.origin()].into(),
         secrets: ["NOTIFY_API_KEY".to_owned()].into(),
@@ -425,7 +426,8 @@ async fn after_key_rotation_everything_still_decrypts_and_a_moved_ciphertext_doe
             Arc::new(ring),
             sandbox().clone(),
             Arc::new(clock.clone()),
-        );
+        )
+        .with_subject_vault(engine.subject_vault().unwrap().clone());
         contexts_decrypt(&rotated, &ids).await.unwrap();
         drain(&rotated).await;
         assert_eq!(task_status(&store, &first.id).await.0, TaskStatus::Complete);

@@ -10,6 +10,7 @@ mod audit_trail;
 mod cli;
 mod control;
 mod engine;
+mod gdpr;
 mod hostile;
 mod http_defences;
 mod loading;

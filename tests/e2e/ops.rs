@@ -48,12 +48,16 @@ async fn open_engine(data_dir: &Path) -> Engine {
 async fn open_engine_on(data_dir: &Path, url: &DatabaseUrl) -> Engine {
     let store = Store::open(url).await.unwrap();
     let ring = KeyRing::load_file(&data_dir.join("keys.json")).unwrap();
+    let vault = stepbox::crypto::SubjectVault::open(&data_dir.join("subject-vault.db"))
+        .await
+        .unwrap();
     Engine::new(
         store,
         Arc::new(ring),
         sandbox().clone(),
         Arc::new(SystemClock),
     )
+    .with_subject_vault(Arc::new(vault))
 }
 
 async fn setup(data_dir: &Path) -> Engine {

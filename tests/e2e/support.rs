@@ -272,3 +272,13 @@ async fn handle(
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
+
+/// A subject vault in a directory of its own that outlives the test (a few KiB in /tmp).
+pub async fn vault() -> Arc<stepbox::crypto::SubjectVault> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    Arc::new(
+        stepbox::crypto::SubjectVault::open(&dir.join("subject-vault.db"))
+            .await
+            .unwrap(),
+    )
+}

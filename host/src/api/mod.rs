@@ -11,6 +11,7 @@ mod audit;
 mod catalog;
 mod compliance;
 mod error;
+mod gdpr;
 mod limits;
 mod metrics;
 mod tasks;
@@ -162,6 +163,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/audit/public-key", get(audit::public_key))
         .route("/compliance/report", get(compliance::report))
         .route("/compliance/controls", get(compliance::controls))
+        .route("/gdpr/access", post(gdpr::access))
+        .route("/gdpr/export", post(gdpr::export))
+        .route("/gdpr/erase", post(gdpr::erase))
         .route(
             "/workflows/{namespace}/{name}/{version}",
             get(catalog::get_workflow_version),

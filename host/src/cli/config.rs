@@ -8,6 +8,7 @@
 //! database: postgres://stepbox@db.internal/stepbox
 //! keys: /etc/stepbox/keys.json          # away from the database and its backups
 //! audit_key: /etc/stepbox/audit-signing.pem  # signs audit checkpoints; not a data key
+//! subject_vault: /etc/stepbox/subject-vault.db  # with the key file, out of database backups
 //! policy: /etc/stepbox/policy.json
 //! workers: 8
 //! rate_limits: { per_ip: 1000, per_principal: 200 }
@@ -46,6 +47,8 @@ pub struct ServeConfig {
     pub keys: Option<PathBuf>,
     /// Audit checkpoint signing key file.
     pub audit_key: Option<PathBuf>,
+    /// Subject vault file.
+    pub subject_vault: Option<PathBuf>,
     /// Access policy file.
     pub policy: Option<PathBuf>,
     /// Workers in this process.

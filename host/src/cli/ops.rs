@@ -31,6 +31,11 @@ pub struct DataArgs {
     /// `audit-signing.pem` in the data directory by default.
     #[arg(long, env = "STEPBOX_AUDIT_KEY_FILE")]
     pub audit_key: Option<PathBuf>,
+    /// The subject vault (the pads that mask data subjects' keys; erasing one shreds the
+    /// subject's data in database backups too). Keep it with the key file, out of the
+    /// database's backups; `subject-vault.db` in the data directory by default.
+    #[arg(long, env = "STEPBOX_SUBJECT_VAULT")]
+    pub subject_vault: Option<PathBuf>,
 }
 
 impl DataArgs {
@@ -53,6 +58,16 @@ impl DataArgs {
         self.audit_key
             .clone()
             .unwrap_or_else(|| self.data_dir.join("audit-signing.pem"))
+    }
+
+    pub(super) async fn vault(&self) -> Result<crate::crypto::SubjectVault, CliError> {
+        let path = self
+            .subject_vault
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("subject-vault.db"));
+        crate::crypto::SubjectVault::open(&path)
+            .await
+            .map_err(|e| CliError::Usage(e.to_string()))
     }
 
     pub(super) fn ring(&self) -> Result<KeyRing, CliError> {
@@ -176,7 +191,8 @@ pub(super) async fn worker(args: WorkerArgs) -> Result<ExitCode, CliError> {
         sandbox,
         Arc::new(SystemClock),
     )
-    .with_lease_ms(args.lease_ms);
+    .with_lease_ms(args.lease_ms)
+    .with_subject_vault(Arc::new(args.data.vault().await?));
     // Sign checkpoints if this process has the key; on a shared database another may.
     let audit_key = args.data.audit_key_file();
     let engine = if audit_key.exists() {

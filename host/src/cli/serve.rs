@@ -207,6 +207,14 @@ async fn load_example(engine: &Engine, args: &ServeArgs) -> Result<(), CliError>
         hosts: [origin.clone()].into(),
         secrets: ["NOTIFY_API_KEY".to_owned()].into(),
         sensitive_workflows: ["process_refund".to_owned()].into(),
+        legal_basis: Some("contract".to_owned()),
+        // The seeds' schedule: PII task data 3 years, other task data 5, audit events 7.
+        retention: crate::policy::Retention {
+            pii_task_days: Some(3 * 365),
+            task_days: Some(5 * 365),
+            audit_days: Some(7 * 365),
+            ..crate::policy::Retention::default()
+        },
         ..NamespacePolicy::default()
     };
     let fail = |e: crate::engine::EngineError| CliError::Usage(format!("example workflow: {e}"));
@@ -269,6 +277,11 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         database: args.data.database.clone().or(config.database.clone()),
         keys: args.data.keys.clone().or(config.keys.clone()),
         audit_key: args.data.audit_key.clone().or(config.audit_key.clone()),
+        subject_vault: args
+            .data
+            .subject_vault
+            .clone()
+            .or(config.subject_vault.clone()),
     };
     let policy_file = args.policy.clone().or(config.policy.clone());
 
@@ -306,7 +319,8 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         sandbox,
         Arc::new(SystemClock),
     )
-    .with_audit_signer(Arc::new(signer));
+    .with_audit_signer(Arc::new(signer))
+    .with_subject_vault(Arc::new(data.vault().await?));
     load_example(&engine, &args).await?;
     apply_namespaces(&engine, &policies).await?;
 

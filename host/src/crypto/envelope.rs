@@ -37,6 +37,18 @@ impl DataKey {
         })
     }
 
+    /// The key's bytes, for masking with a subject's pad (never to be logged or stored).
+    pub(super) fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.key
+    }
+
+    /// A key from its bytes (a pad's mask undone).
+    pub(super) fn from_bytes(bytes: &[u8; KEY_LEN]) -> Self {
+        Self {
+            key: Box::new(zeroize::Zeroizing::new(*bytes)),
+        }
+    }
+
     /// Random 96-bit nonce per call; output = version byte (1) || nonce || ciphertext+tag.
     /// The ciphertext opens only with this key and the same `aad`.
     pub fn seal(&self, plaintext: &[u8], aad: Aad<'_>) -> Result<Vec<u8>, CryptoError> {

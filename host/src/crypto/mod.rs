@@ -4,7 +4,9 @@
 //! key-encryption key (KEK) named by a key id; the key ring a process loads from a key file or
 //! an environment variable; KEK rotation that re-wraps data keys without re-encrypting data;
 //! and the keyed blind index (HMAC-SHA256) through which a data subject's own data key is found,
-//! so that destroying that key crypto-shreds the subject's data everywhere. It must never log,
+//! so that destroying that key crypto-shreds the subject's data everywhere; the subject vault
+//! (kept apart from the database) holds the pad that masks each subject's data key, so that
+//! erasing it shreds the data in database backups too. It must never log,
 //! print or put in an error any key material (`Debug` of a key shows its id only), never return
 //! garbage for a wrong key or tampered data (authentication fails into a typed error), never
 //! write a KEK beside the data it protects (the key file is the operator's, kept apart from the
@@ -13,10 +15,12 @@
 mod blind;
 mod envelope;
 mod keys;
+mod vault;
 
 pub use blind::BlindIndex;
 pub use envelope::{Aad, DataKey, WrappedKey};
 pub use keys::{Kek, KeyId, KeyRing};
+pub use vault::{Pad, SubjectVault, VaultError};
 
 /// Why a cryptographic operation failed, sorted by what the caller can do about it: fix the
 /// key configuration (`UnknownKey`, `KeyFile`, `InvalidKeyId`, `RetireActive`), treat the data

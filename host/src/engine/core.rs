@@ -13,7 +13,7 @@ use super::data::{self, TaskKey};
 use super::{EngineError, WorkflowDef, parse_module_ref};
 use crate::audit::{self, AuditSigner, NewEvent};
 use crate::classify::FieldClasses;
-use crate::crypto::KeyRing;
+use crate::crypto::{KeyRing, SubjectVault};
 use crate::policy::NamespacePolicy;
 use crate::sandbox::{Sandbox, StepModule};
 use crate::store::{ModuleInfo, ModuleRow, Store, Tx, WorkflowRow};
@@ -50,6 +50,9 @@ pub(crate) struct Inner {
     pub(crate) creations: super::create::Queue,
     /// Signs the audit chain's checkpoints, if this process has the key.
     pub(crate) audit_signer: Option<Arc<AuditSigner>>,
+    /// The subject pads (see `crypto::SubjectVault`); without one, no task may name a
+    /// data subject.
+    pub(crate) vault: Option<Arc<SubjectVault>>,
 }
 
 /// A workflow definition ready to use: parsed, its fields classified, its input schema
@@ -166,6 +169,7 @@ impl Engine {
                 work_ready: tokio::sync::Notify::new(),
                 creations: super::create::Queue::default(),
                 audit_signer: None,
+                vault: None,
             }),
         }
     }
@@ -191,7 +195,7 @@ impl Engine {
         if !self.inner.protect {
             return Ok(TaskKey::none());
         }
-        Ok(data::unwrap(tx, &self.inner.keys, data_key_id)
+        Ok(data::unwrap(tx, self.data_keys(), data_key_id)
             .await?
             .into())
     }
@@ -248,6 +252,27 @@ impl Engine {
             inner.audit_signer = Some(signer);
         }
         self
+    }
+
+    /// The same engine keeping subject pads in `vault` (set before sharing the engine).
+    pub fn with_subject_vault(mut self, vault: Arc<SubjectVault>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.vault = Some(vault);
+        }
+        self
+    }
+
+    /// The subject vault, if this engine has one.
+    pub fn subject_vault(&self) -> Option<&Arc<SubjectVault>> {
+        self.inner.vault.as_ref()
+    }
+
+    /// What opens data keys.
+    pub(crate) fn data_keys(&self) -> data::Keys<'_> {
+        data::Keys {
+            ring: &self.inner.keys,
+            vault: self.inner.vault.as_deref(),
+        }
     }
 
     /// The audit checkpoint signer, if this engine has one.

@@ -51,6 +51,9 @@ struct Creation {
     contains_pii: bool,
     /// Each context field's class.
     fields: std::collections::BTreeMap<String, crate::classify::DataClass>,
+    /// Blind indexes of the other identifiers the context holds about its subject (an
+    /// email address, an identity number), by which a subject request finds it.
+    aliases: Vec<String>,
 }
 
 impl Engine {
@@ -115,18 +118,34 @@ impl Engine {
         };
         validate_context(&workflow.validator, &request.context)?;
         let classification = classify_context(&workflow.classes, context);
-        let subject = workflow
-            .classes
-            .subject_field()
+        let blind = self.inner.keys.blind_index();
+        let subject_field = workflow.classes.subject_field();
+        let subject = subject_field
             .and_then(|field| context.get(field))
             .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-            .map(|id| self.inner.keys.blind_index().index(&id));
+            .map(|id| blind.index(&subject_identifier(&id)));
+        let aliases = match &subject {
+            None => Vec::new(),
+            Some(_) => classification
+                .fields
+                .iter()
+                .filter(|(field, _)| Some(field.as_str()) != subject_field)
+                .filter_map(|(field, class)| {
+                    let value = context.get(field)?.as_str()?;
+                    let identifies = *class == crate::classify::DataClass::PiiIdentifier
+                        || (*class == crate::classify::DataClass::PiiContact
+                            && value.contains('@'));
+                    identifies.then(|| blind.index(&subject_identifier(value)))
+                })
+                .collect(),
+        };
         Ok(Creation {
             id: data::new_id("task_")?,
             principal: principal.clone(),
             level: classification.level.to_string(),
             contains_pii: classification.contains_pii,
             fields: classification.fields.clone(),
+            aliases,
             request,
             workflow,
             subject,
@@ -224,10 +243,11 @@ impl Engine {
                 (None, subject) => match subject.as_ref().and_then(|s| stored_keys.remove(s)) {
                     Some(row) => {
                         let id = row.id.clone();
-                        data::open_key(&self.inner.keys, Some(row), &id)
+                        data::open_key(self.data_keys(), Some(row), &id)
+                            .await
                             .map(|key| (id, TaskKey::from(key)))
                     }
-                    None => data::key_for_task(tx, &self.inner.keys, subject.as_deref(), now)
+                    None => data::key_for_task(tx, self.data_keys(), subject.as_deref(), now)
                         .await
                         .map(|(id, key)| (id, TaskKey::from(key))),
                 },
@@ -266,6 +286,16 @@ impl Engine {
         }
         tx.insert_tasks(&tasks).await?;
         tx.insert_steps(&steps).await?;
+        let aliases: Vec<(String, String)> = created_in_order
+            .iter()
+            .filter_map(|index| {
+                let c = &batch[*index].creation;
+                let subject = c.subject.as_ref()?;
+                Some(c.aliases.iter().map(|a| (a.clone(), subject.clone())))
+            })
+            .flatten()
+            .collect();
+        tx.insert_subject_aliases(&aliases, now).await?;
         if self.inner.protect && !events.is_empty() {
             let seqs = crate::audit::record_many(tx, &events, now).await?;
             for (index, seq) in created_in_order.into_iter().zip(seqs) {
@@ -364,5 +394,16 @@ fn created_event(c: &Creation) -> NewEvent {
             }
             details
         },
+    }
+}
+
+/// An identifier as the blind index sees it: without surrounding blanks, and an email
+/// address in lower case, so that `Jane.Doe@Example.com ` finds `jane.doe@example.com`.
+pub(crate) fn subject_identifier(text: &str) -> String {
+    let text = text.trim();
+    if text.contains('@') {
+        text.to_lowercase()
+    } else {
+        text.to_owned()
     }
 }

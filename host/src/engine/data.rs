@@ -4,7 +4,7 @@
 //! tasks get a key of their own. Associated data binds each ciphertext to its row and
 //! field.
 
-use crate::crypto::{Aad, DataKey, KeyRing};
+use crate::crypto::{Aad, DataKey, KeyRing, SubjectVault};
 use crate::store::{DataKeyRow, Tx};
 
 use super::EngineError;
@@ -17,10 +17,25 @@ pub(crate) fn new_id(prefix: &str) -> Result<String, EngineError> {
     Ok(format!("{prefix}{}", hex::encode(bytes)))
 }
 
+/// What opens data keys: the KEKs, and the vault of subject pads.
+#[derive(Clone, Copy)]
+pub(crate) struct Keys<'a> {
+    pub(crate) ring: &'a KeyRing,
+    pub(crate) vault: Option<&'a SubjectVault>,
+}
+
+impl Keys<'_> {
+    fn vault(&self) -> Result<&SubjectVault, EngineError> {
+        self.vault.ok_or_else(|| {
+            EngineError::Invalid("data about a data subject needs a subject vault".into())
+        })
+    }
+}
+
 /// The data key for a new task: the subject's (created on first use) or a new one.
 pub(crate) async fn key_for_task(
     tx: &mut Tx<'_>,
-    keys: &KeyRing,
+    keys: Keys<'_>,
     subject: Option<&str>,
     now: i64,
 ) -> Result<(String, DataKey), EngineError> {
@@ -43,16 +58,23 @@ pub(crate) async fn key_for_task(
 }
 
 /// A fresh data key, stored wrapped under the ring's active KEK (and so re-wrapped by
-/// every later rotation), belonging to `subject` if given.
+/// every later rotation), belonging to `subject` if given — then masked with the
+/// subject's pad from the vault first, so that erasing the pad shreds every copy.
 pub(crate) async fn new_data_key(
     tx: &mut Tx<'_>,
-    keys: &KeyRing,
+    keys: Keys<'_>,
     subject: Option<&str>,
     now: i64,
 ) -> Result<(String, DataKey), EngineError> {
     let id = new_id("dk_")?;
     let key = DataKey::generate()?;
-    let wrapped = keys.wrap(&key, &id)?;
+    let wrapped = match subject {
+        Some(blind) => {
+            let pad = keys.vault()?.pad_or_create(blind, now).await?;
+            keys.ring.wrap(&key.masked(&pad), &id)?
+        }
+        None => keys.ring.wrap(&key, &id)?,
+    };
     tx.insert_data_key(&DataKeyRow {
         id: id.clone(),
         kek_id: wrapped.kek_id.as_str().to_owned(),
@@ -68,30 +90,38 @@ pub(crate) async fn new_data_key(
 /// Unwrap a stored data key.
 pub(crate) async fn unwrap(
     tx: &mut Tx<'_>,
-    keys: &KeyRing,
+    keys: Keys<'_>,
     id: &str,
 ) -> Result<DataKey, EngineError> {
     let row = tx.get_data_key(id).await?;
-    open_key(keys, row, id)
+    open_key(keys, row, id).await
 }
 
-/// Unwrap data key `id` from its stored row (`None`: there is no such key).
-pub(crate) fn open_key(
-    keys: &KeyRing,
+/// Unwrap data key `id` from its stored row (`None`: there is no such key); a subject's
+/// key is unmasked with the subject's pad, and is gone once the pad is erased.
+pub(crate) async fn open_key(
+    keys: Keys<'_>,
     row: Option<DataKeyRow>,
     id: &str,
 ) -> Result<DataKey, EngineError> {
     let row = row.ok_or_else(|| EngineError::NotFound(format!("data key {id}")))?;
+    let erased = || EngineError::Invalid(format!("data key {id} was destroyed (subject erased)"));
     if row.destroyed_at.is_some() {
-        return Err(EngineError::Invalid(format!(
-            "data key {id} was destroyed (subject erased)"
-        )));
+        return Err(erased());
     }
+    let pad = match &row.subject {
+        Some(blind) => Some(keys.vault()?.pad(blind).await?.ok_or_else(erased)?),
+        None => None,
+    };
     let wrapped = crate::crypto::WrappedKey {
         kek_id: crate::crypto::KeyId::new(row.kek_id)?,
         bytes: row.wrapped,
     };
-    Ok(keys.unwrap(&wrapped, id)?)
+    let key = keys.ring.unwrap(&wrapped, id)?;
+    Ok(match pad {
+        Some(pad) => key.masked(&pad),
+        None => key,
+    })
 }
 
 /// The key a task's data is sealed under. Always a data key, except in the throughput

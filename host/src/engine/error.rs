@@ -56,6 +56,14 @@ impl From<AuditError> for EngineError {
     }
 }
 
+impl From<crate::crypto::VaultError> for EngineError {
+    fn from(e: crate::crypto::VaultError) -> Self {
+        // The detail names a file: it goes to the log, not to a caller.
+        tracing::error!(error = %e, "the subject vault failed");
+        Self::Unavailable("the subject vault is unavailable".into())
+    }
+}
+
 impl From<DefinitionError> for EngineError {
     fn from(e: DefinitionError) -> Self {
         Self::Invalid(e.to_string())

@@ -1,5 +1,6 @@
 //! The workflow engine: definitions and their DAG, task creation, scheduling, retries,
-//! leases and workers, operator control (cancel, retry) and secrets at rest. It decides
+//! leases and workers, operator control (cancel, retry), secrets at rest, and data-subject
+//! requests (access, export, erasure). It decides
 //! what runs when; it never touches the network or uses a secret's value itself (it
 //! unseals a step's granted secrets into the sandbox's grants, and the sandbox uses them),
 //! and never writes a state change without its audit event in the same transaction.
@@ -11,6 +12,7 @@ mod create;
 mod data;
 mod definition;
 mod error;
+mod gdpr;
 mod keys;
 mod pool;
 mod secrets;
@@ -25,6 +27,7 @@ pub use definition::{
     valid_secret_name, valid_version,
 };
 pub use error::EngineError;
+pub use gdpr::{Erasure, SubjectExport, SubjectReport};
 pub use keys::{Rotation, rewrap_all};
 pub use pool::WorkerPool;
 pub use secrets::{MAX_SECRET_BYTES, set_secret};

@@ -65,7 +65,16 @@ pub async fn set_secret(
             "secret `{name}` is not in namespace `{namespace}`'s policy; add it to `secrets` first"
         )));
     }
-    let (key_id, key) = data::new_data_key(&mut tx, keys, None, now_ms).await?;
+    let (key_id, key) = data::new_data_key(
+        &mut tx,
+        data::Keys {
+            ring: keys,
+            vault: None,
+        },
+        None,
+        now_ms,
+    )
+    .await?;
     let row = format!("{namespace}/{name}");
     let sealed = key.seal(plaintext, secret_aad(&row))?;
     let replaced = tx
@@ -145,7 +154,15 @@ async fn open_secrets(
         let Some(stored) = tx.get_secret(namespace, name).await? else {
             continue;
         };
-        let key = data::unwrap(tx, keys, &stored.data_key_id).await?;
+        let key = data::unwrap(
+            tx,
+            data::Keys {
+                ring: keys,
+                vault: None,
+            },
+            &stored.data_key_id,
+        )
+        .await?;
         let row = format!("{namespace}/{name}");
         let plaintext = key.open(&stored.value, secret_aad(&row)).inspect_err(|e| {
             tracing::error!(namespace, secret = %name, error = %e, "a stored secret does not open");

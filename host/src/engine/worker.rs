@@ -213,15 +213,15 @@ impl Engine {
                 .into_iter()
                 .map(|row| (row.id.clone(), row))
                 .collect();
-            key_ids
-                .iter()
-                .map(|id| {
-                    let key = data::open_key(&self.inner.keys, rows.remove(*id), id)
-                        .map(TaskKey::from)
-                        .map_err(|e| e.to_string());
-                    ((*id).to_owned(), key)
-                })
-                .collect()
+            let mut opened = HashMap::with_capacity(key_ids.len());
+            for id in &key_ids {
+                let key = data::open_key(self.data_keys(), rows.remove(*id), id)
+                    .await
+                    .map(TaskKey::from)
+                    .map_err(|e| e.to_string());
+                opened.insert((*id).to_owned(), key);
+            }
+            opened
         } else {
             key_ids
                 .iter()

@@ -53,6 +53,42 @@ pub struct NamespacePolicy {
     pub trusted_keys: BTreeMap<String, String>,
     /// Refuse module uploads that no trusted key signed.
     pub require_signed_modules: bool,
+    /// The GDPR legal basis of processing personal data here (e.g. `contract`,
+    /// `legitimate_interest`), as subject access reports state it.
+    pub legal_basis: Option<String>,
+    /// How long data is kept.
+    pub retention: Retention,
+}
+
+/// How long a namespace keeps what, in days after a task finished (audit events: after
+/// they happened). Unset: kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Task data holding personal data (its context, step results and attempt records).
+    pub pii_task_days: Option<u32>,
+    /// Task data by the context's classification (`public` … `restricted`), where no PII
+    /// rule applies.
+    pub task_days_by_classification: BTreeMap<String, u32>,
+    /// Any other task data.
+    pub task_days: Option<u32>,
+    /// Audit events of this namespace.
+    pub audit_days: Option<u32>,
+}
+
+impl Retention {
+    /// Days a finished task of `classification` (holding PII or not) is kept, if bounded.
+    pub fn task_days(&self, classification: &str, contains_pii: bool) -> Option<u32> {
+        let by_class = self
+            .task_days_by_classification
+            .get(classification)
+            .copied();
+        if contains_pii {
+            self.pii_task_days.or(by_class).or(self.task_days)
+        } else {
+            by_class.or(self.task_days)
+        }
+    }
 }
 
 /// Why a permission check failed.

@@ -23,6 +23,7 @@ mod namespaces;
 mod report;
 mod secrets;
 mod steps;
+mod subjects;
 mod tasks;
 mod url;
 mod workflows;

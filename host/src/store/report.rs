@@ -149,7 +149,7 @@ impl Tx<'_> {
                  FROM {table}"
             );
             let (stored, sealed): (i64, i64) =
-                with_conn!(self, |conn| { sqlx::query_as(&sql).fetch_one(conn).await })
+                with_conn!(self, |conn| sqlx::query_as(&sql).fetch_one(conn).await)
                     .ctx("measure encryption coverage")?;
             out.push((name, Coverage { stored, sealed }));
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::{NOW, both, both_at, scalar_i64, write};
 use crate::store::{Backend, DatabaseUrl, Store, StoreError, StoreOptions};
 
-const TABLES: [&str; 10] = [
+const TABLES: [&str; 11] = [
     "namespaces",
     "modules",
     "workflows",
@@ -16,6 +16,7 @@ const TABLES: [&str; 10] = [
     "step_attempts",
     "audit_events",
     "audit_checkpoints",
+    "subject_aliases",
 ];
 
 fn migration_files(backend: &str) -> Vec<String> {

@@ -1,0 +1,202 @@
+//! The subject vault: one random 256-bit pad per data subject, kept in a small SQLite file
+//! of its own beside the key file — never in the database or its backups.
+//!
+//! A subject's data key is stored (wrapped by the KEK as every data key is) only masked
+//! with the subject's pad: `stored = wrap(key XOR pad)`. Opening it needs the KEK *and* the
+//! pad. Erasure deletes the pad (the file runs with `secure_delete` and a rollback
+//! journal, so the deleted bytes are overwritten, not left in a page or a WAL), after
+//! which the masked key in any copy of the database — the live one or a backup taken
+//! before — is a uniformly random string that says nothing about the key. That is the
+//! difference to destroying the wrapped key in the database alone: a backup still holds
+//! it, and the KEK still opens it.
+//!
+//! The vault is a file: every process that opens subject data must reach the same one
+//! (processes on one host share the data directory; hosts sharing a PostgreSQL database
+//! need it on shared storage). Back it up with the key file, not with the database.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use zeroize::Zeroizing;
+
+use super::envelope::DataKey;
+use super::fill_random;
+
+/// The pad's length: a data key's.
+const PAD_LEN: usize = 32;
+
+/// Why the vault could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The file could not be opened, created or written.
+    #[error("subject vault {path}: {problem}")]
+    Unavailable {
+        /// The vault's path.
+        path: PathBuf,
+        /// What went wrong (never a pad).
+        problem: String,
+    },
+    /// A stored pad is not 32 bytes: the file was tampered with.
+    #[error("subject vault {0}: a stored pad is malformed")]
+    Malformed(PathBuf),
+    /// No randomness for a new pad.
+    #[error("no randomness for a subject pad: {0}")]
+    Random(String),
+}
+
+/// A subject's pad. Zeroized on drop; `Debug` shows nothing.
+pub struct Pad(Zeroizing<[u8; PAD_LEN]>);
+
+impl std::fmt::Debug for Pad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pad(..)")
+    }
+}
+
+impl DataKey {
+    /// This key XOR `pad`: masks a subject's key before wrapping, and unmasks it after.
+    pub fn masked(&self, pad: &Pad) -> DataKey {
+        let mut bytes = Zeroizing::new([0u8; PAD_LEN]);
+        for (out, (k, p)) in bytes.iter_mut().zip(self.bytes().iter().zip(pad.0.iter())) {
+            *out = k ^ p;
+        }
+        DataKey::from_bytes(&bytes)
+    }
+}
+
+/// The vault file.
+#[derive(Clone, Debug)]
+pub struct SubjectVault {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl SubjectVault {
+    /// Open the vault at `path`, creating it (owner-only) if it does not exist.
+    pub async fn open(path: &Path) -> Result<Self, VaultError> {
+        let unavailable = |problem: String| VaultError::Unavailable {
+            path: path.to_owned(),
+            problem,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(e.kind().to_string()))?;
+        }
+        if !path.exists() {
+            crate::auth::write_private(path, b"").map_err(|e| unavailable(e.kind().to_string()))?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(|e| unavailable(e.to_string()))?
+            // A rollback journal and secure_delete: an erased pad is overwritten in place
+            // and no copy of its page lingers in a write-ahead log.
+            .journal_mode(SqliteJournalMode::Delete)
+            .pragma("secure_delete", "ON")
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS pads (
+                 subject     TEXT    NOT NULL PRIMARY KEY,
+                 pad         BLOB    NOT NULL,
+                 created_at  INTEGER NOT NULL
+             ) STRICT",
+        )
+        .execute(&pool)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+        Ok(Self {
+            pool,
+            path: path.to_owned(),
+        })
+    }
+
+    fn unavailable(&self, e: sqlx::Error) -> VaultError {
+        VaultError::Unavailable {
+            path: self.path.clone(),
+            problem: e.to_string(),
+        }
+    }
+
+    fn pad_of(&self, bytes: Vec<u8>) -> Result<Pad, VaultError> {
+        let bytes: [u8; PAD_LEN] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| VaultError::Malformed(self.path.clone()))?;
+        Ok(Pad(Zeroizing::new(bytes)))
+    }
+
+    /// The pad of `subject` (a blind index), if it has one: none once erased.
+    pub async fn pad(&self, subject: &str) -> Result<Option<Pad>, VaultError> {
+        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT pad FROM pads WHERE subject = $1")
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        row.map(|(bytes,)| self.pad_of(bytes)).transpose()
+    }
+
+    /// The pad of `subject`, made if it has none. Two processes racing get the same pad.
+    pub async fn pad_or_create(&self, subject: &str, now_ms: i64) -> Result<Pad, VaultError> {
+        let mut fresh = Zeroizing::new([0u8; PAD_LEN]);
+        fill_random(&mut *fresh).map_err(|e| VaultError::Random(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO pads (subject, pad, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (subject) DO NOTHING",
+        )
+        .bind(subject)
+        .bind(&fresh[..])
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.unavailable(e))?;
+        self.pad(subject)
+            .await?
+            .ok_or_else(|| VaultError::Malformed(self.path.clone()))
+    }
+
+    /// Delete `subject`'s pad for good. Returns whether it had one.
+    pub async fn erase(&self, subject: &str) -> Result<bool, VaultError> {
+        let done = sqlx::query("DELETE FROM pads WHERE subject = $1")
+            .bind(subject)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pad_is_kept_shared_and_erased_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.db");
+        let vault = SubjectVault::open(&path).await.unwrap();
+        let pad = vault.pad_or_create("bi_1", 0).await.unwrap();
+        let again = SubjectVault::open(&path).await.unwrap();
+        let same = again.pad_or_create("bi_1", 1).await.unwrap();
+        assert_eq!(*pad.0, *same.0);
+
+        let key = DataKey::generate().unwrap();
+        let masked = key.masked(&pad);
+        assert_ne!(masked.bytes()[..], key.bytes()[..]);
+        assert_eq!(masked.masked(&same).bytes()[..], key.bytes()[..]);
+
+        let secret = *pad.0;
+        assert!(vault.erase("bi_1").await.unwrap());
+        assert!(vault.pad("bi_1").await.unwrap().is_none());
+        assert!(!vault.erase("bi_1").await.unwrap());
+        vault.pool.close().await;
+        again.pool.close().await;
+        let file = std::fs::read(&path).unwrap();
+        assert!(
+            !file.windows(PAD_LEN).any(|w| w == secret),
+            "the erased pad's bytes are still in the file"
+        );
+    }
+}
