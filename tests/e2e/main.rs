@@ -16,6 +16,7 @@ mod http_defences;
 mod loading;
 mod ops;
 mod refund;
+mod retention;
 mod secrets;
 mod serve;
 mod support;

@@ -119,9 +119,10 @@ async fn report_for(
         checkpoint_keys: keys.as_ref(),
         now_ms: now,
     };
-    let report = audit::compliance_report(store, &inputs, from, to)
+    let mut report = audit::compliance_report(store, &inputs, from, to)
         .await
         .map_err(EngineError::from)?;
+    report["retention"] = state.engine.retention_status().await?;
     let event = NewEvent {
         actor,
         action: "compliance.reported".into(),

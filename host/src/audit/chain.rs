@@ -109,6 +109,9 @@ pub struct Verification {
     /// Whether events were checked as one chain (a whole trail) or each against its own
     /// hash only (a filtered export, whose events do not link to each other).
     pub linked: bool,
+    /// When retention purged the chain's start: the last purged event's seq, whose signed
+    /// checkpoint the first kept event links to.
+    pub resumed_after: Option<i64>,
     /// The first failure, if any.
     pub broken: Option<Break>,
 }
@@ -143,6 +146,8 @@ pub struct Verifier {
     keys: CheckpointKeys,
     checkpoints: u64,
     signed_through: Option<i64>,
+    /// The seq of the purged prefix's last event, when the chain resumes after one.
+    anchored: Option<i64>,
 }
 
 /// Rows read past a failure to tell a reordering from an edit.
@@ -173,6 +178,7 @@ impl Verifier {
             keys: CheckpointKeys::default(),
             checkpoints: 0,
             signed_through: None,
+            anchored: None,
         }
     }
 
@@ -189,6 +195,18 @@ impl Verifier {
     pub fn with_keys(mut self, keys: CheckpointKeys) -> Self {
         self.keys = keys;
         self
+    }
+
+    /// Resume the chain after a purged prefix: the first event kept must link to the
+    /// hash `anchor` (the checkpoint of the last purged event) signs. With keys, the
+    /// anchor's signature is checked first; a bad one is named.
+    pub fn anchor(&mut self, anchor: &CheckpointRow) {
+        if !self.keys.is_empty() && !self.keys.check(anchor) {
+            return self.fail(anchor.seq, Problem::BadSignature);
+        }
+        self.prev_hash = stored_hash(Some(&anchor.hash)).unwrap_or([0xff; 32]);
+        self.prev_seq = Some(anchor.seq);
+        self.anchored = Some(anchor.seq);
     }
 
     /// A checkpoint to check once the events up to its `seq` are in; give checkpoints in
@@ -315,6 +333,7 @@ impl Verifier {
             checkpoints: self.checkpoints,
             signed_through: self.signed_through,
             linked: self.links,
+            resumed_after: self.anchored,
             broken: self.broken.clone(),
         }
     }
@@ -422,6 +441,36 @@ mod tests {
             Some(Break {
                 seq: 10,
                 problem: Problem::Edited
+            })
+        );
+    }
+
+    #[test]
+    fn a_chain_resumes_after_a_purged_prefix_only_at_a_signed_anchor() {
+        let events = sealed(10);
+        let anchor = checkpoint_of(&events[3]);
+        let mut verifier = Verifier::default().with_keys(signer().verifying());
+        verifier.anchor(&anchor);
+        events[4..].iter().for_each(|e| verifier.push(e));
+        let report = verifier.finish();
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!((report.resumed_after, report.checked), (Some(4), 6));
+
+        // Rows cut after the anchor, or an anchor whose signature was forged: named.
+        let mut verifier = Verifier::default().with_keys(signer().verifying());
+        verifier.anchor(&anchor);
+        events[6..].iter().for_each(|e| verifier.push(e));
+        assert_eq!(verifier.finish().broken.map(|b| b.seq), Some(7));
+        let mut forged = anchor.clone();
+        forged.signature[1] ^= 1;
+        let mut verifier = Verifier::default().with_keys(signer().verifying());
+        verifier.anchor(&forged);
+        events[4..].iter().for_each(|e| verifier.push(e));
+        assert_eq!(
+            verifier.finish().broken,
+            Some(Break {
+                seq: 4,
+                problem: Problem::BadSignature
             })
         );
     }

@@ -164,6 +164,11 @@ impl CheckpointKeys {
         Self::from_pem(&pem).ok_or_else(|| SigningKeyError::Invalid(path.into()))
     }
 
+    /// Whether no key is held (nothing can be checked).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether `checkpoint` was signed by one of these keys over its own seq and hash.
     pub fn check(&self, checkpoint: &CheckpointRow) -> bool {
         let Ok(signature) = Signature::from_slice(&checkpoint.signature) else {

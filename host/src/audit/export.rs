@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::AuditError;
-use super::chain::{Verification, Verifier};
+use super::chain::{GENESIS, Verification, Verifier};
 use super::checkpoint::CheckpointKeys;
 use super::present::{CSV_HEADER, ExportLine, csv_record, export_header};
 use crate::store::{AuditFilter, Store};
@@ -65,7 +65,30 @@ pub fn export(
         if !cursor.started {
             cursor.started = true;
             let head = match cursor.format {
-                ExportFormat::JsonLines => json_line(&export_header(cursor.filter.selects())),
+                ExportFormat::JsonLines => {
+                    let mut head = json_line(&export_header(cursor.filter.selects()));
+                    if !cursor.filter.selects() {
+                        // After a retention purge the chain resumes at a checkpoint: it
+                        // comes first, so the export verifies from it.
+                        let mut tx = cursor.store.begin_read().await?;
+                        let first = tx.audit_events(i64::MIN, 1).await?;
+                        let anchor = match first.first() {
+                            Some(first)
+                                if first.prev_hash.as_deref().is_some_and(|p| p != GENESIS) =>
+                            {
+                                tx.checkpoint_at_or_before(first.seq - 1).await?
+                            }
+                            _ => None,
+                        };
+                        tx.commit().await?;
+                        if let Some(anchor) = anchor {
+                            head.extend(json_line(&ExportLine::Checkpoint {
+                                checkpoint: (&anchor).into(),
+                            }));
+                        }
+                    }
+                    head
+                }
                 ExportFormat::Csv => csv_rows(std::iter::once(CSV_HEADER.map(str::to_owned))),
             };
             return Ok(Some((Bytes::from(head), cursor)));
@@ -140,6 +163,7 @@ pub fn verify_export(
     keys: &CheckpointKeys,
 ) -> Result<Verification, ExportError> {
     let mut verifier: Option<Verifier> = None;
+    let mut events_seen = false;
     for (n, line) in reader.lines().enumerate() {
         let number = n + 1;
         let line = line.map_err(|e| ExportError::Io(e.kind()))?;
@@ -162,7 +186,14 @@ pub fn verify_export(
                 };
                 verifier = Some(fresh.with_keys(keys.clone()));
             }
-            (ExportLine::Event(event), Some(verifier)) => verifier.push(&event.row()),
+            (ExportLine::Event(event), Some(verifier)) => {
+                events_seen = true;
+                verifier.push(&event.row())
+            }
+            // A checkpoint before any event anchors a chain whose start was purged.
+            (ExportLine::Checkpoint { checkpoint }, Some(verifier)) if !events_seen => {
+                verifier.anchor(&checkpoint.row())
+            }
             (ExportLine::Checkpoint { checkpoint }, Some(verifier)) => {
                 verifier.expect(checkpoint.row())
             }

@@ -249,7 +249,6 @@ pub async fn compliance_report(
             "head": chain.head.as_ref().map(|(seq, _)| seq),
             "broken": chain.broken,
         },
-        "retention": { "status": "not_configured", "note": "no retention policy is enforced yet" },
         "events_in_period": counts.iter().map(|(_, _, n)| n).sum::<i64>(),
     }))
 }

@@ -183,6 +183,19 @@ async fn walk(
     checkpoints: bool,
 ) -> Result<Verification, AuditError> {
     let mut from = i64::MIN;
+    // A chain whose start retention purged resumes at the checkpoint of the last purged
+    // event; without one, the first event's link is checked against nothing and fails.
+    let mut tx = store.begin_read().await?;
+    let first = tx.audit_events(from, 1).await?;
+    if let Some(first) = first.first()
+        && first.prev_hash.as_deref().is_some_and(|p| p != GENESIS)
+        && let Some(anchor) = tx.checkpoint_at_or_before(first.seq - 1).await?
+        && Some(&anchor.hash) == first.prev_hash.as_ref()
+    {
+        verifier.anchor(&anchor);
+        from = anchor.seq + 1;
+    }
+    tx.commit().await?;
     loop {
         let mut tx = store.begin_read().await?;
         let rows = tx.audit_events(from, VERIFY_PAGE).await?;

@@ -53,6 +53,9 @@ pub enum Command {
     /// Verify, query and export the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Purge what retention policies say is due.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Manage the secrets steps may be granted (sealed in the database).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -67,6 +70,14 @@ pub enum Command {
     /// Submit, read, list and follow tasks on a running server.
     #[command(subcommand)]
     Task(TaskCommand),
+}
+
+/// `stepbox retention …`
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Delete every finished task and audit-trail prefix past its namespace's retention
+    /// now, print what went, and audit it.
+    Run(DataArgs),
 }
 
 /// `stepbox step …`
@@ -110,6 +121,7 @@ impl Cli {
             Command::Worker(args) => ops::worker(args).await,
             Command::Keys(command) => ops::keys(command).await,
             Command::Audit(command) => audit::run(command).await,
+            Command::Retention(RetentionCommand::Run(data)) => ops::retention(data).await,
             Command::Secrets(command) => secrets::run(command).await,
             Command::Token(args) => token::run(args),
             Command::Module(command) => client::module(command).await,

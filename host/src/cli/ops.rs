@@ -181,6 +181,23 @@ pub(super) async fn keys(command: KeysCommand) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub(super) async fn retention(data: DataArgs) -> Result<ExitCode, CliError> {
+    let store = data.store().await?;
+    let engine = Engine::new(
+        store,
+        Arc::new(data.ring()?),
+        Sandbox::new(SandboxConfig::default())?,
+        Arc::new(SystemClock),
+    )
+    .with_subject_vault(Arc::new(data.vault().await?));
+    let run = engine
+        .run_retention("system:retention")
+        .await
+        .map_err(|e| CliError::Usage(format!("retention: {e}")))?;
+    print(&run);
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) async fn worker(args: WorkerArgs) -> Result<ExitCode, CliError> {
     let store = args.data.store().await?;
     let ring = args.data.ring()?;

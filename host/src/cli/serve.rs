@@ -39,6 +39,8 @@ const DEMO_STEPS: [&str; 4] = [
 const IDLE: Duration = Duration::from_millis(20);
 /// How often committed audit events are sealed into the chain.
 const SEAL_EVERY: Duration = Duration::from_millis(500);
+/// How often retention purges what is due.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 /// `stepbox serve`
 #[derive(Debug, Args)]
@@ -343,6 +345,22 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         let stop = stop.clone();
         tokio::spawn(async move { engine.work(&pool, stop).await })
     };
+    // Retention at start and then every hour; a failed run is logged and tried again.
+    {
+        let engine = engine.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = engine.run_retention("system:retention").await {
+                    tracing::warn!(error = %e, "a retention run failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(RETENTION_EVERY) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
     eprintln!(
         "stepbox serving {}://{local} ({} workers, {}); mint a token with: stepbox token \
          --data-dir {} --sub user_123 --roles customer_success_agent --mfa",

@@ -156,6 +156,17 @@ impl Tx<'_> {
         Ok(out)
     }
 
+    /// When the latest event of `action` happened, if one did.
+    pub async fn last_audit_ts(&mut self, action: &str) -> Result<Option<i64>, StoreError> {
+        with_conn!(self, |conn| {
+            sqlx::query_scalar("SELECT MAX(ts) FROM audit_events WHERE action = $1")
+                .bind(action)
+                .fetch_one(conn)
+                .await
+        })
+        .ctx("read the latest event of an action")
+    }
+
     /// Data keys: (held, destroyed by erasure).
     pub async fn data_key_counts(&mut self) -> Result<(i64, i64), StoreError> {
         with_conn!(self, |conn| {
