@@ -18,11 +18,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::named_field;
-use super::{ApiError, ApiState, Client, CorrelationId, record};
-use crate::audit::{self, ExportFormat, NewEvent, event_view, parse_rfc3339};
+use super::{ApiError, ApiState, CorrelationId};
+use crate::audit::{self, ExportFormat, event_view, parse_rfc3339};
 use crate::auth::Identity;
-use crate::engine::{EngineError, RequestDetails};
-use crate::policy::{AUDIT_READ, AccessPolicy, Principal};
+use crate::engine::EngineError;
+use crate::policy::{AUDIT_READ, Principal};
 use crate::store::AuditFilter;
 
 /// Most events one page of the trail holds, and how many unless asked.
@@ -177,53 +177,16 @@ async fn auditor(
     identity: &Identity,
     resource: &str,
     correlation: &CorrelationId,
-    client: &RequestDetails,
 ) -> Result<Principal, ApiError> {
-    let caller = state.access.effective(&identity.principal);
-    if let Err(refusal) = AccessPolicy::may(&caller, AUDIT_READ) {
-        let event = NewEvent {
-            actor: format!("user:{}", caller.subject),
-            action: "audit.denied".into(),
-            resource: resource.to_owned(),
-            outcome: "denied".into(),
-            correlation_id: Some(correlation.0.clone()),
-            details: json!({ "code": refusal.code(), "roles": caller.roles, "request": client }),
-            ..NewEvent::default()
-        };
-        record(state, &event).await;
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            refusal.code(),
-            refusal.to_string(),
-        ));
-    }
-    Ok(caller)
-}
-
-/// Record that `caller` read the trail. Fail closed: a read that cannot be recorded is
-/// not answered.
-async fn record_read(
-    state: &ApiState,
-    caller: &Principal,
-    action: &str,
-    resource: &str,
-    correlation: &CorrelationId,
-    details: Value,
-) -> Result<(), ApiError> {
-    let event = NewEvent {
-        actor: format!("user:{}", caller.subject),
-        action: action.to_owned(),
-        resource: resource.to_owned(),
-        outcome: "success".into(),
-        correlation_id: Some(correlation.0.clone()),
-        details,
-        ..NewEvent::default()
-    };
-    state
-        .engine
-        .record_event(&event, state.engine.now())
-        .await?;
-    Ok(())
+    super::holder(
+        state,
+        identity,
+        AUDIT_READ,
+        "audit.denied",
+        resource,
+        correlation,
+    )
+    .await
 }
 
 /// `GET /v1/audit/trail`: a page of matching events, oldest first, with the total.
@@ -231,10 +194,9 @@ pub(super) async fn trail(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    Client(client): Client,
     query: Result<Query<TrailQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = auditor(&state, &identity, "audit/trail", &correlation, &client).await?;
+    let caller = auditor(&state, &identity, "audit/trail", &correlation).await?;
     let query = query_of(query)?;
     if query.format.is_some() {
         return Err(invalid("`format` is for exports: GET /v1/audit/export"));
@@ -264,8 +226,7 @@ pub(super) async fn trail(
     let mut details = query.described();
     details["returned"] = json!(rows.len());
     details["total"] = json!(total);
-    details["request"] = json!(client);
-    record_read(
+    super::record_access(
         &state,
         &caller,
         "audit.queried",
@@ -286,11 +247,10 @@ pub(super) async fn task(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let resource = format!("audit/tasks/{id}");
-    let caller = auditor(&state, &identity, &resource, &correlation, &client).await?;
+    let caller = auditor(&state, &identity, &resource, &correlation).await?;
     let no_task = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such task");
     if !super::tasks::valid_task_id(&id) {
         return Err(no_task());
@@ -310,13 +270,13 @@ pub(super) async fn task(
     if task.is_none() && rows.is_empty() {
         return Err(no_task());
     }
-    record_read(
+    super::record_access(
         &state,
         &caller,
         "audit.task_viewed",
         &resource,
         &correlation,
-        json!({ "task_id": id, "returned": rows.len(), "request": client }),
+        json!({ "task_id": id, "returned": rows.len() }),
     )
     .await?;
     let events: Vec<Value> = rows.iter().map(event_view).collect();
@@ -354,10 +314,9 @@ pub(super) async fn export(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    Client(client): Client,
     query: Result<Query<TrailQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = auditor(&state, &identity, "audit/export", &correlation, &client).await?;
+    let caller = auditor(&state, &identity, "audit/export", &correlation).await?;
     let query = query_of(query)?;
     let format = match query.format.as_deref() {
         None | Some("jsonl") => ExportFormat::JsonLines,
@@ -390,8 +349,7 @@ pub(super) async fn export(
     let mut details = query.described();
     details["format"] = json!(query.format.as_deref().unwrap_or("jsonl"));
     details["through_seq"] = json!(filter.through_seq);
-    details["request"] = json!(client);
-    record_read(
+    super::record_access(
         &state,
         &caller,
         "audit.exported",
@@ -427,9 +385,8 @@ pub(super) async fn verify(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    Client(client): Client,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = auditor(&state, &identity, "audit/verify", &correlation, &client).await?;
+    let caller = auditor(&state, &identity, "audit/verify", &correlation).await?;
     let store = state.engine.store();
     audit::seal_pending(store)
         .await
@@ -439,7 +396,7 @@ pub(super) async fn verify(
         None => audit::verify(store).await,
     }
     .map_err(EngineError::from)?;
-    record_read(
+    super::record_access(
         &state,
         &caller,
         "audit.verified",
@@ -449,7 +406,6 @@ pub(super) async fn verify(
             "intact": report.is_intact(),
             "checked": report.checked,
             "broken": report.broken,
-            "request": client,
         }),
     )
     .await?;
@@ -465,9 +421,8 @@ pub(super) async fn public_key(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    Client(client): Client,
 ) -> Result<Json<Value>, ApiError> {
-    auditor(&state, &identity, "audit/public-key", &correlation, &client).await?;
+    auditor(&state, &identity, "audit/public-key", &correlation).await?;
     let signer = state.engine.audit_signer().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

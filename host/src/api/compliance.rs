@@ -12,11 +12,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::named_field;
-use super::{ApiError, ApiState, Client, CorrelationId, record};
-use crate::audit::{self, NewEvent, Period, ReportInputs, parse_rfc3339};
+use super::{ApiError, ApiState, CorrelationId};
+use crate::audit::{self, Period, ReportInputs, parse_rfc3339};
 use crate::auth::Identity;
 use crate::engine::EngineError;
-use crate::policy::{AccessPolicy, COMPLIANCE_READ};
+use crate::policy::COMPLIANCE_READ;
 
 /// The query of both endpoints.
 #[derive(Debug, Deserialize)]
@@ -73,29 +73,18 @@ async fn report_for(
     state: &ApiState,
     identity: &Identity,
     correlation: &CorrelationId,
-    client: &crate::engine::RequestDetails,
     resource: &str,
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<(Value, ReportQuery), ApiError> {
-    let caller = state.access.effective(&identity.principal);
-    let actor = format!("user:{}", caller.subject);
-    if let Err(refusal) = AccessPolicy::may(&caller, COMPLIANCE_READ) {
-        let event = NewEvent {
-            actor,
-            action: "compliance.denied".into(),
-            resource: resource.to_owned(),
-            outcome: "denied".into(),
-            correlation_id: Some(correlation.0.clone()),
-            details: json!({ "code": refusal.code(), "roles": caller.roles, "request": client }),
-            ..NewEvent::default()
-        };
-        record(state, &event).await;
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            refusal.code(),
-            refusal.to_string(),
-        ));
-    }
+    let caller = super::holder(
+        state,
+        identity,
+        COMPLIANCE_READ,
+        "compliance.denied",
+        resource,
+        correlation,
+    )
+    .await?;
     let Query(query) = query.map_err(|e| {
         let about =
             named_field(&e.body_text()).unwrap_or_else(|| "a parameter is malformed".into());
@@ -123,16 +112,15 @@ async fn report_for(
         .await
         .map_err(EngineError::from)?;
     report["retention"] = state.engine.retention_status().await?;
-    let event = NewEvent {
-        actor,
-        action: "compliance.reported".into(),
-        resource: resource.to_owned(),
-        outcome: "success".into(),
-        correlation_id: Some(correlation.0.clone()),
-        details: json!({ "period": report["period"], "request": client }),
-        ..NewEvent::default()
-    };
-    state.engine.record_event(&event, now).await?;
+    super::record_access(
+        state,
+        &caller,
+        "compliance.reported",
+        resource,
+        correlation,
+        json!({ "period": report["period"] }),
+    )
+    .await?;
     Ok((report, query))
 }
 
@@ -141,18 +129,10 @@ pub(super) async fn report(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    Client(client): Client,
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let (report, query) = report_for(
-        &state,
-        &identity,
-        &correlation,
-        &client,
-        "compliance/report",
-        query,
-    )
-    .await?;
+    let (report, query) =
+        report_for(&state, &identity, &correlation, "compliance/report", query).await?;
     match query.format.as_deref() {
         None | Some("json") => Ok(axum::Json(report).into_response()),
         Some("csv") => Ok((
@@ -178,14 +158,12 @@ pub(super) async fn controls(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    Client(client): Client,
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let (report, query) = report_for(
         &state,
         &identity,
         &correlation,
-        &client,
         "compliance/controls",
         query,
     )

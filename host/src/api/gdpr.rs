@@ -13,11 +13,9 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiState, Client, CorrelationId, record};
-use crate::audit::NewEvent;
+use super::{ApiError, ApiState, CorrelationId};
 use crate::auth::Identity;
-use crate::engine::RequestDetails;
-use crate::policy::{AccessPolicy, GDPR_MANAGE, Principal};
+use crate::policy::{GDPR_MANAGE, Principal};
 
 /// Longest subject identifier accepted (an email address is at most 320 characters).
 const MAX_IDENTIFIER_CHARS: usize = 320;
@@ -64,32 +62,22 @@ impl SubjectRequest {
 async fn officer(
     state: &ApiState,
     identity: &Identity,
-    action: &str,
+    request: &str,
     correlation: &CorrelationId,
-    client: &RequestDetails,
 ) -> Result<Principal, ApiError> {
-    let caller = state.access.effective(&identity.principal);
-    if let Err(refusal) = AccessPolicy::may(&caller, GDPR_MANAGE) {
-        let event = NewEvent {
-            actor: format!("user:{}", caller.subject),
-            action: "gdpr.denied".into(),
-            resource: format!("gdpr/{action}"),
-            outcome: "denied".into(),
-            correlation_id: Some(correlation.0.clone()),
-            details: json!({ "code": refusal.code(), "roles": caller.roles, "request": client }),
-            ..NewEvent::default()
-        };
-        record(state, &event).await;
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            refusal.code(),
-            refusal.to_string(),
-        ));
-    }
-    Ok(caller)
+    let resource = format!("gdpr/{request}");
+    super::holder(
+        state,
+        identity,
+        GDPR_MANAGE,
+        "gdpr.denied",
+        &resource,
+        correlation,
+    )
+    .await
 }
 
-/// Record a request about a subject; fail closed.
+/// Record a request about a subject (named by its blind index only); fail closed.
 async fn record_request(
     state: &ApiState,
     caller: &Principal,
@@ -98,20 +86,8 @@ async fn record_request(
     correlation: &CorrelationId,
     details: Value,
 ) -> Result<(), ApiError> {
-    let event = NewEvent {
-        actor: format!("user:{}", caller.subject),
-        action: action.to_owned(),
-        resource: format!("subject/{}", subject_ref.unwrap_or("unknown")),
-        outcome: "success".into(),
-        correlation_id: Some(correlation.0.clone()),
-        details,
-        ..NewEvent::default()
-    };
-    state
-        .engine
-        .record_event(&event, state.engine.now())
-        .await?;
-    Ok(())
+    let resource = format!("subject/{}", subject_ref.unwrap_or("unknown"));
+    super::record_access(state, caller, action, &resource, correlation, details).await
 }
 
 /// `POST /v1/gdpr/access`.
@@ -119,10 +95,9 @@ pub(super) async fn access(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    Client(client): Client,
     body: Result<Json<SubjectRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = officer(&state, &identity, "access", &correlation, &client).await?;
+    let caller = officer(&state, &identity, "access", &correlation).await?;
     let request = SubjectRequest::parse(body)?;
     let report = state.engine.subject_access(&request.subject).await?;
     record_request(
@@ -137,7 +112,6 @@ pub(super) async fn access(
             "step_results": report.step_results,
             "audit_events": report.audit_events.len(),
             "reason": request.reason,
-            "request": client,
         }),
     )
     .await?;
@@ -149,10 +123,9 @@ pub(super) async fn export(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    Client(client): Client,
     body: Result<Json<SubjectRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = officer(&state, &identity, "export", &correlation, &client).await?;
+    let caller = officer(&state, &identity, "export", &correlation).await?;
     let request = SubjectRequest::parse(body)?;
     let bundle = state.engine.subject_export(&request.subject).await?;
     record_request(
@@ -165,7 +138,6 @@ pub(super) async fn export(
             "status": bundle.status,
             "tasks": bundle.tasks.len(),
             "reason": request.reason,
-            "request": client,
         }),
     )
     .await?;
@@ -184,12 +156,11 @@ pub(super) async fn erase(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    Client(client): Client,
     body: Result<Json<SubjectRequest>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = officer(&state, &identity, "erase", &correlation, &client).await?;
+    let caller = officer(&state, &identity, "erase", &correlation).await?;
     let request = SubjectRequest::parse(body)?;
-    let details = json!({ "reason": request.reason, "request": client });
+    let details = json!({ "reason": request.reason, "request": correlation.1 });
     let erasure = state
         .engine
         .erase_subject(

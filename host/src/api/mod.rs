@@ -95,26 +95,10 @@ impl ApiState {
     }
 }
 
-/// A request's correlation id: the caller's `x-request-id` if it is a sane token, else a
-/// fresh one.
+/// A request's correlation id (the caller's `x-request-id` if it is a sane token, else a
+/// fresh one) and where the request came from, which refusals record.
 #[derive(Clone, Debug)]
-pub struct CorrelationId(pub String);
-
-/// Where a request came from, for the audit event it causes: client address, user agent
-/// (cut short), the token's session id. Never fails.
-#[derive(Clone, Debug)]
-pub(crate) struct Client(pub RequestDetails);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Client {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Self(request_details(&parts.extensions, &parts.headers)))
-    }
-}
+pub struct CorrelationId(pub String, pub RequestDetails);
 
 fn request_details(extensions: &axum::http::Extensions, headers: &HeaderMap) -> RequestDetails {
     RequestDetails {
@@ -311,7 +295,10 @@ async fn protect(mut request: Request, next: Next) -> Response {
         })
         .map(str::to_owned)
         .unwrap_or_else(new_request_id);
-    request.extensions_mut().insert(CorrelationId(id.clone()));
+    let client = request_details(request.extensions(), request.headers());
+    request
+        .extensions_mut()
+        .insert(CorrelationId(id.clone(), client));
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -358,6 +345,9 @@ async fn require_token(
             let subject = identity.principal.subject.clone();
             if let Err(limited) = state.limiter.check_principal(&subject) {
                 return rate_limited(&state, &request, &format!("user:{subject}"), limited).await;
+            }
+            if let Some(correlation) = request.extensions_mut().get_mut::<CorrelationId>() {
+                correlation.1.session_id = identity.session_id.clone();
             }
             request.extensions_mut().insert(identity);
             next.run(request).await
@@ -486,7 +476,7 @@ async fn refuse(
         namespace: Some(namespace.to_owned()),
         outcome: "denied".into(),
         correlation_id: Some(correlation.0.clone()),
-        details: json!({ "code": refusal.code(), "roles": caller.roles }),
+        details: json!({ "code": refusal.code(), "roles": caller.roles, "request": correlation.1 }),
         ..NewEvent::default()
     };
     record(state, &event).await;
@@ -495,6 +485,65 @@ async fn refuse(
         refusal.code(),
         refusal.to_string(),
     )
+}
+
+/// The caller, if it holds the platform-wide `permission` (audit, compliance, GDPR);
+/// otherwise a 403 problem, recorded as `denied_action` on `resource`.
+async fn holder(
+    state: &ApiState,
+    identity: &Identity,
+    permission: &'static str,
+    denied_action: &str,
+    resource: &str,
+    correlation: &CorrelationId,
+) -> Result<Principal, ApiError> {
+    let caller = state.access.effective(&identity.principal);
+    if let Err(refusal) = AccessPolicy::may(&caller, permission) {
+        let event = NewEvent {
+            actor: format!("user:{}", caller.subject),
+            action: denied_action.to_owned(),
+            resource: resource.to_owned(),
+            outcome: "denied".into(),
+            correlation_id: Some(correlation.0.clone()),
+            details: json!({ "code": refusal.code(), "roles": caller.roles, "request": correlation.1 }),
+            ..NewEvent::default()
+        };
+        record(state, &event).await;
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            refusal.code(),
+            refusal.to_string(),
+        ));
+    }
+    Ok(caller)
+}
+
+/// Record that `caller` did `action` on `resource` (a read of the trail, a report, a
+/// subject request), with where the request came from. Fail closed: what cannot be
+/// recorded is not answered.
+async fn record_access(
+    state: &ApiState,
+    caller: &Principal,
+    action: &str,
+    resource: &str,
+    correlation: &CorrelationId,
+    mut details: Value,
+) -> Result<(), ApiError> {
+    details["request"] = json!(correlation.1);
+    let event = NewEvent {
+        actor: format!("user:{}", caller.subject),
+        action: action.to_owned(),
+        resource: resource.to_owned(),
+        outcome: "success".into(),
+        correlation_id: Some(correlation.0.clone()),
+        details,
+        ..NewEvent::default()
+    };
+    state
+        .engine
+        .record_event(&event, state.engine.now())
+        .await?;
+    Ok(())
 }
 
 /// Record `event` now; a failure to record is logged, and the answer already decided

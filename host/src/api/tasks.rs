@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::named_field;
-use super::{ApiError, ApiState, Client, CorrelationId, policy_or_default, record, refuse};
+use super::{ApiError, ApiState, CorrelationId, policy_or_default, record, refuse};
 use crate::audit::NewEvent;
 use crate::auth::Identity;
 use crate::engine::{CreateTask, EngineError, TaskView, valid_name, valid_version};
@@ -79,7 +79,6 @@ pub(super) async fn create(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    Client(client): Client,
     body: Result<Json<CreateBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body.map_err(|e| ApiError::json_body(e, "a task request"))?;
@@ -109,7 +108,7 @@ pub(super) async fn create(
                 reason: body.reason,
                 tags: body.tags,
                 correlation_id: Some(correlation.0.clone()),
-                request: Some(client),
+                request: Some(correlation.1.clone()),
             },
         )
         .await?;
@@ -126,7 +125,6 @@ pub(super) async fn get(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
-    Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = state.access.effective(&identity.principal);
@@ -155,7 +153,7 @@ pub(super) async fn get(
         details: json!({
             "workflow": format!("{}@{}", view.workflow, view.version),
             "pii_shown": AccessPolicy::sees_pii(&caller, &view.namespace, &policy),
-            "request": client,
+            "request": correlation.1,
         }),
     };
     state
