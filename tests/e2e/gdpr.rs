@@ -265,6 +265,19 @@ async fn a_subject_is_found_exported_and_erased_for_good_and_no_one_else_is() {
             assert!(!text.contains(value), "the trail holds {value}");
         }
 
+        // On SQLite, the database files themselves: no value of either customer.
+        if let stepbox::store::DatabaseUrl::Sqlite(path) = api.store.url() {
+            for file in [path.clone(), path.with_extension("db-wal")] {
+                let Ok(bytes) = std::fs::read(&file) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&bytes);
+                for value in [CUSTOMER_EMAIL, "cus_8812", OTHER_EMAIL, "cus_7777"] {
+                    assert!(!text.contains(value), "{} holds {value}", file.display());
+                }
+            }
+        }
+
         // Only for holders of gdpr:manage.
         let (status, problem) = post(
             &api,

@@ -270,6 +270,17 @@ async fn serve_sets_itself_up_and_runs_the_refund_story_over_http() {
         String::from_utf8_lossy(&refused.stderr)
     );
 
+    // Retention by hand: nothing is due yet (the development policy keeps PII 3 years).
+    let retained = stepbox(&["retention", "run"], &data).output().unwrap();
+    assert!(
+        retained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retained.stderr)
+    );
+    let run: Value = serde_json::from_slice(&retained.stdout).unwrap();
+    assert_eq!(run["tasks_purged"], json!({}), "{run}");
+    assert!(data.join("subject-vault.db").exists());
+
     // A second start keeps the installation: same keys, same workflow, the task still there.
     let server = serve(&data, port, &notify.url("/notify"), &log).await;
     let again = get_task(&base, &agent, &id).await;
