@@ -187,6 +187,81 @@ macro_rules! bind_event {
     };
 }
 
+/// One stored event as [`sqlite_page`] reads it: the columns in order, hashes in hex.
+type PageRow = (
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    i64,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+/// A page of events from SQLite as one row holding a JSON array. sqlx's SQLite driver
+/// hands rows one at a time from its own thread, and a reader as fast as the verifier
+/// waits for each: about 19 µs a row, so verification ran at 53,000 events/s. One row
+/// per page makes it one hand-over; the text columns round-trip through JSON exactly.
+///
+/// `select` is a `SELECT * FROM audit_events …` (its own `ORDER BY seq LIMIT`), with
+/// `params` bound in order.
+async fn sqlite_page(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    select: &str,
+    params: &[Param<'_>],
+) -> Result<Vec<AuditRow>, StoreError> {
+    let sql = format!(
+        "SELECT json_group_array(json_array(seq, id, ts, actor, action, resource, namespace,
+                    outcome, classification, contains_pii, correlation_id, details,
+                    CASE WHEN prev_hash IS NULL THEN NULL ELSE hex(prev_hash) END,
+                    CASE WHEN hash IS NULL THEN NULL ELSE hex(hash) END))
+         FROM ({select})"
+    );
+    let mut query = sqlx::query_scalar(&sql);
+    for param in params {
+        query = match param {
+            Param::Text(value) => query.bind(*value),
+            Param::Owned(value) => query.bind(value.as_str()),
+            Param::Int(value) => query.bind(*value),
+        };
+    }
+    let page: Option<String> = query.fetch_one(&mut **tx).await.ctx("read audit events")?;
+    let rows: Vec<PageRow> = serde_json::from_str(page.as_deref().unwrap_or("[]"))
+        .map_err(|e| StoreError::Internal(format!("read audit events: {e}")))?;
+    // A hash that is not hex can only be tampering: kept as bytes no hash matches.
+    let bytes = |text: Option<String>| text.map(|t| hex::decode(t).unwrap_or_else(|_| vec![0xff]));
+    let mut events: Vec<AuditRow> = rows
+        .into_iter()
+        .map(|r| AuditRow {
+            seq: r.0,
+            id: r.1,
+            ts: r.2,
+            actor: r.3,
+            action: r.4,
+            resource: r.5,
+            namespace: r.6,
+            outcome: r.7,
+            classification: r.8,
+            contains_pii: r.9 != 0,
+            correlation_id: r.10,
+            details: r.11,
+            prev_hash: bytes(r.12),
+            hash: bytes(r.13),
+        })
+        .collect();
+    // json_group_array keeps the subquery's order in practice; the chain must not
+    // depend on it.
+    events.sort_by_key(|e| e.seq);
+    Ok(events)
+}
+
 /// A bind parameter of [`Tx::query_audit`]'s dynamically built query.
 enum Param<'a> {
     Text(&'a str),
@@ -339,6 +414,11 @@ impl Tx<'_> {
                 .await
                 .ctx("wait for audit writers")?;
         }
+        if let TxInner::Sqlite(tx) = &mut self.inner {
+            let select = "SELECT * FROM audit_events WHERE hash IS NULL AND seq > $1
+                          ORDER BY seq LIMIT $2";
+            return sqlite_page(tx, select, &[Param::Int(after_seq), Param::Int(limit)]).await;
+        }
         with_conn!(self, |conn| {
             sqlx::query_as(concat!(
                 "SELECT ",
@@ -453,6 +533,10 @@ impl Tx<'_> {
         from_seq: i64,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError> {
+        if let TxInner::Sqlite(tx) = &mut self.inner {
+            let select = "SELECT * FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2";
+            return sqlite_page(tx, select, &[Param::Int(from_seq), Param::Int(limit)]).await;
+        }
         with_conn!(self, |conn| {
             sqlx::query_as(concat!(
                 "SELECT ",
@@ -477,6 +561,10 @@ impl Tx<'_> {
             filtered(concat!("SELECT ", columns!(), " FROM audit_events"), filter);
         params.push(Param::Int(limit));
         sql.push_str(&format!(" ORDER BY seq LIMIT ${}", params.len()));
+        if let TxInner::Sqlite(tx) = &mut self.inner {
+            let select = sql.replacen(concat!("SELECT ", columns!()), "SELECT *", 1);
+            return sqlite_page(tx, &select, &params).await;
+        }
         with_conn!(self, |conn| {
             let mut query = sqlx::query_as(&sql);
             for param in &params {
