@@ -311,3 +311,27 @@ async fn keys_rotate_and_audit_verify_from_the_command_line() {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+#[test]
+fn a_worker_without_the_installations_subject_vault_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path();
+    assert!(
+        stepbox(&["keys", "init"], data_dir)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    // Started with an empty vault of its own, every subject would look erased to it.
+    let refused = stepbox(&["worker", "--workers", "1"], data_dir)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("subject-vault.db") && stderr.contains("installation's vault"),
+        "{stderr}"
+    );
+    assert!(!data_dir.join("subject-vault.db").exists());
+}

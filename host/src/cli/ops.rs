@@ -60,14 +60,21 @@ impl DataArgs {
             .unwrap_or_else(|| self.data_dir.join("audit-signing.pem"))
     }
 
-    pub(super) async fn vault(&self) -> Result<crate::crypto::SubjectVault, CliError> {
+    /// The subject vault: made if `create` (first start of `serve`), else it must exist.
+    pub(super) async fn vault(
+        &self,
+        create: bool,
+    ) -> Result<crate::crypto::SubjectVault, CliError> {
         let path = self
             .subject_vault
             .clone()
             .unwrap_or_else(|| self.data_dir.join("subject-vault.db"));
-        crate::crypto::SubjectVault::open(&path)
-            .await
-            .map_err(|e| CliError::Usage(e.to_string()))
+        let opened = if create {
+            crate::crypto::SubjectVault::open(&path).await
+        } else {
+            crate::crypto::SubjectVault::open_existing(&path).await
+        };
+        opened.map_err(|e| CliError::Usage(e.to_string()))
     }
 
     pub(super) fn ring(&self) -> Result<KeyRing, CliError> {
@@ -189,7 +196,7 @@ pub(super) async fn retention(data: DataArgs) -> Result<ExitCode, CliError> {
         Sandbox::new(SandboxConfig::default())?,
         Arc::new(SystemClock),
     )
-    .with_subject_vault(Arc::new(data.vault().await?));
+    .with_subject_vault(Arc::new(data.vault(false).await?));
     let run = engine
         .run_retention("system:retention")
         .await
@@ -209,7 +216,7 @@ pub(super) async fn worker(args: WorkerArgs) -> Result<ExitCode, CliError> {
         Arc::new(SystemClock),
     )
     .with_lease_ms(args.lease_ms)
-    .with_subject_vault(Arc::new(args.data.vault().await?));
+    .with_subject_vault(Arc::new(args.data.vault(false).await?));
     // Sign checkpoints if this process has the key; on a shared database another may.
     let audit_key = args.data.audit_key_file();
     let engine = if audit_key.exists() {

@@ -322,7 +322,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<ExitCode, CliError> {
         Arc::new(SystemClock),
     )
     .with_audit_signer(Arc::new(signer))
-    .with_subject_vault(Arc::new(data.vault().await?));
+    .with_subject_vault(Arc::new(data.vault(true).await?));
     load_example(&engine, &args).await?;
     apply_namespaces(&engine, &policies).await?;
 

@@ -73,6 +73,19 @@ pub struct SubjectVault {
 }
 
 impl SubjectVault {
+    /// Open the vault at `path`, which must exist: a process joining an installation
+    /// (a worker, a retention run) must use its vault, never start an empty one, or every
+    /// subject would look erased to it.
+    pub async fn open_existing(path: &Path) -> Result<Self, VaultError> {
+        if !path.exists() {
+            return Err(VaultError::Unavailable {
+                path: path.to_owned(),
+                problem: "no such file: give the installation's vault".into(),
+            });
+        }
+        Self::open(path).await
+    }
+
     /// Open the vault at `path`, creating it (owner-only) if it does not exist.
     pub async fn open(path: &Path) -> Result<Self, VaultError> {
         let unavailable = |problem: String| VaultError::Unavailable {

@@ -110,7 +110,12 @@ pub(crate) async fn open_key(
         return Err(erased());
     }
     let pad = match &row.subject {
-        Some(blind) => Some(keys.vault()?.pad(blind).await?.ok_or_else(erased)?),
+        // Erasure destroys the key before it deletes the pad: a live key without its pad
+        // means this process has the wrong vault, not that the subject was erased.
+        Some(blind) => Some(keys.vault()?.pad(blind).await?.ok_or_else(|| {
+            tracing::error!(data_key = %id, "a subject's pad is missing from the vault while its key lives: is this the installation's vault?");
+            EngineError::Unavailable("the subject vault does not hold this subject's pad".into())
+        })?),
         None => None,
     };
     let wrapped = crate::crypto::WrappedKey {
