@@ -347,7 +347,7 @@ impl Tx<'_> {
                     concat!(
                         "INSERT INTO audit_events (",
                         insert_columns!(),
-                        ") VALUES {} RETURNING id, seq"
+                        ") VALUES {}"
                     ),
                     self.row_list(1, batch.len(), WIDTH)
                 ),
@@ -373,6 +373,26 @@ impl Tx<'_> {
                     )
                 }
             };
+            if let TxInner::Sqlite(tx) = &mut self.inner {
+                // One writer, and a multi-row INSERT gives its rows consecutive rowids in
+                // the order of its VALUES: the last one, from the statement's own result,
+                // gives them all, without RETURNING's row-by-row hand-over from sqlx's
+                // worker thread (about 19 µs a row).
+                let mut query = sqlx::query(&sql);
+                for event in batch {
+                    query = bind_event!(query, event);
+                }
+                let done = query.execute(&mut **tx).await.ctx("insert audit events")?;
+                let last = done.last_insert_rowid();
+                let first = last - batch.len() as i64 + 1;
+                if done.rows_affected() != batch.len() as u64 {
+                    return Err(StoreError::Internal(
+                        "inserted audit events were not all stored".to_owned(),
+                    ));
+                }
+                seqs.extend(first..=last);
+                continue;
+            }
             let rows: Vec<(String, i64)> = with_conn!(self, |conn| {
                 let mut query = sqlx::query_as(&sql);
                 if postgres {

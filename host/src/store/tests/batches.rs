@@ -176,7 +176,7 @@ async fn only_running_tasks_with_every_step_complete_become_complete() {
 async fn batched_audit_events_keep_their_order_and_a_raced_seal_changes_nothing() {
     both(|store| async move {
         let events: Vec<NewAuditRow> = (0..7).map(|n| event(&format!("e{n}"))).collect();
-        write(&store, async |tx| tx.insert_audit_events(&events).await)
+        let seqs = write(&store, async |tx| tx.insert_audit_events(&events).await)
             .await
             .expect("insert");
         let err = write(&store, async |tx| {
@@ -195,6 +195,9 @@ async fn batched_audit_events_keep_their_order_and_a_raced_seal_changes_nothing(
             ["e0", "e1", "e2", "e3", "e4", "e5", "e6"],
             "e7 rolled back"
         );
+        // The seqs handed back are the ones stored, event by event.
+        let stored: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, stored);
 
         // Another sealer sealed the third event first: the batch fails as a whole.
         write(&store, async |tx| {
