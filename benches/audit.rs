@@ -19,7 +19,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::env_usize;
+use common::{ADMIN_URL, drop_postgres_db, env_usize, postgres_db};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::Connection;
@@ -27,7 +27,6 @@ use stepbox::audit::{self, NewEvent, ReportInputs, Verifier};
 use stepbox::crypto::KeyRing;
 use stepbox::store::{AuditRow, DatabaseUrl, Store};
 
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const NOW: i64 = 1_764_000_000_000;
 
 fn event(n: usize) -> NewEvent {
@@ -73,30 +72,6 @@ fn row(n: usize) -> AuditRow {
 
 fn per_event(elapsed: Duration, events: usize) -> f64 {
     elapsed.as_secs_f64() * 1e6 / events as f64
-}
-
-/// A fresh PostgreSQL database and its name.
-async fn postgres_db() -> (DatabaseUrl, String) {
-    let mut admin = sqlx::PgConnection::connect(ADMIN_URL).await.unwrap();
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).unwrap();
-    let name = format!("stepbox_bench_{}", hex::encode(bytes));
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    (
-        DatabaseUrl::Postgres(format!("postgres://postgres@127.0.0.1:5432/{name}")),
-        name,
-    )
-}
-
-async fn drop_postgres_db(name: &str) {
-    if let Ok(mut admin) = sqlx::PgConnection::connect(ADMIN_URL).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-    }
 }
 
 /// `writers` tasks each recording its share of `events`, `per_tx` per transaction.
@@ -163,6 +138,29 @@ async fn append_bare(url: &DatabaseUrl, events: usize, writers: usize, per_tx: u
             q
         }};
     }
+    // Each writer inserts its share, `per_tx` rows per transaction, into `$pool`.
+    macro_rules! run_writers {
+        ($pool:expr) => {{
+            let handles: Vec<_> = (0..writers)
+                .map(|w| {
+                    let (pool, batch, sql) = ($pool.clone(), rows(w), sql(per_tx));
+                    tokio::spawn(async move {
+                        for _ in 0..share / per_tx {
+                            let mut tx = pool.begin().await.unwrap();
+                            bind_all!(sqlx::query(&sql), &batch)
+                                .execute(&mut *tx)
+                                .await
+                                .unwrap();
+                            tx.commit().await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle.await.unwrap();
+            }
+        }};
+    }
     let started;
     match url {
         DatabaseUrl::Sqlite(path) => {
@@ -179,47 +177,13 @@ async fn append_bare(url: &DatabaseUrl, events: usize, writers: usize, per_tx: u
                 .unwrap();
             sqlx::query(CREATE).execute(&pool).await.unwrap();
             started = Instant::now();
-            let handles: Vec<_> = (0..writers)
-                .map(|w| {
-                    let (pool, batch, sql) = (pool.clone(), rows(w), sql(per_tx));
-                    tokio::spawn(async move {
-                        for _ in 0..share / per_tx {
-                            let mut tx = pool.begin().await.unwrap();
-                            bind_all!(sqlx::query(&sql), &batch)
-                                .execute(&mut *tx)
-                                .await
-                                .unwrap();
-                            tx.commit().await.unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for handle in handles {
-                handle.await.unwrap();
-            }
+            run_writers!(pool);
         }
         DatabaseUrl::Postgres(url) => {
             let pool = sqlx::PgPool::connect(url).await.unwrap();
             sqlx::query(CREATE).execute(&pool).await.unwrap();
             started = Instant::now();
-            let handles: Vec<_> = (0..writers)
-                .map(|w| {
-                    let (pool, batch, sql) = (pool.clone(), rows(w), sql(per_tx));
-                    tokio::spawn(async move {
-                        for _ in 0..share / per_tx {
-                            let mut tx = pool.begin().await.unwrap();
-                            bind_all!(sqlx::query(&sql), &batch)
-                                .execute(&mut *tx)
-                                .await
-                                .unwrap();
-                            tx.commit().await.unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for handle in handles {
-                handle.await.unwrap();
-            }
+            run_writers!(pool);
         }
     }
     started.elapsed()

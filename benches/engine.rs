@@ -19,15 +19,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{NS, agent, env_usize, refund_engine, request, unfinished};
+use common::{
+    ADMIN_URL, NS, agent, drop_postgres_db, env_usize, postgres_db, refund_engine, request,
+    unfinished,
+};
 use sqlx::Connection;
 use stepbox::audit;
 use stepbox::engine::WorkerPool;
 use stepbox::policy::NamespacePolicy;
 use stepbox::sandbox::{Sandbox, SandboxConfig};
 use stepbox::store::{DatabaseUrl, Store, TaskStatus};
-
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 const ROUNDS: usize = 2;
 
@@ -44,28 +45,6 @@ impl Run {
 
     fn tasks_per_s(&self) -> f64 {
         self.tasks as f64 / self.total().as_secs_f64()
-    }
-}
-
-/// A fresh PostgreSQL database and its name.
-async fn postgres_db() -> (DatabaseUrl, String) {
-    let mut admin = sqlx::PgConnection::connect(ADMIN_URL).await.unwrap();
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).unwrap();
-    let name = format!("stepbox_bench_{}", hex::encode(bytes));
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let url = DatabaseUrl::Postgres(format!("postgres://postgres@127.0.0.1:5432/{name}"));
-    (url, name)
-}
-
-async fn drop_postgres_db(name: &str) {
-    if let Ok(mut admin) = sqlx::PgConnection::connect(ADMIN_URL).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
     }
 }
 

@@ -7,12 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::json;
+use sqlx::Connection;
 use stepbox::crypto::KeyRing;
 use stepbox::engine::{CreateTask, Engine, SystemClock};
 use stepbox::example::{Notify, refund_workflow};
 use stepbox::policy::{NamespacePolicy, Principal};
 use stepbox::sandbox::Sandbox;
-use stepbox::store::Store;
+use stepbox::store::{DatabaseUrl, Store};
 
 pub const NS: &str = "customer_success";
 pub const PERMISSION: &str = "customer_success.process_refund:execute";
@@ -116,4 +117,29 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The PostgreSQL server every machine runs, as its superuser.
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A fresh PostgreSQL database and its name.
+pub async fn postgres_db() -> (DatabaseUrl, String) {
+    let mut admin = sqlx::PgConnection::connect(ADMIN_URL).await.unwrap();
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).unwrap();
+    let name = format!("stepbox_bench_{}", hex::encode(bytes));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = DatabaseUrl::Postgres(format!("postgres://postgres@127.0.0.1:5432/{name}"));
+    (url, name)
+}
+
+pub async fn drop_postgres_db(name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(ADMIN_URL).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
 }

@@ -74,6 +74,7 @@ async fn report_for(
     identity: &Identity,
     correlation: &CorrelationId,
     resource: &str,
+    formats: &[&str],
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<(Value, ReportQuery), ApiError> {
     let caller = super::holder(
@@ -92,6 +93,14 @@ async fn report_for(
     })?;
     let now = state.engine.now();
     let (from, to) = query.bounds(now)?;
+    if let Some(format) = query.format.as_deref()
+        && !formats.contains(&format)
+    {
+        return Err(invalid(match formats {
+            [] => "`format` is for the report",
+            _ => "`format` is `json` or `csv`",
+        }));
+    }
     let store = state.engine.store();
     audit::seal_pending(store)
         .await
@@ -131,10 +140,16 @@ pub(super) async fn report(
     Extension(correlation): Extension<CorrelationId>,
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let (report, query) =
-        report_for(&state, &identity, &correlation, "compliance/report", query).await?;
+    let (report, query) = report_for(
+        &state,
+        &identity,
+        &correlation,
+        "compliance/report",
+        &["json", "csv"],
+        query,
+    )
+    .await?;
     match query.format.as_deref() {
-        None | Some("json") => Ok(axum::Json(report).into_response()),
         Some("csv") => Ok((
             [
                 (
@@ -149,7 +164,7 @@ pub(super) async fn report(
             audit::report_csv(&report),
         )
             .into_response()),
-        Some(_) => Err(invalid("`format` is `json` or `csv`")),
+        _ => Ok(axum::Json(report).into_response()),
     }
 }
 
@@ -160,16 +175,14 @@ pub(super) async fn controls(
     Extension(correlation): Extension<CorrelationId>,
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let (report, query) = report_for(
+    let (report, _) = report_for(
         &state,
         &identity,
         &correlation,
         "compliance/controls",
+        &[],
         query,
     )
     .await?;
-    if query.format.is_some() {
-        return Err(invalid("`format` is for the report"));
-    }
     Ok(axum::Json(audit::controls(&report)))
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::AuditError;
-use super::chain::{GENESIS, Verification, Verifier};
+use super::chain::{Verification, Verifier};
 use super::checkpoint::CheckpointKeys;
 use super::present::{CSV_HEADER, ExportLine, csv_record, export_header};
 use crate::store::{AuditFilter, Store};
@@ -71,15 +71,7 @@ pub fn export(
                         // After a retention purge the chain resumes at a checkpoint: it
                         // comes first, so the export verifies from it.
                         let mut tx = cursor.store.begin_read().await?;
-                        let first = tx.audit_events(i64::MIN, 1).await?;
-                        let anchor = match first.first() {
-                            Some(first)
-                                if first.prev_hash.as_deref().is_some_and(|p| p != GENESIS) =>
-                            {
-                                tx.checkpoint_at_or_before(first.seq - 1).await?
-                            }
-                            _ => None,
-                        };
+                        let anchor = super::trail::chain_anchor(&mut tx).await?;
                         tx.commit().await?;
                         if let Some(anchor) = anchor {
                             head.extend(json_line(&ExportLine::Checkpoint {

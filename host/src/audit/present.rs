@@ -70,19 +70,20 @@ fn workflow_parts(text: &str) -> (&str, &str) {
     text.split_once('@').unwrap_or((text, ""))
 }
 
+/// A request detail (`ip`, `user_agent`, …) of an event: in its `request` section, or at
+/// the top of a refused token's details.
+fn request_field<'a>(details: &'a Value, name: &str) -> &'a Value {
+    match &details["request"][name] {
+        Value::Null => &details[name],
+        value => value,
+    }
+}
+
 /// The event as the trail API shows it.
 pub fn event_view(row: &AuditRow) -> Value {
     let details: Value = serde_json::from_str(&row.details).unwrap_or(Value::Null);
     let (actor_type, actor_id) = actor_parts(&row.actor);
-    let request = &details["request"];
-    let pick = |name: &str| {
-        let value = &request[name];
-        if value.is_null() {
-            details[name].clone()
-        } else {
-            value.clone()
-        }
-    };
+    let pick = |name: &str| request_field(&details, name).clone();
     let has_request = details.get("request").is_some() || details.get("ip").is_some();
     let workflow = details["workflow"].as_str().map(|text| {
         let (name, version) = workflow_parts(text);
@@ -305,18 +306,13 @@ pub const CSV_HEADER: [&str; 18] = [
 
 /// An event as one CSV record, in [`CSV_HEADER`]'s order.
 pub fn csv_record(row: &AuditRow) -> [String; 18] {
-    let view = event_view(row);
-    let text = |value: &Value| match value {
+    let details: Value = serde_json::from_str(&row.details).unwrap_or(Value::Null);
+    let text = |name: &str| match request_field(&details, name) {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let tags: Vec<&str> = view["compliance_tags"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let tags = compliance_tags(row, &details);
     [
         row.seq.to_string(),
         row.id.clone(),
@@ -329,9 +325,9 @@ pub fn csv_record(row: &AuditRow) -> [String; 18] {
         row.classification.clone().unwrap_or_default(),
         row.contains_pii.to_string(),
         row.correlation_id.clone().unwrap_or_default(),
-        text(&view["request"]["ip"]),
-        text(&view["request"]["user_agent"]),
-        text(&view["request"]["session_id"]),
+        text("ip"),
+        text("user_agent"),
+        text("session_id"),
         tags.join(";"),
         row.details.clone(),
         row.prev_hash

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::chain::{GENESIS, Verification, Verifier, link_hash, stored_hash};
 use super::checkpoint::CheckpointKeys;
-use crate::store::{Backend, NewAuditRow, Store, StoreError, Tx};
+use crate::store::{Backend, CheckpointRow, NewAuditRow, Store, StoreError, Tx};
 
 /// Events sealed per round trip.
 const SEAL_BATCH: i64 = 1_000;
@@ -177,6 +177,23 @@ pub async fn verify_signed(
     walk(store, Verifier::default().with_keys(keys.clone()), true).await
 }
 
+/// The checkpoint the stored chain resumes at when retention purged its start: the one
+/// of the event the first kept event links to. `None` for a chain that starts at genesis
+/// (or whose anchor is gone, which verification then reports).
+pub(crate) async fn chain_anchor(tx: &mut Tx<'_>) -> Result<Option<CheckpointRow>, StoreError> {
+    let first = tx.audit_events(i64::MIN, 1).await?;
+    let Some(first) = first.first() else {
+        return Ok(None);
+    };
+    let Some(prev) = first.prev_hash.as_ref().filter(|p| p[..] != GENESIS[..]) else {
+        return Ok(None);
+    };
+    Ok(tx
+        .checkpoint_at_or_before(first.seq - 1)
+        .await?
+        .filter(|anchor| anchor.hash == *prev))
+}
+
 async fn walk(
     store: &Store,
     mut verifier: Verifier,
@@ -186,12 +203,7 @@ async fn walk(
     // A chain whose start retention purged resumes at the checkpoint of the last purged
     // event; without one, the first event's link is checked against nothing and fails.
     let mut tx = store.begin_read().await?;
-    let first = tx.audit_events(from, 1).await?;
-    if let Some(first) = first.first()
-        && first.prev_hash.as_deref().is_some_and(|p| p != GENESIS)
-        && let Some(anchor) = tx.checkpoint_at_or_before(first.seq - 1).await?
-        && Some(&anchor.hash) == first.prev_hash.as_ref()
-    {
+    if let Some(anchor) = chain_anchor(&mut tx).await? {
         verifier.anchor(&anchor);
         from = anchor.seq + 1;
     }

@@ -112,8 +112,13 @@ impl Engine {
         let mut listed = Vec::with_capacity(tasks.len());
         let mut events = Vec::new();
         let mut step_results = 0;
+        let mut policies = std::collections::HashMap::new();
         for task in &tasks {
-            let policy = self.namespace_policy(&task.namespace).await?;
+            if !policies.contains_key(&task.namespace) {
+                let policy = self.namespace_policy(&task.namespace).await?;
+                policies.insert(task.namespace.clone(), policy);
+            }
+            let policy = &policies[&task.namespace];
             let (rows, steps, anonymized_at) = self
                 .read(async |tx| {
                     let filter = AuditFilter {

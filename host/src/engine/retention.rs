@@ -36,6 +36,32 @@ pub struct RetentionRun {
     pub audit_resumes_after: Option<i64>,
 }
 
+/// One bound on task data: finished tasks of this classification and PII flag that
+/// finished before `before_ts` (kept `days`) are due.
+struct TaskRule {
+    level: &'static str,
+    pii: bool,
+    days: u32,
+    before_ts: i64,
+}
+
+/// The bounds `policy` sets on task data at `now`: one per classification and PII flag.
+fn task_rules(policy: &NamespacePolicy, now: i64) -> Vec<TaskRule> {
+    Classification::ALL
+        .into_iter()
+        .flat_map(|level| [false, true].map(|pii| (level.as_str(), pii)))
+        .filter_map(|(level, pii)| {
+            let days = policy.retention.task_days(level, pii)?;
+            Some(TaskRule {
+                level,
+                pii,
+                days,
+                before_ts: now - i64::from(days) * DAY_MS,
+            })
+        })
+        .collect()
+}
+
 impl Engine {
     /// Purge everything due now under each namespace's retention, auditing each purge
     /// and the run as `actor`.
@@ -89,10 +115,8 @@ impl Engine {
     }
 
     /// Whether retention is kept: per namespace, its rules and how many finished tasks are
-    /// past them yet still stored (counted from storage, up to 10,000 per rule), and when
-    /// retention last ran.
+    /// past them yet still stored (counted from storage), and when retention last ran.
     pub async fn retention_status(&self) -> Result<serde_json::Value, EngineError> {
-        const CAP: i64 = 10_000;
         let now = self.now();
         let namespaces = self.read(async |tx| tx.list_namespaces().await).await?;
         let mut listed = serde_json::Map::new();
@@ -102,19 +126,13 @@ impl Engine {
                 continue;
             };
             let mut overdue = 0;
-            for level in Classification::ALL {
-                for pii in [false, true] {
-                    if let Some(days) = policy.retention.task_days(level.as_str(), pii) {
-                        let before_ts = now - i64::from(days) * DAY_MS;
-                        let due = self
-                            .read(async |tx| {
-                                tx.due_tasks(&row.name, level.as_str(), pii, before_ts, CAP)
-                                    .await
-                            })
-                            .await?;
-                        overdue += due.len();
-                    }
-                }
+            for rule in task_rules(&policy, now) {
+                overdue += self
+                    .read(async |tx| {
+                        tx.count_due_tasks(&row.name, rule.level, rule.pii, rule.before_ts)
+                            .await
+                    })
+                    .await?;
             }
             overdue_total += overdue;
             listed.insert(
@@ -149,54 +167,54 @@ impl Engine {
         actor: &str,
         run: &mut RetentionRun,
     ) -> Result<(), EngineError> {
-        for level in Classification::ALL {
-            for pii in [false, true] {
-                let Some(days) = policy.retention.task_days(level.as_str(), pii) else {
-                    continue;
+        for TaskRule {
+            level,
+            pii,
+            days,
+            before_ts,
+        } in task_rules(policy, now)
+        {
+            loop {
+                let mut tx = self.inner.store.begin().await?;
+                let due = tx
+                    .due_tasks(namespace, level, pii, before_ts, PURGE_BATCH)
+                    .await?;
+                if due.is_empty() {
+                    tx.rollback().await?;
+                    break;
+                }
+                let ids: Vec<String> = due.iter().map(|t| t.id.clone()).collect();
+                let deleted = tx.delete_tasks(&ids).await?;
+                // A task's own key goes with it; a subject's key may serve its other
+                // tasks, and erasure is what destroys it.
+                let mut destroyed = 0;
+                for task in due.iter().filter(|t| t.subject.is_none()) {
+                    tx.destroy_data_key(&task.data_key_id, now).await?;
+                    destroyed += 1;
+                }
+                let event = NewEvent {
+                    actor: actor.to_owned(),
+                    action: "retention.purged".into(),
+                    resource: format!("namespace/{namespace}"),
+                    namespace: Some(namespace.to_owned()),
+                    outcome: "success".into(),
+                    classification: Some(level.to_owned()),
+                    contains_pii: pii,
+                    details: json!({
+                        "what": "tasks",
+                        "tasks": ids,
+                        "retention_days": days,
+                        "finished_before": audit::rfc3339(before_ts),
+                        "data_keys_destroyed": destroyed,
+                    }),
+                    ..NewEvent::default()
                 };
-                let before_ts = now - i64::from(days) * DAY_MS;
-                loop {
-                    let mut tx = self.inner.store.begin().await?;
-                    let due = tx
-                        .due_tasks(namespace, level.as_str(), pii, before_ts, PURGE_BATCH)
-                        .await?;
-                    if due.is_empty() {
-                        tx.rollback().await?;
-                        break;
-                    }
-                    let ids: Vec<String> = due.iter().map(|t| t.id.clone()).collect();
-                    let deleted = tx.delete_tasks(&ids).await?;
-                    // A task's own key goes with it; a subject's key may serve its other
-                    // tasks, and erasure is what destroys it.
-                    let mut destroyed = 0;
-                    for task in due.iter().filter(|t| t.subject.is_none()) {
-                        tx.destroy_data_key(&task.data_key_id, now).await?;
-                        destroyed += 1;
-                    }
-                    let event = NewEvent {
-                        actor: actor.to_owned(),
-                        action: "retention.purged".into(),
-                        resource: format!("namespace/{namespace}"),
-                        namespace: Some(namespace.to_owned()),
-                        outcome: "success".into(),
-                        classification: Some(level.as_str().to_owned()),
-                        contains_pii: pii,
-                        details: json!({
-                            "what": "tasks",
-                            "tasks": ids,
-                            "retention_days": days,
-                            "finished_before": audit::rfc3339(before_ts),
-                            "data_keys_destroyed": destroyed,
-                        }),
-                        ..NewEvent::default()
-                    };
-                    audit::record(&mut tx, &event, now).await?;
-                    tx.commit().await?;
-                    *run.tasks_purged.entry(namespace.to_owned()).or_default() += deleted;
-                    run.data_keys_destroyed += destroyed;
-                    if (due.len() as i64) < PURGE_BATCH {
-                        break;
-                    }
+                audit::record(&mut tx, &event, now).await?;
+                tx.commit().await?;
+                *run.tasks_purged.entry(namespace.to_owned()).or_default() += deleted;
+                run.data_keys_destroyed += destroyed;
+                if (due.len() as i64) < PURGE_BATCH {
+                    break;
                 }
             }
         }

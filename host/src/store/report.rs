@@ -27,6 +27,14 @@ const SEALED_COLUMNS: [(&str, &str, &str); 4] = [
 const SEALED_MIN_LEN: i64 = 29;
 
 impl Tx<'_> {
+    /// The SQL of an event's `details.code` (a refusal's reason) on this backend.
+    fn details_code(&self) -> &'static str {
+        match self.inner {
+            TxInner::Sqlite(_) => "json_extract(details, '$.code')",
+            TxInner::Postgres(_) => "(details::jsonb ->> 'code')",
+        }
+    }
+
     /// Events with `from_ts <= ts < until_ts`, counted by action and outcome.
     pub async fn audit_counts(
         &mut self,
@@ -54,10 +62,7 @@ impl Tx<'_> {
         from_ts: i64,
         until_ts: i64,
     ) -> Result<Vec<(Option<String>, i64)>, StoreError> {
-        let code = match self.inner {
-            TxInner::Sqlite(_) => "json_extract(details, '$.code')",
-            TxInner::Postgres(_) => "(details::jsonb ->> 'code')",
-        };
+        let code = self.details_code();
         let sql = format!(
             "SELECT {code}, COUNT(*) FROM audit_events
              WHERE action = $1 AND ts >= $2 AND ts < $3 GROUP BY 1 ORDER BY 1"
@@ -79,10 +84,7 @@ impl Tx<'_> {
         from_ts: i64,
         until_ts: i64,
     ) -> Result<Vec<(String, Option<String>, i64)>, StoreError> {
-        let code = match self.inner {
-            TxInner::Sqlite(_) => "json_extract(details, '$.code')",
-            TxInner::Postgres(_) => "(details::jsonb ->> 'code')",
-        };
+        let code = self.details_code();
         let sql = format!(
             "SELECT action, {code}, COUNT(*) FROM audit_events
              WHERE outcome = 'denied' AND ts >= $1 AND ts < $2 GROUP BY 1, 2 ORDER BY 1, 2"

@@ -55,6 +55,30 @@ impl Tx<'_> {
         .ctx("find tasks due for purging")
     }
 
+    /// How many tasks [`Tx::due_tasks`] would find without a limit.
+    pub async fn count_due_tasks(
+        &mut self,
+        namespace: &str,
+        classification: &str,
+        contains_pii: bool,
+        before_ts: i64,
+    ) -> Result<i64, StoreError> {
+        with_conn!(self, |conn| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM tasks
+                 WHERE namespace = $1 AND classification = $2 AND contains_pii = $3
+                   AND finished_at IS NOT NULL AND finished_at < $4",
+            )
+            .bind(namespace)
+            .bind(classification)
+            .bind(contains_pii)
+            .bind(before_ts)
+            .fetch_one(conn)
+            .await
+        })
+        .ctx("count tasks due for purging")
+    }
+
     /// Deletes the tasks `ids` with their steps and attempts; returns how many tasks.
     pub async fn delete_tasks(&mut self, ids: &[String]) -> Result<u64, StoreError> {
         let mut deleted = 0;
