@@ -14,8 +14,11 @@
 //! (processes on one host share the data directory; hosts sharing a PostgreSQL database
 //! need it on shared storage). Back it up with the key file, not with the database.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use zeroize::Zeroizing;
@@ -25,6 +28,18 @@ use super::fill_random;
 
 /// The pad's length: a data key's.
 const PAD_LEN: usize = 32;
+
+/// How long a pad read from the file stays in this process's memory. Opening a subject's
+/// key takes its pad every time a step of theirs runs; reading the file each time cost a
+/// statement per key per claim. The cache does not outlive an erasure's effect: erasure
+/// destroys the subject's data key in the database before it deletes the pad, and a
+/// destroyed key is refused before its pad is asked for, so a pad still cached here (in
+/// another process than the one that erased) opens nothing. It only bounds how long the
+/// bytes linger in memory.
+const PAD_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// Most pads held in memory at once; past it the cache starts over.
+const PAD_CACHE_MAX: usize = 100_000;
 
 /// Why the vault could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +80,59 @@ impl DataKey {
     }
 }
 
+impl Pad {
+    fn copy(bytes: &[u8; PAD_LEN]) -> Self {
+        Pad(Zeroizing::new(*bytes))
+    }
+}
+
+/// Pads read recently, by subject; see [`PAD_CACHE_TTL`].
+#[derive(Default)]
+struct PadCache(Mutex<HashMap<String, (Instant, Zeroizing<[u8; PAD_LEN]>)>>);
+
+impl PadCache {
+    fn get(&self, subject: &str) -> Option<Pad> {
+        let mut pads = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match pads.get(subject) {
+            Some((at, bytes)) if at.elapsed() < PAD_CACHE_TTL => Some(Pad::copy(bytes)),
+            Some(_) => {
+                pads.remove(subject);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, subject: &str, pad: &Pad) {
+        let mut pads = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if pads.len() >= PAD_CACHE_MAX {
+            pads.clear();
+        }
+        pads.insert(subject.to_owned(), (Instant::now(), Zeroizing::new(*pad.0)));
+    }
+
+    fn forget(&self, subject: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(subject);
+    }
+}
+
 /// The vault file.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SubjectVault {
     pool: SqlitePool,
     path: PathBuf,
+    cache: Arc<PadCache>,
+}
+
+impl std::fmt::Debug for SubjectVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubjectVault")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SubjectVault {
@@ -123,6 +186,7 @@ impl SubjectVault {
         Ok(Self {
             pool,
             path: path.to_owned(),
+            cache: Arc::default(),
         })
     }
 
@@ -143,40 +207,79 @@ impl SubjectVault {
 
     /// The pad of `subject` (a blind index), if it has one: none once erased.
     pub async fn pad(&self, subject: &str) -> Result<Option<Pad>, VaultError> {
+        if let Some(pad) = self.cache.get(subject) {
+            return Ok(Some(pad));
+        }
         let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT pad FROM pads WHERE subject = $1")
             .bind(subject)
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| self.unavailable(e))?;
-        row.map(|(bytes,)| self.pad_of(bytes)).transpose()
+        let pad = row.map(|(bytes,)| self.pad_of(bytes)).transpose()?;
+        if let Some(pad) = &pad {
+            self.cache.put(subject, pad);
+        }
+        Ok(pad)
     }
 
     /// The pad of `subject`, made if it has none. Two processes racing get the same pad.
     pub async fn pad_or_create(&self, subject: &str, now_ms: i64) -> Result<Pad, VaultError> {
-        let mut fresh = Zeroizing::new([0u8; PAD_LEN]);
-        fill_random(&mut *fresh).map_err(|e| VaultError::Random(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO pads (subject, pad, created_at) VALUES ($1, $2, $3)
-             ON CONFLICT (subject) DO NOTHING",
-        )
-        .bind(subject)
-        .bind(&fresh[..])
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.unavailable(e))?;
+        if let Some(pad) = self.cache.get(subject) {
+            return Ok(pad);
+        }
+        self.pads_or_create(&[subject], now_ms).await?;
         self.pad(subject)
             .await?
             .ok_or_else(|| VaultError::Malformed(self.path.clone()))
     }
 
+    /// Make sure each of `subjects` has a pad, in one write of the file however many are
+    /// new (each write is a commit with its own sync), and keep them in memory.
+    pub async fn pads_or_create(&self, subjects: &[&str], now_ms: i64) -> Result<(), VaultError> {
+        let missing: Vec<&str> = subjects
+            .iter()
+            .copied()
+            .filter(|subject| self.cache.get(subject).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(|e| self.unavailable(e))?;
+        let mut stored_pads = Vec::with_capacity(missing.len());
+        for subject in &missing {
+            let mut fresh = Zeroizing::new([0u8; PAD_LEN]);
+            fill_random(&mut *fresh).map_err(|e| VaultError::Random(e.to_string()))?;
+            let stored: (Vec<u8>,) = sqlx::query_as(
+                "INSERT INTO pads (subject, pad, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (subject) DO UPDATE SET subject = excluded.subject
+                 RETURNING pad",
+            )
+            .bind(subject)
+            .bind(&fresh[..])
+            .bind(now_ms)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+            stored_pads.push((*subject, self.pad_of(stored.0)?));
+        }
+        tx.commit().await.map_err(|e| self.unavailable(e))?;
+        // Only once they are in the file: a pad never stored must never mask a key.
+        for (subject, pad) in &stored_pads {
+            self.cache.put(subject, pad);
+        }
+        Ok(())
+    }
+
     /// Delete `subject`'s pad for good. Returns whether it had one.
     pub async fn erase(&self, subject: &str) -> Result<bool, VaultError> {
+        self.cache.forget(subject);
         let done = sqlx::query("DELETE FROM pads WHERE subject = $1")
             .bind(subject)
             .execute(&self.pool)
             .await
             .map_err(|e| self.unavailable(e))?;
+        // Again: a read racing the delete may have cached it meanwhile.
+        self.cache.forget(subject);
         Ok(done.rows_affected() > 0)
     }
 }

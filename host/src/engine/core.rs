@@ -35,6 +35,10 @@ pub(crate) struct Inner {
     pub(crate) lease_ms: i64,
     /// Parsed workflow definitions, by namespace/name/version (immutable once applied).
     pub(crate) workflows: Mutex<HashMap<String, Arc<LoadedWorkflow>>>,
+    /// The version a task naming no version gets, by namespace/name: as this process last
+    /// read or applied it. A creation that used it checks it again in the transaction
+    /// that stores it (see `create`), so another process's newer version is never missed.
+    pub(crate) latest: Mutex<HashMap<String, String>>,
     /// Loaded modules, by namespace/name/version.
     pub(crate) modules: Mutex<HashMap<String, StepModule>>,
     /// Task data sealed and task/step changes audited. Only the throughput benchmark's
@@ -144,7 +148,7 @@ fn trusted_signer(
         .ok_or_else(untrusted)
 }
 
-fn versioned_key(namespace: &str, name: &str, version: &str) -> String {
+pub(crate) fn versioned_key(namespace: &str, name: &str, version: &str) -> String {
     format!("{namespace}/{name}@{version}")
 }
 
@@ -163,6 +167,7 @@ impl Engine {
                 clock,
                 lease_ms: DEFAULT_LEASE_MS,
                 workflows: Mutex::new(HashMap::new()),
+                latest: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
                 protect: true,
                 baseline_key: tokio::sync::OnceCell::new(),
@@ -492,6 +497,10 @@ impl Engine {
         let key = versioned_key(&def.namespace, &def.name, &def.version);
         let def = def.clone();
         lock(&self.inner.workflows).insert(key, Arc::new(loaded));
+        lock(&self.inner.latest).insert(
+            format!("{}/{}", def.namespace, def.name),
+            def.version.clone(),
+        );
         Ok((def, row))
     }
 
@@ -504,8 +513,8 @@ impl Engine {
         version: &str,
     ) -> Result<Arc<LoadedWorkflow>, EngineError> {
         let key = versioned_key(namespace, name, version);
-        if let Some(found) = lock(&self.inner.workflows).get(&key) {
-            return Ok(found.clone());
+        if let Some(found) = self.cached_workflow(&key) {
+            return Ok(found);
         }
         let row = tx
             .get_workflow(namespace, name, version)
@@ -514,6 +523,11 @@ impl Engine {
         let parsed = Arc::new(LoadedWorkflow::new(WorkflowDef::parse(&row.definition)?)?);
         lock(&self.inner.workflows).insert(key, parsed.clone());
         Ok(parsed)
+    }
+
+    /// A workflow already parsed by this process, by [`versioned_key`].
+    pub(crate) fn cached_workflow(&self, key: &str) -> Option<Arc<LoadedWorkflow>> {
+        lock(&self.inner.workflows).get(key).cloned()
     }
 
     /// A module ready to run (loaded from the store once per process).

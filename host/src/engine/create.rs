@@ -36,8 +36,20 @@ pub(crate) struct Queue {
 /// A creation checked and ready to store, and where its answer goes.
 struct Waiting {
     creation: Creation,
-    reply: oneshot::Sender<Result<CreatedTask, EngineError>>,
+    reply: oneshot::Sender<Answer>,
 }
+
+/// What became of a queued creation.
+enum Answer {
+    /// Stored, or failed.
+    Done(Result<CreatedTask, EngineError>),
+    /// It named no version, and another process applied a newer one than the one it was
+    /// checked against: check it again. Its request comes back.
+    Stale(Box<CreateTask>),
+}
+
+/// How often a creation is checked again after the latest version moved under it.
+const STALE_TRIES: usize = 3;
 
 /// A task creation with everything decided but what needs the database.
 struct Creation {
@@ -54,6 +66,8 @@ struct Creation {
     /// Blind indexes of the other identifiers the context holds about its subject (an
     /// email address, an identity number), by which a subject request finds it.
     aliases: Vec<String>,
+    /// The request named no version and got the one this process knew as the latest.
+    assumed_latest: bool,
 }
 
 impl Engine {
@@ -65,23 +79,50 @@ impl Engine {
         principal: &Principal,
         request: CreateTask,
     ) -> Result<CreatedTask, EngineError> {
-        let creation = self.check_creation(principal, request).await?;
-        let (reply, answer) = oneshot::channel();
-        let first = {
-            let mut waiting = lock(&self.inner.creations.waiting);
-            waiting.push(Waiting { creation, reply });
-            waiting.len() == 1
-        };
-        if first {
-            // Creations queued from now until this transaction starts join it.
-            let engine = self.clone();
-            tokio::spawn(async move { engine.store_creations().await });
+        let mut request = request;
+        for _ in 0..STALE_TRIES {
+            let creation = self.check_creation(principal, request).await?;
+            let (reply, answer) = oneshot::channel();
+            let first = {
+                let mut waiting = lock(&self.inner.creations.waiting);
+                waiting.push(Waiting { creation, reply });
+                waiting.len() == 1
+            };
+            if first {
+                // Creations queued from now until this transaction starts join it.
+                let engine = self.clone();
+                tokio::spawn(async move { engine.store_creations().await });
+            }
+            match answer.await {
+                Ok(Answer::Done(outcome)) => return outcome,
+                Ok(Answer::Stale(back)) => request = *back,
+                Err(_) => {
+                    return Err(EngineError::Internal(
+                        "task creation was abandoned".to_owned(),
+                    ));
+                }
+            }
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(EngineError::Internal(
-                "task creation was abandoned".to_owned(),
-            ))
-        })
+        Err(EngineError::Unavailable(
+            "the workflow's latest version kept changing; submit again".to_owned(),
+        ))
+    }
+
+    /// The version a request naming none gets, as this process knows it (reading it from
+    /// the store the first time).
+    async fn latest_version(&self, namespace: &str, workflow: &str) -> Result<String, EngineError> {
+        let key = format!("{namespace}/{workflow}");
+        if let Some(version) = lock(&self.inner.latest).get(&key) {
+            return Ok(version.clone());
+        }
+        let mut tx = self.inner.store.begin_read().await?;
+        let row = tx.latest_workflow(namespace, workflow).await?;
+        tx.commit().await?;
+        let version = row
+            .ok_or_else(|| EngineError::NotFound(format!("workflow {key}")))?
+            .version;
+        lock(&self.inner.latest).insert(key, version.clone());
+        Ok(version)
     }
 
     /// Everything about a creation that needs no write: the workflow version, the
@@ -91,25 +132,26 @@ impl Engine {
         principal: &Principal,
         request: CreateTask,
     ) -> Result<Creation, EngineError> {
-        let mut tx = self.inner.store.begin_read().await?;
-        let version = match &request.version {
-            Some(v) => v.clone(),
+        let (version, assumed_latest) = match &request.version {
+            Some(v) => (v.clone(), false),
+            None => (
+                self.latest_version(&request.namespace, &request.workflow)
+                    .await?,
+                true,
+            ),
+        };
+        let key = super::core::versioned_key(&request.namespace, &request.workflow, &version);
+        let workflow = match self.cached_workflow(&key) {
+            Some(workflow) => workflow,
             None => {
-                tx.latest_workflow(&request.namespace, &request.workflow)
-                    .await?
-                    .ok_or_else(|| {
-                        EngineError::NotFound(format!(
-                            "workflow {}/{}",
-                            request.namespace, request.workflow
-                        ))
-                    })?
-                    .version
+                let mut tx = self.inner.store.begin_read().await?;
+                let workflow = self
+                    .workflow(&mut tx, &request.namespace, &request.workflow, &version)
+                    .await?;
+                tx.commit().await?;
+                workflow
             }
         };
-        let workflow = self
-            .workflow(&mut tx, &request.namespace, &request.workflow, &version)
-            .await?;
-        tx.commit().await?;
 
         let Value::Object(context) = &request.context else {
             return Err(EngineError::Invalid(
@@ -146,6 +188,7 @@ impl Engine {
             contains_pii: classification.contains_pii,
             fields: classification.fields.clone(),
             aliases,
+            assumed_latest,
             request,
             workflow,
             subject,
@@ -180,7 +223,11 @@ impl Engine {
                     );
                     self.inner.work_ready.notify_one();
                     for (waiting, outcome) in batch.into_iter().zip(outcomes) {
-                        let _ = waiting.reply.send(outcome);
+                        let answer = match outcome {
+                            Some(outcome) => Answer::Done(outcome),
+                            None => Answer::Stale(Box::new(waiting.creation.request)),
+                        };
+                        let _ = waiting.reply.send(answer);
                     }
                 }
                 Err(e) => self.answer_all(batch, &e.into()),
@@ -192,7 +239,8 @@ impl Engine {
         }
     }
 
-    /// Write a batch of creations in `tx`: each one's answer, or the database error that
+    /// Write a batch of creations in `tx`: each one's answer (`None`: checked against a
+    /// version that is no longer the latest, so not stored), or the database error that
     /// fails them all.
     async fn store_batch(
         &self,
@@ -200,7 +248,8 @@ impl Engine {
         batch: &[Waiting],
         baseline_key: Option<String>,
         now: i64,
-    ) -> Result<Vec<Result<CreatedTask, EngineError>>, EngineError> {
+    ) -> Result<Vec<Option<Result<CreatedTask, EngineError>>>, EngineError> {
+        let stale = self.stale_creations(tx, batch).await?;
         // Each subject's key once per batch, however many of its tasks are in it; and the
         // subjects in one order, so that on PostgreSQL two batches creating the same new
         // subjects take their row locks in the same order and never deadlock.
@@ -224,6 +273,14 @@ impl Engine {
                     }
                 }
             }
+            // The new subjects' pads in one write of the vault, not a write each.
+            let new: Vec<&str> = subjects
+                .into_iter()
+                .filter(|s| !stored_keys.contains_key(*s))
+                .collect();
+            if let (false, Some(vault)) = (new.is_empty(), self.data_keys().vault) {
+                vault.pads_or_create(&new, now).await?;
+            }
         }
         let mut tasks = Vec::with_capacity(batch.len());
         let mut steps = Vec::with_capacity(batch.len() * 4);
@@ -234,6 +291,9 @@ impl Engine {
             .map(|_| Err(EngineError::Internal("not stored".into())))
             .collect();
         for index in order {
+            if stale[index] {
+                continue;
+            }
             let c = &batch[index].creation;
             let keyed = match (&baseline_key, &c.subject) {
                 (Some(id), _) => Ok((id.clone(), TaskKey::none())),
@@ -304,7 +364,46 @@ impl Engine {
                 }
             }
         }
-        Ok(outcomes)
+        Ok(outcomes
+            .into_iter()
+            .zip(stale)
+            .map(|(outcome, stale)| (!stale).then_some(outcome))
+            .collect())
+    }
+
+    /// Which creations of `batch` were checked against a latest version that another
+    /// process has since replaced: one read per workflow the batch created tasks of
+    /// without naming a version (not one per task, as reading it before each check was).
+    async fn stale_creations(
+        &self,
+        tx: &mut Tx<'_>,
+        batch: &[Waiting],
+    ) -> Result<Vec<bool>, EngineError> {
+        let mut latest: HashMap<(&str, &str), Option<String>> = HashMap::new();
+        for w in batch.iter().filter(|w| w.creation.assumed_latest) {
+            let def = &w.creation.workflow.def;
+            if !latest.contains_key(&(def.namespace.as_str(), def.name.as_str())) {
+                let now = tx
+                    .latest_workflow(&def.namespace, &def.name)
+                    .await?
+                    .map(|row| row.version);
+                let key = format!("{}/{}", def.namespace, def.name);
+                match &now {
+                    Some(version) => lock(&self.inner.latest).insert(key, version.clone()),
+                    None => lock(&self.inner.latest).remove(&key),
+                };
+                latest.insert((&def.namespace, &def.name), now);
+            }
+        }
+        Ok(batch
+            .iter()
+            .map(|w| {
+                let def = &w.creation.workflow.def;
+                w.creation.assumed_latest
+                    && latest[&(def.namespace.as_str(), def.name.as_str())].as_deref()
+                        != Some(def.version.as_str())
+            })
+            .collect())
     }
 
     /// The task row, its context sealed under `key`, and its pending steps.
@@ -353,7 +452,7 @@ impl Engine {
     /// Answer every creation of a failed batch with the batch's error.
     fn answer_all(&self, batch: Vec<Waiting>, error: &EngineError) {
         for waiting in batch {
-            let _ = waiting.reply.send(Err(error.duplicate()));
+            let _ = waiting.reply.send(Answer::Done(Err(error.duplicate())));
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Data subjects beyond their data key: the aliases they are found by, and marking their
 //! tasks anonymized once erased.
 
-use super::backend::with_conn;
+use super::backend::{BATCH_ROWS, with_conn};
 use super::error::Context;
 use super::{StoreError, Tx};
 
@@ -13,20 +13,20 @@ impl Tx<'_> {
         aliases: &[(String, String)],
         now: i64,
     ) -> Result<(), StoreError> {
-        for (alias, subject) in aliases {
+        for batch in aliases.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "INSERT INTO subject_aliases (alias, subject, created_at) VALUES {}
+                 ON CONFLICT (alias, subject) DO NOTHING",
+                self.row_list(1, batch.len(), 3)
+            );
             with_conn!(self, |conn| {
-                sqlx::query(
-                    "INSERT INTO subject_aliases (alias, subject, created_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (alias, subject) DO NOTHING",
-                )
-                .bind(alias)
-                .bind(subject)
-                .bind(now)
-                .execute(conn)
-                .await
-                .map(|done| done.rows_affected())
+                let mut query = sqlx::query(&sql);
+                for (alias, subject) in batch {
+                    query = query.bind(alias).bind(subject).bind(now);
+                }
+                query.execute(conn).await.map(|done| done.rows_affected())
             })
-            .ctx("insert subject alias")?;
+            .ctx("insert subject aliases")?;
         }
         Ok(())
     }
