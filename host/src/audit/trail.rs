@@ -74,6 +74,15 @@ pub async fn record_many(
     events: &[NewEvent],
     now_ms: i64,
 ) -> Result<Vec<i64>, AuditError> {
+    record_many_in(tx, events, now_ms).await
+}
+
+/// [`record_many`] on either write path (see `store::HotWrites`).
+pub(crate) async fn record_many_in<W: crate::store::HotWrites>(
+    tx: &mut W,
+    events: &[NewEvent],
+    now_ms: i64,
+) -> Result<Vec<i64>, AuditError> {
     let rows = events
         .iter()
         .map(|event| row(event, now_ms))

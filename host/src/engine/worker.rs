@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use serde_json::{Value, json};
 
 use super::core::{Engine, LoadedWorkflow};
@@ -23,7 +24,8 @@ use crate::audit::NewEvent;
 use crate::policy::{NamespacePolicy, Principal};
 use crate::sandbox::{Attempt, AttemptReport, Grants, Origin, Outcome, SecretValue, TaskData};
 use crate::store::{
-    AttemptRow, ClaimedStep, Completion, StepStatus, StoreError, TaskRow, TaskStatus, Tx,
+    AttemptRow, Backend, ClaimedStep, Completion, HotWrites, StepStatus, StoreError, TaskRow,
+    TaskStatus, Tx,
 };
 
 /// What one call of [`Engine::run_once`] did.
@@ -142,13 +144,22 @@ impl Engine {
     pub(crate) async fn claim(&self, worker: &str, limit: usize) -> Result<Claimed, EngineError> {
         let now = self.now();
         let timer = std::time::Instant::now();
-        let mut tx = self.inner.store.begin().await?;
-        let locked = timer.elapsed();
-        let claims = tx
-            .claim_ready_steps(worker, now, self.inner.lease_ms, limit)
-            .await?;
-        tx.commit().await?;
-        let held = timer.elapsed() - locked;
+        let lease_ms = self.inner.lease_ms;
+        let store = &self.inner.store;
+        let claims = match store.backend() {
+            Backend::Sqlite => {
+                store
+                    .write_now(|tx| tx.claim_ready_steps(worker, now, lease_ms, limit))
+                    .await?
+            }
+            Backend::Postgres => {
+                let mut tx = store.begin().await?;
+                let claims = tx.claim_ready_steps(worker, now, lease_ms, limit).await?;
+                tx.commit().await?;
+                claims
+            }
+        };
+        let held = timer.elapsed();
         if claims.is_empty() {
             return Ok(Claimed::default());
         }
@@ -179,8 +190,7 @@ impl Engine {
         tx.commit().await?;
         tracing::debug!(
             steps = claimed.jobs.len() + claimed.refusals.len(),
-            wait_us = locked.as_micros() as u64,
-            held_us = held.as_micros() as u64,
+            claim_us = held.as_micros() as u64,
             total_us = timer.elapsed().as_micros() as u64,
             "claimed"
         );
@@ -478,11 +488,67 @@ impl Engine {
             .collect::<Result<Vec<_>, _>>()?;
 
         let timer = std::time::Instant::now();
-        let mut tx = self.inner.store.begin().await?;
-        let locked = timer.elapsed();
+        let store = &self.inner.store;
+        let statuses = match store.backend() {
+            // The whole transaction at once, on this thread (see `store::lite`): every
+            // write below is ready when first polled.
+            Backend::Sqlite => {
+                store
+                    .write_now(|tx| {
+                        self.commit_in(tx, batch, &sealed, now)
+                            .now_or_never()
+                            .unwrap_or_else(|| {
+                                Err(EngineError::Internal(
+                                    "a SQLite commit waited on something".into(),
+                                ))
+                            })
+                    })
+                    .await?
+            }
+            Backend::Postgres => {
+                let mut tx = store.begin().await?;
+                let statuses = self.commit_in(&mut tx, batch, &sealed, now).await?;
+                tx.commit().await?;
+                statuses
+            }
+        };
+        tracing::debug!(
+            outcomes = batch.len(),
+            total_us = timer.elapsed().as_micros() as u64,
+            "committed"
+        );
+        if statuses
+            .iter()
+            .any(|s| matches!(s, Some(StepStatus::Complete | StepStatus::WaitingForRetry)))
+        {
+            self.inner.work_ready.notify_one();
+        }
+        Ok(batch
+            .iter()
+            .zip(&statuses)
+            .map(|(f, status)| match status {
+                Some(status) => Ran::Step {
+                    task_id: f.task.id.clone(),
+                    step: f.claim.step.clone(),
+                    status: status.as_str().to_owned(),
+                },
+                None => Ran::LostLease,
+            })
+            .collect())
+    }
+
+    /// The writes of [`Engine::commit`] in `tx`: what became of each outcome (`None`: its
+    /// lease was lost, nothing of it written).
+    async fn commit_in<W: HotWrites>(
+        &self,
+        tx: &mut W,
+        batch: &[Finished],
+        sealed: &[Sealed],
+        now: i64,
+    ) -> Result<Vec<Option<StepStatus>>, EngineError> {
         let completions: Vec<Completion<'_>> = batch
             .iter()
-            .zip(&sealed)
+            .zip(sealed)
             .filter_map(|(f, s)| match &s.verdict {
                 Verdict::Success { result } => Some(Completion {
                     task_id: &f.task.id,
@@ -505,7 +571,7 @@ impl Engine {
         };
 
         let mut statuses: Vec<Option<StepStatus>> = Vec::with_capacity(batch.len());
-        for (f, s) in batch.iter().zip(&sealed) {
+        for (f, s) in batch.iter().zip(sealed) {
             let status = match &s.verdict {
                 // By attempt: of a stale and a current attempt of one step in this batch,
                 // only the one that committed releases its dependents.
@@ -568,7 +634,7 @@ impl Engine {
                 attempt: f.claim.attempt,
                 worker: f.worker.clone(),
                 outcome: s.outcome.clone(),
-                record: s.record,
+                record: s.record.clone(),
                 started_at: f.started,
                 duration_ms: i64::try_from(f.report.duration_ms).unwrap_or(i64::MAX),
             });
@@ -579,7 +645,7 @@ impl Engine {
         for (f, status) in batch.iter().zip(&statuses) {
             if *status == Some(StepStatus::Error) {
                 self.finish_task(
-                    &mut tx,
+                    tx,
                     &f.task,
                     TaskStatus::Error,
                     Some(&f.claim.step),
@@ -604,40 +670,16 @@ impl Engine {
                 }
             }
         }
-        self.audit_many(&mut tx, &events, now).await?;
-        tx.commit().await?;
-        tracing::debug!(
-            outcomes = batch.len(),
-            wait_us = locked.as_micros() as u64,
-            total_us = timer.elapsed().as_micros() as u64,
-            "committed"
-        );
-        if statuses
-            .iter()
-            .any(|s| matches!(s, Some(StepStatus::Complete | StepStatus::WaitingForRetry)))
-        {
-            self.inner.work_ready.notify_one();
-        }
-        Ok(batch
-            .iter()
-            .zip(&statuses)
-            .map(|(f, status)| match status {
-                Some(status) => Ran::Step {
-                    task_id: f.task.id.clone(),
-                    step: f.claim.step.clone(),
-                    status: status.as_str().to_owned(),
-                },
-                None => Ran::LostLease,
-            })
-            .collect())
+        self.audit_many(tx, &events, now).await?;
+        Ok(statuses)
     }
 
     /// End a task as `status` in `tx`, adding its event to `events`. Ending in error
     /// cancels its steps that have not started. A task already finished (cancelled, or
     /// failed by another branch first) stays as it is.
-    async fn finish_task(
+    async fn finish_task<W: HotWrites>(
         &self,
-        tx: &mut Tx<'_>,
+        tx: &mut W,
         task: &TaskRow,
         status: TaskStatus,
         error_step: Option<&str>,
@@ -658,16 +700,16 @@ impl Engine {
     }
 
     /// Record audit events of the task path in `tx`, many per statement.
-    async fn audit_many(
+    async fn audit_many<W: HotWrites>(
         &self,
-        tx: &mut Tx<'_>,
+        tx: &mut W,
         events: &[NewEvent],
         now: i64,
     ) -> Result<(), EngineError> {
         if !self.inner.protect || events.is_empty() {
             return Ok(());
         }
-        crate::audit::record_many(tx, events, now).await?;
+        crate::audit::record_many_in(tx, events, now).await?;
         Ok(())
     }
 }

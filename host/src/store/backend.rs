@@ -48,6 +48,8 @@ pub(crate) enum Pool {
 pub(crate) struct SqlitePools {
     pub(crate) writer: SqlitePool,
     pub(crate) readers: SqlitePool,
+    /// The hot write path's connection (see `lite`).
+    pub(crate) hot: std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>,
 }
 
 /// An open transaction on one backend.
@@ -241,7 +243,12 @@ pub(crate) async fn open_sqlite(path: &Path, options: &StoreOptions) -> Result<P
         .connect_with(connect)
         .await
         .ctx("open the SQLite database")?;
-    Ok(Pool::Sqlite(SqlitePools { writer, readers }))
+    let hot = super::lite::open_connection(path)?;
+    Ok(Pool::Sqlite(SqlitePools {
+        writer,
+        readers,
+        hot: std::sync::Arc::new(std::sync::Mutex::new(hot)),
+    }))
 }
 
 /// Connects to PostgreSQL and brings its schema up to date.

@@ -77,7 +77,7 @@ macro_rules! expired {
     };
 }
 
-const SQLITE_CLAIM_EXPIRED: &str = concat!(
+pub(super) const SQLITE_CLAIM_EXPIRED: &str = concat!(
     "UPDATE steps SET lease_owner = $2, lease_expires_at = $3, attempts = attempts + 1
      WHERE rowid IN (SELECT s.rowid FROM steps s WHERE ",
     expired!(),
@@ -85,7 +85,7 @@ const SQLITE_CLAIM_EXPIRED: &str = concat!(
      RETURNING task_id, name, attempts, attempt_base, lease_expires_at"
 );
 
-const SQLITE_CLAIM_RUNNABLE: &str = concat!(
+pub(super) const SQLITE_CLAIM_RUNNABLE: &str = concat!(
     "UPDATE steps SET status = 'in_progress', lease_owner = $2, lease_expires_at = $3,
                       attempts = attempts + 1, started_at = COALESCE(started_at, $1)
      WHERE rowid IN (SELECT s.rowid FROM steps s WHERE ",
@@ -131,7 +131,7 @@ const SQLITE_RELEASE_DEPENDENTS: &str = "UPDATE steps SET waiting_on = waiting_o
 const POSTGRES_RELEASE_DEPENDENTS: &str = "UPDATE steps SET waiting_on = waiting_on - 1
      WHERE task_id = $1 AND depends_on::jsonb ? $2";
 
-type ClaimRecord = (String, String, i64, i64, i64);
+pub(super) type ClaimRecord = (String, String, i64, i64, i64);
 
 /// A step's result to commit with [`Tx::complete_steps`], fenced like
 /// [`Tx::complete_step`].

@@ -12,6 +12,7 @@ mod batches;
 mod claims;
 mod control;
 mod keys;
+mod lite;
 mod open;
 mod records;
 mod secrets;

@@ -1,0 +1,633 @@
+//! SQLite's hot write path: the engine's claims and step commits as one synchronous
+//! transaction each, its statements run on the caller's thread.
+//!
+//! sqlx runs every SQLite statement on a thread of its own: each statement is a message
+//! there and back, and each row returned another. Under load each such hop waited for a
+//! thread to be scheduled, and since a hop happens while the transaction holds SQLite's
+//! single write lock, the lock was held several times longer than its statements ran —
+//! it bounded the whole engine's throughput. [`Store::write_now`] runs a whole transaction
+//! through rusqlite on a connection of its own, in one go on the caller's thread: no hop
+//! at all, the write lock held only while statements run, and prepared statements kept
+//! between transactions. It takes the same write turn as every other write of this
+//! process (so it never waits on SQLite's lock behind one of them), with the same pragmas
+//! and busy timeout.
+//!
+//! The statements mirror `claim`, `steps`, `tasks` and `audit` (see [`HotWrites`], which
+//! both paths implement, so the engine's commit logic is written once).
+
+use std::future::Future;
+
+use rusqlite::types::ToSql;
+use rusqlite::{Connection, ErrorCode};
+
+use super::backend::Pool;
+use super::claim::{ClaimRecord, SQLITE_CLAIM_EXPIRED, SQLITE_CLAIM_RUNNABLE};
+use super::error::internal;
+use super::{AttemptRow, ClaimedStep, Completion, NewAuditRow, Store, StoreError, TaskStatus, Tx};
+
+/// Most rows one statement carries here: the widest row binds 11 parameters, and SQLite
+/// takes at most 32,766 in a statement.
+const LITE_ROWS: usize = 500;
+
+/// A write transaction on SQLite's writer connection, open while [`Store::write_now`]'s
+/// work runs.
+pub(crate) struct LiteTx<'c> {
+    conn: &'c Connection,
+}
+
+/// Turns a rusqlite error into a [`StoreError`], as `error::classify` does for sqlx's.
+fn lite_err(err: rusqlite::Error, what: &'static str) -> StoreError {
+    match &err {
+        rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound(what.to_owned()),
+        rusqlite::Error::SqliteFailure(e, _) => match (e.code, e.extended_code) {
+            // SQLITE_BUSY_SNAPSHOT: a read snapshot went stale before the write.
+            (_, 517) => {
+                StoreError::Conflict(format!("{what}: lost a race with a concurrent transaction"))
+            }
+            // SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE.
+            (ErrorCode::ConstraintViolation, 1555 | 2067) => {
+                StoreError::Conflict(format!("{what}: already exists"))
+            }
+            // SQLITE_CONSTRAINT_FOREIGNKEY.
+            (ErrorCode::ConstraintViolation, 787) => {
+                StoreError::NotFound(format!("{what}: a row it refers to does not exist"))
+            }
+            (
+                ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::CannotOpen,
+                _,
+            ) => StoreError::Unavailable(format!("{what}: the database is busy or down")),
+            _ => internal(err, what),
+        },
+        _ => internal(err, what),
+    }
+}
+
+trait LiteContext<T> {
+    fn lite(self, what: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> LiteContext<T> for Result<T, rusqlite::Error> {
+    fn lite(self, what: &'static str) -> Result<T, StoreError> {
+        self.map_err(|err| lite_err(err, what))
+    }
+}
+
+/// `?, ?, …`: `n` positional parameters.
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// `(?, …), (?, …), …`: `rows` tuples of `width` positional parameters.
+fn tuples(rows: usize, width: usize) -> String {
+    vec![format!("({})", marks(width)); rows].join(", ")
+}
+
+/// Rolls back a transaction its work left open (an error, or a panic), so the connection
+/// goes back to sqlx in autocommit.
+struct OpenTx<'c>(&'c Connection);
+
+impl Drop for OpenTx<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_autocommit() {
+            let _ = self.0.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// Opens the hot path's own connection to the SQLite file at `path`, with the pragmas of
+/// sqlx's connections (`backend::open_sqlite`).
+pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).lite("open the SQLite database")?;
+    conn.busy_timeout(super::SQLITE_BUSY_TIMEOUT)
+        .lite("open the SQLite database")?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+         PRAGMA secure_delete = FAST; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+    )
+    .lite("open the SQLite database")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl Store {
+    /// Run `work` as one write transaction on SQLite, every statement on this thread; it
+    /// commits if `work` returns `Ok`, and rolls back otherwise. SQLite only (`Internal`
+    /// on PostgreSQL, whose path is [`Store::begin`]).
+    pub(crate) async fn write_now<T, E>(
+        &self,
+        work: impl FnOnce(&mut LiteTx<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let Pool::Sqlite(pools) = &self.pool else {
+            return Err(StoreError::Internal("write_now is SQLite's".to_owned()).into());
+        };
+        let timer = std::time::Instant::now();
+        // This process's writers take turns; the connection's lock is then free at once.
+        let _turn = self.write_turn().await?;
+        let turn = timer.elapsed();
+        let conn = pools.hot.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = {
+            let _open = OpenTx(&conn);
+            conn.execute_batch("BEGIN IMMEDIATE").lite("begin")?;
+            let mut tx = LiteTx { conn: &conn };
+            let outcome = work(&mut tx);
+            if outcome.is_ok() {
+                conn.execute_batch("COMMIT").lite("commit")?;
+            }
+            outcome
+        };
+        drop(conn);
+        tracing::trace!(
+            turn_us = turn.as_micros() as u64,
+            work_us = (timer.elapsed() - turn).as_micros() as u64,
+            "wrote"
+        );
+        outcome
+    }
+}
+
+impl LiteTx<'_> {
+    fn execute(
+        &self,
+        sql: &str,
+        params: &[&dyn ToSql],
+        what: &'static str,
+    ) -> Result<usize, StoreError> {
+        let mut statement = self.conn.prepare_cached(sql).lite(what)?;
+        statement.execute(params).lite(what)
+    }
+
+    /// The claim of [`Tx::claim_ready_steps`]: expired leases first, then due steps, and
+    /// their pending tasks started.
+    pub(crate) fn claim_ready_steps(
+        &mut self,
+        worker: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ClaimedStep>, StoreError> {
+        let lease_expires_at = now.saturating_add(lease_ms);
+        let mut claimed: Vec<ClaimRecord> = Vec::new();
+        for sql in [SQLITE_CLAIM_EXPIRED, SQLITE_CLAIM_RUNNABLE] {
+            let wanted = limit.saturating_sub(claimed.len());
+            if wanted == 0 {
+                break;
+            }
+            let wanted = i64::try_from(wanted).unwrap_or(i64::MAX);
+            let mut statement = self.conn.prepare_cached(sql).lite("claim steps")?;
+            let rows = statement
+                .query_map(
+                    &[
+                        ("$1", &now as &dyn ToSql),
+                        ("$2", &worker),
+                        ("$3", &lease_expires_at),
+                        ("$4", &wanted),
+                    ][..],
+                    |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    },
+                )
+                .lite("claim steps")?;
+            for row in rows {
+                claimed.push(row.lite("claim steps")?);
+            }
+        }
+        let mut task_ids: Vec<&str> = claimed.iter().map(|c| c.0.as_str()).collect();
+        task_ids.sort_unstable();
+        task_ids.dedup();
+        for batch in task_ids.chunks(LITE_ROWS) {
+            // `+status`: look the tasks up by id, not through the status index.
+            let sql = format!(
+                "UPDATE tasks SET status = 'in_progress', updated_at = ?
+                 WHERE +status = 'pending' AND id IN ({})",
+                marks(batch.len())
+            );
+            let mut params: Vec<&dyn ToSql> = vec![&now];
+            params.extend(batch.iter().map(|id| id as &dyn ToSql));
+            self.execute(&sql, &params, "start tasks")?;
+        }
+        Ok(claimed
+            .into_iter()
+            .map(
+                |(task_id, step, attempt, attempt_base, lease_expires_at)| ClaimedStep {
+                    task_id,
+                    step,
+                    attempt,
+                    attempt_base,
+                    lease_expires_at,
+                },
+            )
+            .collect())
+    }
+
+    fn complete_steps(
+        &mut self,
+        done: &[Completion<'_>],
+        now: i64,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let mut committed = Vec::with_capacity(done.len());
+        for batch in done.chunks(LITE_ROWS) {
+            let sql = format!(
+                "UPDATE steps SET status = 'complete', result = v.column5, error = NULL,
+                                  lease_expires_at = NULL, finished_at = ?
+                 FROM (VALUES {}) AS v
+                 WHERE steps.task_id = v.column1 AND steps.name = v.column2
+                   AND steps.lease_owner = v.column3 AND steps.attempts = v.column4
+                   AND steps.status = 'in_progress'
+                 RETURNING steps.task_id, steps.name, steps.attempts",
+                tuples(batch.len(), 5)
+            );
+            let mut params: Vec<&dyn ToSql> = vec![&now];
+            for c in batch {
+                params.extend([
+                    &c.task_id as &dyn ToSql,
+                    &c.step,
+                    &c.worker,
+                    &c.attempt,
+                    &c.result,
+                ]);
+            }
+            let mut statement = self.conn.prepare(&sql).lite("complete steps")?;
+            let rows = statement
+                .query_map(&params[..], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .lite("complete steps")?;
+            for row in rows {
+                committed.push(row.lite("complete steps")?);
+            }
+        }
+        Ok(committed)
+    }
+
+    fn release_steps(&mut self, released: &[(&str, &str, i64)]) -> Result<(), StoreError> {
+        for batch in released.chunks(LITE_ROWS) {
+            let sql = format!(
+                "UPDATE steps SET waiting_on = steps.waiting_on - v.column3
+                 FROM (VALUES {}) AS v
+                 WHERE steps.task_id = v.column1 AND steps.name = v.column2",
+                tuples(batch.len(), 3)
+            );
+            let params: Vec<&dyn ToSql> = batch
+                .iter()
+                .flat_map(|(task, step, n)| [task as &dyn ToSql, step, n])
+                .collect();
+            self.execute(&sql, &params, "release dependent steps")?;
+        }
+        Ok(())
+    }
+
+    /// Whether the step exists: what tells a lost lease (`Conflict`) from a step that
+    /// is not there (`NotFound`).
+    fn fenced(
+        &self,
+        updated: usize,
+        task_id: &str,
+        step: &str,
+        worker: &str,
+        attempt: i64,
+    ) -> Result<(), StoreError> {
+        if updated == 1 {
+            return Ok(());
+        }
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT 1 FROM steps WHERE task_id = ? AND name = ?")
+            .lite("get step")?;
+        if !statement.exists([task_id, step]).lite("get step")? {
+            return Err(StoreError::NotFound(format!("step {task_id}/{step}")));
+        }
+        Err(StoreError::Conflict(format!(
+            "step {task_id}/{step} attempt {attempt} is no longer leased to {worker}"
+        )))
+    }
+
+    #[allow(clippy::too_many_arguments)] // as Tx::fail_step
+    fn fail_step(
+        &mut self,
+        task_id: &str,
+        step: &str,
+        worker: &str,
+        attempt: i64,
+        error_json: &str,
+        retry_at: Option<i64>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (status, finished_at) = match retry_at {
+            Some(_) => ("waiting_for_retry", None),
+            None => ("error", Some(now)),
+        };
+        let updated = self.execute(
+            "UPDATE steps SET status = ?, error = ?, next_run_at = COALESCE(?, next_run_at),
+                              lease_expires_at = NULL, finished_at = ?
+             WHERE task_id = ? AND name = ? AND lease_owner = ? AND attempts = ?
+               AND status = 'in_progress'",
+            &[
+                &status,
+                &error_json,
+                &retry_at,
+                &finished_at,
+                &task_id,
+                &step,
+                &worker,
+                &attempt,
+            ],
+            "fail step",
+        )?;
+        self.fenced(updated, task_id, step, worker, attempt)
+    }
+
+    fn cancel_pending_steps(&mut self, task_id: &str, now: i64) -> Result<u64, StoreError> {
+        let cancelled = self.execute(
+            "UPDATE steps SET status = 'cancelled', finished_at = ?
+             WHERE task_id = ? AND status IN ('pending', 'waiting_for_retry')",
+            &[&now, &task_id],
+            "cancel steps",
+        )?;
+        Ok(cancelled as u64)
+    }
+
+    fn insert_attempts(&mut self, attempts: &[AttemptRow]) -> Result<(), StoreError> {
+        for batch in attempts.chunks(LITE_ROWS) {
+            let sql = format!(
+                "INSERT INTO step_attempts (task_id, step, attempt, worker, outcome, record,
+                                            started_at, duration_ms)
+                 VALUES {}",
+                tuples(batch.len(), 8)
+            );
+            let params: Vec<&dyn ToSql> = batch
+                .iter()
+                .flat_map(|a| {
+                    [
+                        &a.task_id as &dyn ToSql,
+                        &a.step,
+                        &a.attempt,
+                        &a.worker,
+                        &a.outcome,
+                        &a.record,
+                        &a.started_at,
+                        &a.duration_ms,
+                    ]
+                })
+                .collect();
+            self.execute(&sql, &params, "insert attempt")?;
+        }
+        Ok(())
+    }
+
+    fn set_task_status(
+        &mut self,
+        id: &str,
+        status: TaskStatus,
+        error_step: Option<&str>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let updated = self.execute(
+            "UPDATE tasks SET status = ?, error_step = ?, updated_at = ?,
+                              finished_at = COALESCE(?, finished_at)
+             WHERE id = ? AND status NOT IN ('complete', 'error', 'cancelled')",
+            &[
+                &status.as_str(),
+                &error_step,
+                &now,
+                &status.is_terminal().then_some(now),
+                &id,
+            ],
+            "set task status",
+        )?;
+        if updated == 1 {
+            return Ok(());
+        }
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT status FROM tasks WHERE id = ?")
+            .lite("get task")?;
+        let mut rows = statement.query([id]).lite("get task")?;
+        match rows.next().lite("get task")? {
+            None => Err(StoreError::NotFound(format!("task {id}"))),
+            Some(row) => {
+                let status: String = row.get(0).lite("get task")?;
+                Err(StoreError::Conflict(format!(
+                    "task {id} already finished as {status}"
+                )))
+            }
+        }
+    }
+
+    fn complete_finished_tasks(
+        &mut self,
+        ids: &[&str],
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut completed = Vec::new();
+        for batch in ids.chunks(LITE_ROWS) {
+            // `+status`: look the tasks up by id (see Tx::complete_finished_tasks).
+            let sql = format!(
+                "UPDATE tasks SET status = 'complete', error_step = NULL, updated_at = ?,
+                                  finished_at = ?
+                 WHERE id IN ({}) AND +status IN ('pending', 'in_progress')
+                   AND NOT EXISTS (SELECT 1 FROM steps s
+                                   WHERE s.task_id = tasks.id AND s.status <> 'complete')
+                 RETURNING id",
+                marks(batch.len())
+            );
+            let mut params: Vec<&dyn ToSql> = vec![&now, &now];
+            params.extend(batch.iter().map(|id| id as &dyn ToSql));
+            let mut statement = self.conn.prepare(&sql).lite("complete tasks")?;
+            let rows = statement
+                .query_map(&params[..], |row| row.get(0))
+                .lite("complete tasks")?;
+            for row in rows {
+                completed.push(row.lite("complete tasks")?);
+            }
+        }
+        Ok(completed)
+    }
+
+    fn insert_audit_events(&mut self, events: &[NewAuditRow]) -> Result<Vec<i64>, StoreError> {
+        let mut seqs = Vec::with_capacity(events.len());
+        for batch in events.chunks(LITE_ROWS) {
+            let sql = format!(
+                "INSERT INTO audit_events (id, ts, actor, action, resource, namespace, outcome,
+                                           classification, contains_pii, correlation_id,
+                                           details)
+                 VALUES {}",
+                tuples(batch.len(), 11)
+            );
+            let params: Vec<&dyn ToSql> = batch
+                .iter()
+                .flat_map(|e| {
+                    [
+                        &e.id as &dyn ToSql,
+                        &e.ts,
+                        &e.actor,
+                        &e.action,
+                        &e.resource,
+                        &e.namespace,
+                        &e.outcome,
+                        &e.classification,
+                        &e.contains_pii,
+                        &e.correlation_id,
+                        &e.details,
+                    ]
+                })
+                .collect();
+            let inserted = self.execute(&sql, &params, "insert audit events")?;
+            if inserted != batch.len() {
+                return Err(StoreError::Internal(
+                    "inserted audit events were not all stored".to_owned(),
+                ));
+            }
+            // One writer, and a multi-row INSERT gives its rows consecutive rowids in the
+            // order of its VALUES: the last one gives them all.
+            let last = self.conn.last_insert_rowid();
+            seqs.extend(last - batch.len() as i64 + 1..=last);
+        }
+        Ok(seqs)
+    }
+}
+
+/// The writes of a step commit, on either path: [`Tx`] (sqlx, either backend) and
+/// [`LiteTx`] (SQLite, synchronous: its futures are ready when first polled). The engine
+/// writes its commit once, generic over this.
+pub(crate) trait HotWrites {
+    fn complete_steps(
+        &mut self,
+        done: &[Completion<'_>],
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<(String, String, i64)>, StoreError>>;
+    fn release_steps(
+        &mut self,
+        released: &[(&str, &str, i64)],
+    ) -> impl Future<Output = Result<(), StoreError>>;
+    #[allow(clippy::too_many_arguments)] // as Tx::fail_step
+    fn fail_step(
+        &mut self,
+        task_id: &str,
+        step: &str,
+        worker: &str,
+        attempt: i64,
+        error_json: &str,
+        retry_at: Option<i64>,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>>;
+    fn cancel_pending_steps(
+        &mut self,
+        task_id: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>>;
+    fn insert_attempts(
+        &mut self,
+        attempts: &[AttemptRow],
+    ) -> impl Future<Output = Result<(), StoreError>>;
+    fn set_task_status(
+        &mut self,
+        id: &str,
+        status: TaskStatus,
+        error_step: Option<&str>,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>>;
+    fn complete_finished_tasks(
+        &mut self,
+        ids: &[&str],
+        now: i64,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>>;
+    fn insert_audit_events(
+        &mut self,
+        events: &[NewAuditRow],
+    ) -> impl Future<Output = Result<Vec<i64>, StoreError>>;
+}
+
+/// Delegates each write to its `Tx` method of the same name.
+macro_rules! delegate {
+    ($ty:ty, $call:ident) => {
+        impl HotWrites for $ty {
+            async fn complete_steps(
+                &mut self,
+                done: &[Completion<'_>],
+                now: i64,
+            ) -> Result<Vec<(String, String, i64)>, StoreError> {
+                $call!(self.complete_steps(done, now))
+            }
+            async fn release_steps(
+                &mut self,
+                released: &[(&str, &str, i64)],
+            ) -> Result<(), StoreError> {
+                $call!(self.release_steps(released))
+            }
+            async fn fail_step(
+                &mut self,
+                task_id: &str,
+                step: &str,
+                worker: &str,
+                attempt: i64,
+                error_json: &str,
+                retry_at: Option<i64>,
+                now: i64,
+            ) -> Result<(), StoreError> {
+                $call!(self.fail_step(task_id, step, worker, attempt, error_json, retry_at, now))
+            }
+            async fn cancel_pending_steps(
+                &mut self,
+                task_id: &str,
+                now: i64,
+            ) -> Result<u64, StoreError> {
+                $call!(self.cancel_pending_steps(task_id, now))
+            }
+            async fn insert_attempts(&mut self, attempts: &[AttemptRow]) -> Result<(), StoreError> {
+                $call!(self.insert_attempts(attempts))
+            }
+            async fn set_task_status(
+                &mut self,
+                id: &str,
+                status: TaskStatus,
+                error_step: Option<&str>,
+                now: i64,
+            ) -> Result<(), StoreError> {
+                $call!(self.set_task_status(id, status, error_step, now))
+            }
+            async fn complete_finished_tasks(
+                &mut self,
+                ids: &[&str],
+                now: i64,
+            ) -> Result<Vec<String>, StoreError> {
+                $call!(self.complete_finished_tasks(ids, now))
+            }
+            async fn insert_audit_events(
+                &mut self,
+                events: &[NewAuditRow],
+            ) -> Result<Vec<i64>, StoreError> {
+                $call!(self.insert_audit_events(events))
+            }
+        }
+    };
+}
+
+/// `Tx`'s methods are async: await them.
+macro_rules! awaited {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        Tx::$method($self, $($arg),*).await
+    };
+}
+
+/// `LiteTx`'s methods are synchronous: call them.
+macro_rules! called {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        LiteTx::$method($self, $($arg),*)
+    };
+}
+
+delegate!(Tx<'_>, awaited);
+delegate!(LiteTx<'_>, called);
