@@ -29,6 +29,9 @@ use super::{AttemptRow, ClaimedStep, Completion, NewAuditRow, Store, StoreError,
 /// takes at most 32,766 in a statement.
 const LITE_ROWS: usize = 500;
 
+/// How long `write_now` waits before trying again for a write lock another process holds.
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// A write transaction on SQLite's writer connection, open while [`Store::write_now`]'s
 /// work runs.
 pub(crate) struct LiteTx<'c> {
@@ -102,7 +105,9 @@ impl Drop for OpenTx<'_> {
 /// sqlx's connections (`backend::open_sqlite`).
 pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).lite("open the SQLite database")?;
-    conn.busy_timeout(super::SQLITE_BUSY_TIMEOUT)
+    // No busy wait inside SQLite: it would block this thread. `write_now` waits for
+    // another process's write lock asynchronously instead.
+    conn.busy_timeout(std::time::Duration::ZERO)
         .lite("open the SQLite database")?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
@@ -110,6 +115,15 @@ pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection, Stor
     )
     .lite("open the SQLite database")?;
     conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// The hot connection, in a transaction holding SQLite's write lock.
+fn begin_immediate(
+    hot: &std::sync::Mutex<Connection>,
+) -> Result<std::sync::MutexGuard<'_, Connection>, rusqlite::Error> {
+    let conn = hot.lock().unwrap_or_else(|e| e.into_inner());
+    conn.execute_batch("BEGIN IMMEDIATE")?;
     Ok(conn)
 }
 
@@ -131,10 +145,21 @@ impl Store {
         // This process's writers take turns; the connection's lock is then free at once.
         let _turn = self.write_turn().await?;
         let turn = timer.elapsed();
-        let conn = pools.hot.lock().unwrap_or_else(|e| e.into_inner());
+        // Another process may hold SQLite's write lock: wait for it without blocking this
+        // thread, for as long as sqlx's connections would.
+        let deadline = std::time::Instant::now() + super::SQLITE_BUSY_TIMEOUT;
+        let conn = loop {
+            match begin_immediate(&pools.hot) {
+                Ok(conn) => break conn,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline => {}
+                Err(e) => return Err(lite_err(e, "begin").into()),
+            }
+            tokio::time::sleep(BUSY_RETRY).await;
+        };
         let outcome = {
             let _open = OpenTx(&conn);
-            conn.execute_batch("BEGIN IMMEDIATE").lite("begin")?;
             let mut tx = LiteTx { conn: &conn };
             let outcome = work(&mut tx);
             if outcome.is_ok() {
