@@ -148,6 +148,12 @@ fn trusted_signer(
         .ok_or_else(untrusted)
 }
 
+/// A namespace's stored policy, parsed.
+pub(crate) fn parse_policy(namespace: &str, stored: &str) -> Result<NamespacePolicy, EngineError> {
+    serde_json::from_str(stored)
+        .map_err(|_| EngineError::Internal(format!("stored policy of {namespace} does not parse")))
+}
+
 pub(crate) fn versioned_key(namespace: &str, name: &str, version: &str) -> String {
     format!("{namespace}/{name}@{version}")
 }
@@ -344,9 +350,7 @@ impl Engine {
             .get_namespace(namespace)
             .await?
             .ok_or_else(|| EngineError::NotFound(format!("namespace {namespace}")))?;
-        serde_json::from_str(&row.policy).map_err(|_| {
-            EngineError::Internal(format!("stored policy of {namespace} does not parse"))
-        })
+        parse_policy(namespace, &row.policy)
     }
 
     /// Upload an unsigned module (validated by the sandbox) into a namespace. Immutable
@@ -528,6 +532,14 @@ impl Engine {
     /// A workflow already parsed by this process, by [`versioned_key`].
     pub(crate) fn cached_workflow(&self, key: &str) -> Option<Arc<LoadedWorkflow>> {
         lock(&self.inner.workflows).get(key).cloned()
+    }
+
+    /// A module this process has loaded already, by its `name@version` reference.
+    pub(crate) fn cached_module(&self, namespace: &str, reference: &str) -> Option<StepModule> {
+        let (name, version) = parse_module_ref(reference)?;
+        lock(&self.inner.modules)
+            .get(&versioned_key(namespace, name, version))
+            .cloned()
     }
 
     /// A module ready to run (loaded from the store once per process).

@@ -17,15 +17,15 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use serde_json::{Value, json};
 
-use super::core::{Engine, LoadedWorkflow};
+use super::core::{Engine, LoadedWorkflow, versioned_key};
 use super::data::{self, TaskKey, context_aad, record_aad, result_aad};
 use super::{EngineError, StepDef};
 use crate::audit::NewEvent;
 use crate::policy::{NamespacePolicy, Principal};
 use crate::sandbox::{Attempt, AttemptReport, Grants, Origin, Outcome, SecretValue, TaskData};
 use crate::store::{
-    AttemptRow, Backend, ClaimedStep, Completion, HotWrites, StepStatus, StoreError, TaskRow,
-    TaskStatus, Tx,
+    AttemptRow, Backend, ClaimReads, ClaimedStep, Completion, HotWrites, StepStatus, StoreError,
+    TaskRow, TaskStatus, Tx,
 };
 
 /// What one call of [`Engine::run_once`] did.
@@ -95,6 +95,49 @@ struct BatchReads {
     policies: HashMap<String, NamespacePolicy>,
 }
 
+/// A read transaction begun only once something is not in this process's caches.
+struct Reader<'a> {
+    store: &'a crate::store::Store,
+    tx: Option<Tx<'a>>,
+}
+
+impl<'a> Reader<'a> {
+    async fn tx(&mut self) -> Result<&mut Tx<'a>, EngineError> {
+        if self.tx.is_none() {
+            self.tx = Some(self.store.begin_read().await?);
+        }
+        Ok(self.tx.as_mut().expect("just begun"))
+    }
+}
+
+/// The rows a claim batch needs, read in `tx` (the PostgreSQL path; SQLite reads them in
+/// the claim's own transaction, `LiteTx::claim_reads`).
+async fn read_batch(
+    tx: &mut Tx<'_>,
+    claims: &[ClaimedStep],
+    keys: bool,
+) -> Result<ClaimReads, EngineError> {
+    let mut task_ids: Vec<&str> = claims.iter().map(|c| c.task_id.as_str()).collect();
+    task_ids.sort_unstable();
+    task_ids.dedup();
+    let tasks = tx.get_tasks(&task_ids).await?;
+    let mut key_ids: Vec<&str> = tasks.iter().map(|t| t.data_key_id.as_str()).collect();
+    key_ids.sort_unstable();
+    key_ids.dedup();
+    let keys = if keys {
+        tx.get_data_keys(&key_ids).await?
+    } else {
+        Vec::new()
+    };
+    let results = tx.complete_results(&task_ids).await?;
+    Ok(ClaimReads {
+        tasks,
+        keys,
+        results,
+        policies: Vec::new(),
+    })
+}
+
 /// A step's grants: its declaration, and the secret values opened for it.
 fn grants(def: &StepDef, secrets: BTreeMap<String, SecretValue>) -> Grants {
     Grants {
@@ -146,31 +189,48 @@ impl Engine {
         let timer = std::time::Instant::now();
         let lease_ms = self.inner.lease_ms;
         let store = &self.inner.store;
-        let claims = match store.backend() {
+        let protect = self.inner.protect;
+        let (claims, raw) = match store.backend() {
+            // On SQLite the reads join the claim's transaction: run on this thread they
+            // cost far less than a transaction of their own.
             Backend::Sqlite => {
                 store
-                    .write_now(|tx| tx.claim_ready_steps(worker, now, lease_ms, limit))
+                    .write_now(|tx| {
+                        let claims = tx.claim_ready_steps(worker, now, lease_ms, limit)?;
+                        let reads = if claims.is_empty() {
+                            ClaimReads::default()
+                        } else {
+                            tx.claim_reads(&claims, protect)?
+                        };
+                        Ok::<_, StoreError>((claims, Some(reads)))
+                    })
                     .await?
             }
+            // On PostgreSQL the claim commits first, unlocking its rows sooner; the reads
+            // follow in a read transaction.
             Backend::Postgres => {
                 let mut tx = store.begin().await?;
                 let claims = tx.claim_ready_steps(worker, now, lease_ms, limit).await?;
                 tx.commit().await?;
-                claims
+                (claims, None)
             }
         };
         let held = timer.elapsed();
         if claims.is_empty() {
             return Ok(Claimed::default());
         }
-        let mut tx = self.inner.store.begin_read().await?;
-        let mut reads = self.batch_reads(&mut tx, &claims).await?;
+        let mut reader = Reader { store, tx: None };
+        let raw = match raw {
+            Some(raw) => raw,
+            None => read_batch(reader.tx().await?, &claims, protect).await?,
+        };
+        let mut reads = self.open_reads(raw).await?;
         let mut claimed = Claimed::default();
         for claim in claims {
             let Some(task) = reads.tasks.get(&claim.task_id).cloned() else {
                 return Err(EngineError::NotFound(format!("task {}", claim.task_id)));
             };
-            match self.prepare(&mut tx, &mut reads, &claim, &task).await {
+            match self.prepare(&mut reader, &mut reads, &claim, &task).await {
                 Ok(Ok(job)) => claimed.jobs.push(job),
                 Ok(Err(reason)) => claimed.refusals.push(Refusal {
                     claim,
@@ -187,7 +247,9 @@ impl Engine {
                 }),
             }
         }
-        tx.commit().await?;
+        if let Some(tx) = reader.tx {
+            tx.commit().await?;
+        }
         tracing::debug!(
             steps = claimed.jobs.len() + claimed.refusals.len(),
             claim_us = held.as_micros() as u64,
@@ -197,19 +259,16 @@ impl Engine {
         Ok(claimed)
     }
 
-    /// The tasks of `claims`, their data keys and their complete steps' results, each
-    /// read once for the batch.
-    async fn batch_reads(
-        &self,
-        tx: &mut Tx<'_>,
-        claims: &[ClaimedStep],
-    ) -> Result<BatchReads, EngineError> {
-        let mut task_ids: Vec<&str> = claims.iter().map(|c| c.task_id.as_str()).collect();
-        task_ids.sort_unstable();
-        task_ids.dedup();
-        let tasks: HashMap<String, Arc<TaskRow>> = tx
-            .get_tasks(&task_ids)
-            .await?
+    /// The batch's rows made ready to use: tasks by id, data keys opened, results by
+    /// step, policies parsed.
+    async fn open_reads(&self, raw: ClaimReads) -> Result<BatchReads, EngineError> {
+        let ClaimReads {
+            tasks,
+            keys,
+            results,
+            policies,
+        } = raw;
+        let tasks: HashMap<String, Arc<TaskRow>> = tasks
             .into_iter()
             .map(|task| (task.id.clone(), Arc::new(task)))
             .collect();
@@ -217,12 +276,8 @@ impl Engine {
         key_ids.sort_unstable();
         key_ids.dedup();
         let keys = if self.inner.protect {
-            let mut rows: HashMap<String, _> = tx
-                .get_data_keys(&key_ids)
-                .await?
-                .into_iter()
-                .map(|row| (row.id.clone(), row))
-                .collect();
+            let mut rows: HashMap<String, _> =
+                keys.into_iter().map(|row| (row.id.clone(), row)).collect();
             let mut opened = HashMap::with_capacity(key_ids.len());
             for id in &key_ids {
                 let key = data::open_key(self.data_keys(), rows.remove(*id), id)
@@ -238,17 +293,22 @@ impl Engine {
                 .map(|id| ((*id).to_owned(), Ok(TaskKey::none())))
                 .collect()
         };
-        let results = tx
-            .complete_results(&task_ids)
-            .await?
+        let results = results
             .into_iter()
             .map(|(task, step, result)| ((task, step), result))
             .collect();
+        let policies = policies
+            .into_iter()
+            .map(|(namespace, policy)| {
+                let parsed = super::core::parse_policy(&namespace, &policy)?;
+                Ok((namespace, parsed))
+            })
+            .collect::<Result<_, EngineError>>()?;
         Ok(BatchReads {
             tasks,
             keys,
             results,
-            policies: HashMap::new(),
+            policies,
         })
     }
 
@@ -256,19 +316,24 @@ impl Engine {
     /// no longer run it.
     async fn prepare(
         &self,
-        tx: &mut Tx<'_>,
+        reader: &mut Reader<'_>,
         reads: &mut BatchReads,
         claim: &ClaimedStep,
         task: &Arc<TaskRow>,
     ) -> Result<Result<Job, String>, EngineError> {
-        let workflow = self
-            .workflow(
-                tx,
-                &task.namespace,
-                &task.workflow_name,
-                &task.workflow_version,
-            )
-            .await?;
+        let key = versioned_key(&task.namespace, &task.workflow_name, &task.workflow_version);
+        let workflow = match self.cached_workflow(&key) {
+            Some(workflow) => workflow,
+            None => {
+                self.workflow(
+                    reader.tx().await?,
+                    &task.namespace,
+                    &task.workflow_name,
+                    &task.workflow_version,
+                )
+                .await?
+            }
+        };
         let def = workflow
             .def
             .steps
@@ -279,7 +344,7 @@ impl Engine {
                 EngineError::Internal(format!("step {} is not in its workflow", claim.step))
             })?;
         if !reads.policies.contains_key(&task.namespace) {
-            let policy = Self::policy(tx, &task.namespace).await?;
+            let policy = Self::policy(reader.tx().await?, &task.namespace).await?;
             reads.policies.insert(task.namespace.clone(), policy);
         }
         let policy = &reads.policies[&task.namespace];
@@ -325,11 +390,18 @@ impl Engine {
                 upstream.insert(name.clone(), open_json(&key, sealed, result_aad(&row))?);
             }
         }
-        let module = self.module(tx, &task.namespace, &def.module).await?;
+        let module = match self.cached_module(&task.namespace, &def.module) {
+            Some(module) => module,
+            None => {
+                self.module(reader.tx().await?, &task.namespace, &def.module)
+                    .await?
+            }
+        };
         let secrets = if granted.is_empty() {
             BTreeMap::new()
         } else {
-            self.step_secrets(tx, &task.namespace, &granted).await?
+            self.step_secrets(reader.tx().await?, &task.namespace, &granted)
+                .await?
         };
         let Value::Object(context) = context else {
             return Err(EngineError::Internal(

@@ -23,7 +23,10 @@ use rusqlite::{Connection, ErrorCode};
 use super::backend::Pool;
 use super::claim::{ClaimRecord, SQLITE_CLAIM_EXPIRED, SQLITE_CLAIM_RUNNABLE};
 use super::error::internal;
-use super::{AttemptRow, ClaimedStep, Completion, NewAuditRow, Store, StoreError, TaskStatus, Tx};
+use super::{
+    AttemptRow, ClaimedStep, Completion, DataKeyRow, NewAuditRow, Store, StoreError, TaskRow,
+    TaskStatus, Tx,
+};
 
 /// Most rows one statement carries here: the widest row binds 11 parameters, and SQLite
 /// takes at most 32,766 in a statement.
@@ -177,7 +180,138 @@ impl Store {
     }
 }
 
+/// What a claim batch reads besides its claims, in the claim's transaction: each task
+/// once, their data keys, their complete steps' results, and their namespaces' policies.
+#[derive(Default)]
+pub(crate) struct ClaimReads {
+    pub(crate) tasks: Vec<TaskRow>,
+    pub(crate) keys: Vec<DataKeyRow>,
+    pub(crate) results: Vec<(String, String, Vec<u8>)>,
+    /// (namespace, policy JSON).
+    pub(crate) policies: Vec<(String, String)>,
+}
+
+fn task_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+    let status: String = row.get(4)?;
+    Ok(TaskRow {
+        id: row.get(0)?,
+        namespace: row.get(1)?,
+        workflow_name: row.get(2)?,
+        workflow_version: row.get(3)?,
+        status: status.parse().map_err(|e: StoreError| {
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Text,
+                e.to_string().into(),
+            )
+        })?,
+        context: row.get(5)?,
+        data_key_id: row.get(6)?,
+        subject: row.get(7)?,
+        classification: row.get(8)?,
+        contains_pii: row.get(9)?,
+        created_by: row.get(10)?,
+        principal: row.get(11)?,
+        reason: row.get(12)?,
+        tags: row.get(13)?,
+        error_step: row.get(14)?,
+        created_at: row.get(15)?,
+        updated_at: row.get(16)?,
+        finished_at: row.get(17)?,
+    })
+}
+
+fn data_key_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DataKeyRow> {
+    Ok(DataKeyRow {
+        id: row.get(0)?,
+        kek_id: row.get(1)?,
+        wrapped: row.get(2)?,
+        subject: row.get(3)?,
+        created_at: row.get(4)?,
+        destroyed_at: row.get(5)?,
+    })
+}
+
 impl LiteTx<'_> {
+    /// The rows `template` (one `{}` for the inside of an `IN (…)` list) selects for
+    /// `ids`, in chunks.
+    fn select_by_ids<T>(
+        &self,
+        template: &str,
+        ids: &[&str],
+        what: &'static str,
+        read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(LITE_ROWS) {
+            let sql = template.replacen("{}", &marks(batch.len()), 1);
+            let mut statement = self.conn.prepare(&sql).lite(what)?;
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(batch), &read)
+                .lite(what)?;
+            for row in rows {
+                found.push(row.lite(what)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// What the steps of `claims` need to run ([`ClaimReads`]); data keys only if `keys`.
+    pub(crate) fn claim_reads(
+        &mut self,
+        claims: &[ClaimedStep],
+        keys: bool,
+    ) -> Result<ClaimReads, StoreError> {
+        let mut task_ids: Vec<&str> = claims.iter().map(|c| c.task_id.as_str()).collect();
+        task_ids.sort_unstable();
+        task_ids.dedup();
+        let tasks = self.select_by_ids(
+            "SELECT id, namespace, workflow_name, workflow_version, status, context,
+                    data_key_id, subject, classification, contains_pii, created_by, principal,
+                    reason, tags, error_step, created_at, updated_at, finished_at
+             FROM tasks WHERE id IN ({})",
+            &task_ids,
+            "get tasks",
+            task_row,
+        )?;
+        let mut key_ids: Vec<&str> = tasks.iter().map(|t| t.data_key_id.as_str()).collect();
+        key_ids.sort_unstable();
+        key_ids.dedup();
+        let keys = if keys {
+            self.select_by_ids(
+                "SELECT id, kek_id, wrapped, subject, created_at, destroyed_at
+                 FROM data_keys WHERE id IN ({})",
+                &key_ids,
+                "get data keys",
+                data_key_row,
+            )?
+        } else {
+            Vec::new()
+        };
+        let results = self.select_by_ids(
+            "SELECT task_id, name, result FROM steps
+             WHERE task_id IN ({}) AND status = 'complete' AND result IS NOT NULL",
+            &task_ids,
+            "get step results",
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )?;
+        let mut namespaces: Vec<&str> = tasks.iter().map(|t| t.namespace.as_str()).collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        let policies = self.select_by_ids(
+            "SELECT name, policy FROM namespaces WHERE name IN ({})",
+            &namespaces,
+            "get namespace",
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        Ok(ClaimReads {
+            tasks,
+            keys,
+            results,
+            policies,
+        })
+    }
+
     fn execute(
         &self,
         sql: &str,

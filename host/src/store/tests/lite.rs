@@ -73,7 +73,9 @@ async fn a_failed_transaction_leaves_nothing_and_the_next_one_commits() {
     );
     // And the ordinary path still writes on the same database afterwards.
     let mut tx = store.begin().await.expect("begin");
-    tx.insert_audit_events(&[event("e6")]).await.expect("insert");
+    tx.insert_audit_events(&[event("e6")])
+        .await
+        .expect("insert");
     tx.commit().await.expect("commit");
     assert_eq!(audit_ids(&store).await.len(), 4);
 }
@@ -87,7 +89,10 @@ async fn a_duplicate_event_id_is_a_conflict_and_rolls_the_whole_transaction_back
             now(tx.insert_audit_events(&[event("e1")]))
         })
         .await;
-    assert!(matches!(outcome, Err(StoreError::Conflict(_))), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(StoreError::Conflict(_))),
+        "{outcome:?}"
+    );
     assert!(audit_ids(&store).await.is_empty());
 }
 
@@ -129,7 +134,10 @@ async fn claims_and_completions_are_fenced_on_the_fast_path_as_on_the_other() {
     let missing = store
         .write_now(|tx| now(tx.fail_step("t1", "zz", "w1", 1, "{}", None, NOW + 1)))
         .await;
-    assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
 
     let current = [Completion {
         attempt: claim.attempt,
@@ -143,7 +151,10 @@ async fn claims_and_completions_are_fenced_on_the_fast_path_as_on_the_other() {
         })
         .await
         .expect("complete");
-    assert_eq!(committed, [("t1".to_owned(), "a".to_owned(), claim.attempt)]);
+    assert_eq!(
+        committed,
+        [("t1".to_owned(), "a".to_owned(), claim.attempt)]
+    );
     let row = step_status(&store, "t1", "a").await;
     assert_eq!(
         (row.status, row.result.as_deref()),
