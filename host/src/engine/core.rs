@@ -16,7 +16,8 @@ use crate::classify::FieldClasses;
 use crate::crypto::{KeyRing, SubjectVault};
 use crate::policy::NamespacePolicy;
 use crate::sandbox::{Sandbox, StepModule};
-use crate::store::{ModuleInfo, ModuleRow, Store, Tx, WorkflowRow};
+use crate::store::{Backend, ModuleInfo, ModuleRow, Store, Tx, WorkflowRow};
+use futures_util::FutureExt;
 
 /// Longest lease a worker holds on a step before it must renew it.
 pub const DEFAULT_LEASE_MS: i64 = 30_000;
@@ -241,7 +242,29 @@ impl Engine {
         event: &NewEvent,
         now: i64,
     ) -> Result<i64, EngineError> {
-        let mut tx = self.inner.store.begin().await?;
+        let store = &self.inner.store;
+        if store.backend() == Backend::Sqlite {
+            // One event, one short transaction on the hot path: API reads record their
+            // access this way, so a client polling a task must not slow down its steps.
+            let events = std::slice::from_ref(event);
+            let seqs = store
+                .write_now(|tx| {
+                    audit::record_many_in(tx, events, now)
+                        .now_or_never()
+                        .unwrap_or_else(|| {
+                            Err(crate::store::StoreError::Internal(
+                                "a SQLite audit write waited on something".into(),
+                            )
+                            .into())
+                        })
+                })
+                .await?;
+            return seqs
+                .first()
+                .copied()
+                .ok_or_else(|| EngineError::Internal("the event was not recorded".into()));
+        }
+        let mut tx = store.begin().await?;
         let seq = audit::record(&mut tx, event, now).await?;
         tx.commit().await?;
         Ok(seq)
