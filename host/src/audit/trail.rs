@@ -56,9 +56,7 @@ pub struct NewEvent {
 }
 
 fn event_id() -> Result<String, AuditError> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| AuditError::Random(e.to_string()))?;
-    Ok(format!("evt_{}", hex::encode(bytes)))
+    crate::crypto::ordered_id("evt_").map_err(|e| AuditError::Random(e.to_string()))
 }
 
 /// Record `event` at time `now_ms` inside `tx`, so it commits or rolls back with the change

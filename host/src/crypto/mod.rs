@@ -61,3 +61,24 @@ pub enum CryptoError {
 fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     getrandom::fill(buf).map_err(|e| CryptoError::Random(e.to_string()))
 }
+
+/// A fresh id for a row: `prefix`, the current unix time in milliseconds (12 hex digits),
+/// then 80 random bits (20 hex digits).
+///
+/// Ids made later sort later, so the indexes keyed by them (tasks, their steps and
+/// attempts, audit event ids, the resources events name) grow at their right edge: a
+/// commit touches a few pages of each instead of one random page per row, which with
+/// random ids was most of what SQLite wrote per step commit. The time is no secret (every
+/// row also carries it); 80 random bits keep ids unguessable and distinct.
+pub fn ordered_id(prefix: &str) -> Result<String, CryptoError> {
+    let mut random = [0u8; 10];
+    fill_random(&mut random)?;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(format!(
+        "{prefix}{:012x}{}",
+        ms & 0xffff_ffff_ffff,
+        hex::encode(random)
+    ))
+}

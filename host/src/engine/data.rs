@@ -9,12 +9,10 @@ use crate::store::{DataKeyRow, Tx};
 
 use super::EngineError;
 
-/// A fresh prefixed random id (`task_…`, `dk_…`).
+/// A fresh prefixed id (`task_…`, `dk_…`): see [`crate::crypto::ordered_id`].
 pub(crate) fn new_id(prefix: &str) -> Result<String, EngineError> {
-    let mut bytes = [0u8; 12];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| EngineError::Internal(format!("no randomness: {e}")))?;
-    Ok(format!("{prefix}{}", hex::encode(bytes)))
+    crate::crypto::ordered_id(prefix)
+        .map_err(|e| EngineError::Internal(format!("no randomness: {e}")))
 }
 
 /// What opens data keys: the KEKs, and the vault of subject pads.
