@@ -134,14 +134,6 @@ pub async fn seal_pending(store: &Store) -> Result<u64, AuditError> {
             return Ok(sealed);
         }
 
-        let mut tx = store.begin().await?;
-        tx.lock_sealer().await?;
-        // Another sealer may have moved the tip since the read: linking from a stale tip
-        // would fork the chain, so start over from the new one.
-        if tx.last_sealed().await?.map(|(seq, _)| seq) != tip_seq {
-            tx.rollback().await?;
-            continue;
-        }
         let mut seals: Vec<(i64, [u8; 32], [u8; 32])> = Vec::with_capacity(rows.len());
         for row in &rows {
             let hash = link_hash(row, &prev);
@@ -152,22 +144,40 @@ pub async fn seal_pending(store: &Store) -> Result<u64, AuditError> {
             .iter()
             .map(|(seq, prev, hash)| (*seq, &prev[..], &hash[..]))
             .collect();
-        match tx.seal_events(&seals).await {
+        // Another sealer may have moved the tip since the read (linking from a stale tip
+        // would fork the chain), or sealed some of these events first: then nothing is
+        // written, and this starts over from the new tip.
+        let written = match store.backend() {
+            Backend::Sqlite => store.write_now(|tx| tx.seal_from(tip_seq, &seals)).await,
+            Backend::Postgres => seal_in(store, tip_seq, &seals).await,
+        };
+        match written {
             Ok(()) => {}
-            // Another sealer got there first: start over from its tip.
-            Err(StoreError::Conflict(_)) => {
-                tx.rollback().await?;
-                continue;
-            }
+            Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
         }
         let batch = seals.len() as u64;
-        tx.commit().await?;
         sealed += batch;
         if rows.len() < SEAL_BATCH as usize {
             return Ok(sealed);
         }
     }
+}
+
+/// Write `seals` in a transaction of its own if the chain's tip is still `tip_seq`
+/// (`Conflict` otherwise, and nothing written).
+async fn seal_in(
+    store: &Store,
+    tip_seq: Option<i64>,
+    seals: &[(i64, &[u8], &[u8])],
+) -> Result<(), StoreError> {
+    let mut tx = store.begin().await?;
+    tx.lock_sealer().await?;
+    if tx.last_sealed().await?.map(|(seq, _)| seq) != tip_seq {
+        return Err(StoreError::Conflict("the chain's tip moved".to_owned()));
+    }
+    tx.seal_events(seals).await?;
+    tx.commit().await
 }
 
 /// Walk the whole stored chain, page by page, in constant memory.

@@ -312,6 +312,48 @@ impl LiteTx<'_> {
         })
     }
 
+    /// The sealer's write ([`Tx::seal_events`]), if the chain's tip is still `tip_seq`:
+    /// `Conflict` if it moved or an event was sealed meanwhile (and the caller's
+    /// transaction must then roll back).
+    pub(crate) fn seal_from(
+        &mut self,
+        tip_seq: Option<i64>,
+        seals: &[(i64, &[u8], &[u8])],
+    ) -> Result<(), StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT seq FROM audit_events WHERE hash IS NOT NULL ORDER BY seq DESC LIMIT 1",
+            )
+            .lite("read the audit chain tip")?;
+        let mut rows = statement.query([]).lite("read the audit chain tip")?;
+        let tip: Option<i64> = match rows.next().lite("read the audit chain tip")? {
+            Some(row) => Some(row.get(0).lite("read the audit chain tip")?),
+            None => None,
+        };
+        if tip != tip_seq {
+            return Err(StoreError::Conflict("the chain's tip moved".to_owned()));
+        }
+        for batch in seals.chunks(LITE_ROWS) {
+            let sql = format!(
+                "UPDATE audit_events SET prev_hash = v.column2, hash = v.column3
+                 FROM (VALUES {}) AS v
+                 WHERE audit_events.seq = v.column1 AND audit_events.hash IS NULL",
+                tuples(batch.len(), 3)
+            );
+            let params: Vec<&dyn ToSql> = batch
+                .iter()
+                .flat_map(|(seq, prev, hash)| [seq as &dyn ToSql, prev, hash])
+                .collect();
+            if self.execute(&sql, &params, "seal audit events")? != batch.len() {
+                return Err(StoreError::Conflict(
+                    "audit events were sealed by another sealer".to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn execute(
         &self,
         sql: &str,
