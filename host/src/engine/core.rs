@@ -17,7 +17,6 @@ use crate::crypto::{KeyRing, SubjectVault};
 use crate::policy::NamespacePolicy;
 use crate::sandbox::{Sandbox, StepModule};
 use crate::store::{Backend, ModuleInfo, ModuleRow, Store, Tx, WorkflowRow};
-use futures_util::FutureExt;
 
 /// Longest lease a worker holds on a step before it must renew it.
 pub const DEFAULT_LEASE_MS: i64 = 30_000;
@@ -155,6 +154,11 @@ pub(crate) fn parse_policy(namespace: &str, stored: &str) -> Result<NamespacePol
         .map_err(|_| EngineError::Internal(format!("stored policy of {namespace} does not parse")))
 }
 
+/// The key of [`Inner::latest`].
+pub(crate) fn latest_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
 pub(crate) fn versioned_key(namespace: &str, name: &str, version: &str) -> String {
     format!("{namespace}/{name}@{version}")
 }
@@ -248,16 +252,7 @@ impl Engine {
             // access this way, so a client polling a task must not slow down its steps.
             let events = std::slice::from_ref(event);
             let seqs = store
-                .write_now(|tx| {
-                    audit::record_many_in(tx, events, now)
-                        .now_or_never()
-                        .unwrap_or_else(|| {
-                            Err(crate::store::StoreError::Internal(
-                                "a SQLite audit write waited on something".into(),
-                            )
-                            .into())
-                        })
-                })
+                .write_now(|tx| crate::store::ready(audit::record_many_in(tx, events, now)))
                 .await?;
             return seqs
                 .first()
@@ -524,10 +519,7 @@ impl Engine {
         let key = versioned_key(&def.namespace, &def.name, &def.version);
         let def = def.clone();
         lock(&self.inner.workflows).insert(key, Arc::new(loaded));
-        lock(&self.inner.latest).insert(
-            format!("{}/{}", def.namespace, def.name),
-            def.version.clone(),
-        );
+        lock(&self.inner.latest).insert(latest_key(&def.namespace, &def.name), def.version.clone());
         Ok((def, row))
     }
 

@@ -111,7 +111,7 @@ impl Engine {
     /// The version a request naming none gets, as this process knows it (reading it from
     /// the store the first time).
     async fn latest_version(&self, namespace: &str, workflow: &str) -> Result<String, EngineError> {
-        let key = format!("{namespace}/{workflow}");
+        let key = super::core::latest_key(namespace, workflow);
         if let Some(version) = lock(&self.inner.latest).get(&key) {
             return Ok(version.clone());
         }
@@ -384,10 +384,9 @@ impl Engine {
             let def = &w.creation.workflow.def;
             if !latest.contains_key(&(def.namespace.as_str(), def.name.as_str())) {
                 let now = tx
-                    .latest_workflow(&def.namespace, &def.name)
-                    .await?
-                    .map(|row| row.version);
-                let key = format!("{}/{}", def.namespace, def.name);
+                    .latest_workflow_version(&def.namespace, &def.name)
+                    .await?;
+                let key = super::core::latest_key(&def.namespace, &def.name);
                 match &now {
                     Some(version) => lock(&self.inner.latest).insert(key, version.clone()),
                     None => lock(&self.inner.latest).remove(&key),

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use serde_json::{Value, json};
 
 use super::core::{Engine, LoadedWorkflow, versioned_key};
@@ -25,7 +24,7 @@ use crate::policy::{NamespacePolicy, Principal};
 use crate::sandbox::{Attempt, AttemptReport, Grants, Origin, Outcome, SecretValue, TaskData};
 use crate::store::{
     AttemptRow, Backend, ClaimReads, ClaimedStep, Completion, HotWrites, StepStatus, StoreError,
-    TaskRow, TaskStatus, Tx,
+    TaskRow, TaskStatus, Tx, ready,
 };
 
 /// What one call of [`Engine::run_once`] did.
@@ -566,15 +565,7 @@ impl Engine {
             // write below is ready when first polled.
             Backend::Sqlite => {
                 store
-                    .write_now(|tx| {
-                        self.commit_in(tx, batch, &sealed, now)
-                            .now_or_never()
-                            .unwrap_or_else(|| {
-                                Err(EngineError::Internal(
-                                    "a SQLite commit waited on something".into(),
-                                ))
-                            })
-                    })
+                    .write_now(|tx| ready(self.commit_in(tx, batch, &sealed, now)))
                     .await?
             }
             Backend::Postgres => {

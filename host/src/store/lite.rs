@@ -700,6 +700,17 @@ impl LiteTx<'_> {
     }
 }
 
+/// Runs a future written over [`HotWrites`] with a [`LiteTx`] to its end, here and now:
+/// its writes never wait, so it is ready when first polled. (If it ever were not, the
+/// transaction fails rather than block.)
+pub(crate) fn ready<T, E: From<StoreError>>(
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    futures_util::FutureExt::now_or_never(work).unwrap_or_else(|| {
+        Err(StoreError::Internal("a SQLite hot-path write waited on something".into()).into())
+    })
+}
+
 /// The writes of a step commit, on either path: [`Tx`] (sqlx, either backend) and
 /// [`LiteTx`] (SQLite, synchronous: its futures are ready when first polled). The engine
 /// writes its commit once, generic over this.

@@ -95,6 +95,25 @@ impl Tx<'_> {
         .ctx("get latest workflow")
     }
 
+    /// The version [`Tx::latest_workflow`] would return, without its definition.
+    pub async fn latest_workflow_version(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        with_conn!(self, |conn| {
+            sqlx::query_scalar(
+                "SELECT version FROM workflows WHERE namespace = $1 AND name = $2
+                 ORDER BY created_at DESC, version DESC LIMIT 1",
+            )
+            .bind(namespace)
+            .bind(name)
+            .fetch_optional(conn)
+            .await
+        })
+        .ctx("get latest workflow version")
+    }
+
     /// Every workflow version in `namespace`, by name then registration time.
     pub async fn list_workflows(
         &mut self,
