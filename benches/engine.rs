@@ -13,7 +13,9 @@
 //! checks they complete and the chain verifies, so the benchmark itself stays working.
 //! Environment: `STEPBOX_BENCH_TASKS` (default 4000), `STEPBOX_BENCH_WORKERS` (default 4),
 //! `STEPBOX_BENCH_BACKEND` (`sqlite` or `postgres` to run only that one),
-//! `STEPBOX_BENCH_SUBMITTERS` (concurrent callers of `create_task`, default 8).
+//! `STEPBOX_BENCH_SUBMITTERS` (concurrent callers of `create_task`, default 8),
+//! `STEPBOX_BENCH_ONLY` (`protected` or `baseline`: run that configuration alone, to
+//! profile it; no ratio is printed then).
 
 mod common;
 
@@ -166,8 +168,17 @@ fn main() {
         );
         for backend in backends {
             let mut best: [Option<Run>; 2] = [None, None];
+            let only = std::env::var("STEPBOX_BENCH_ONLY").ok();
+            let configurations: Vec<(usize, bool)> = [(0, true), (1, false)]
+                .into_iter()
+                .filter(|(_, protected)| match only.as_deref() {
+                    Some("protected") => *protected,
+                    Some("baseline") => !*protected,
+                    _ => true,
+                })
+                .collect();
             for _ in 0..rounds {
-                for (slot, protected) in [(0, true), (1, false)] {
+                for &(slot, protected) in &configurations {
                     let (url, pg, _dir) = if backend == "sqlite" {
                         let dir = tempfile::tempdir().unwrap();
                         (
@@ -191,10 +202,8 @@ fn main() {
                     }
                 }
             }
-            let [Some(on), Some(off)] = best else {
-                unreachable!()
-            };
-            for (label, r) in [("encryption+audit on ", &on), ("baseline (both off)", &off)] {
+            for (label, r) in [("encryption+audit on ", &best[0]), ("baseline (both off)", &best[1])] {
+                let Some(r) = r else { continue };
                 println!(
                     "  {backend:<8} {label}: {:>7.0} tasks/s ({:>6.0} steps/s) | create {:>6.0} tasks/s, run {:>6.0} tasks/s",
                     r.tasks_per_s(),
@@ -203,10 +212,12 @@ fn main() {
                     r.tasks as f64 / r.drain.as_secs_f64(),
                 );
             }
-            println!(
-                "  {backend:<8} cost of encryption + audit: {:+.1}% time per task",
-                (on.total().as_secs_f64() / off.total().as_secs_f64() - 1.0) * 100.0
-            );
+            if let [Some(on), Some(off)] = &best {
+                println!(
+                    "  {backend:<8} cost of encryption + audit: {:+.1}% time per task",
+                    (on.total().as_secs_f64() / off.total().as_secs_f64() - 1.0) * 100.0
+                );
+            }
         }
     });
 }

@@ -119,12 +119,28 @@ impl PadCache {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The vault file.
 #[derive(Clone)]
 pub struct SubjectVault {
     pool: SqlitePool,
     path: PathBuf,
     cache: Arc<PadCache>,
+    /// New subjects waiting for a pad, and the turn to write them: see
+    /// [`SubjectVault::pads_or_create`].
+    making: Arc<Making>,
+}
+
+/// Group commit for new pads. Each write of the file is a synced commit (milliseconds);
+/// callers that want pads while one is being written queue their subjects here, and the
+/// next to take the turn writes everything queued in one commit.
+#[derive(Default)]
+struct Making {
+    queued: Mutex<Vec<String>>,
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for SubjectVault {
@@ -187,6 +203,7 @@ impl SubjectVault {
             pool,
             path: path.to_owned(),
             cache: Arc::default(),
+            making: Arc::default(),
         })
     }
 
@@ -222,6 +239,47 @@ impl SubjectVault {
         Ok(pad)
     }
 
+    /// `subject`'s pad if this process holds it in memory: what a caller that must not
+    /// wait (inside a database transaction) can have.
+    pub fn cached_pad(&self, subject: &str) -> Option<Pad> {
+        self.cache.get(subject)
+    }
+
+    /// The pads of those of `subjects` that have one, by subject: from memory, and what
+    /// is not there from the file in one statement.
+    pub async fn pads(&self, subjects: &[&str]) -> Result<HashMap<String, Pad>, VaultError> {
+        let mut found = HashMap::with_capacity(subjects.len());
+        let mut missing = Vec::new();
+        for subject in subjects {
+            match self.cache.get(subject) {
+                Some(pad) => {
+                    found.insert((*subject).to_owned(), pad);
+                }
+                None => missing.push(*subject),
+            }
+        }
+        for batch in missing.chunks(500) {
+            let sql = format!(
+                "SELECT subject, pad FROM pads WHERE subject IN ({})",
+                vec!["?"; batch.len()].join(", ")
+            );
+            let mut query = sqlx::query_as::<_, (String, Vec<u8>)>(&sql);
+            for subject in batch {
+                query = query.bind(*subject);
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            for (subject, bytes) in rows {
+                let pad = self.pad_of(bytes)?;
+                self.cache.put(&subject, &pad);
+                found.insert(subject, pad);
+            }
+        }
+        Ok(found)
+    }
+
     /// The pad of `subject`, made if it has none. Two processes racing get the same pad.
     pub async fn pad_or_create(&self, subject: &str, now_ms: i64) -> Result<Pad, VaultError> {
         if let Some(pad) = self.cache.get(subject) {
@@ -234,19 +292,40 @@ impl SubjectVault {
     }
 
     /// Make sure each of `subjects` has a pad, in one write of the file however many are
-    /// new (each write is a commit with its own sync), and keep them in memory.
+    /// new (each write is a commit with its own sync), and keep them in memory. Callers at
+    /// the same moment share writes: one writes what all of them queued meanwhile.
     pub async fn pads_or_create(&self, subjects: &[&str], now_ms: i64) -> Result<(), VaultError> {
-        let missing: Vec<&str> = subjects
-            .iter()
-            .copied()
-            .filter(|subject| self.cache.get(subject).is_none())
-            .collect();
-        if missing.is_empty() {
+        let missing = |subjects: &mut dyn Iterator<Item = &str>| -> Vec<String> {
+            subjects
+                .filter(|subject| self.cache.get(subject).is_none())
+                .map(str::to_owned)
+                .collect()
+        };
+        let mine = missing(&mut subjects.iter().copied());
+        if mine.is_empty() {
             return Ok(());
         }
+        lock(&self.making.queued).extend(mine.iter().cloned());
+        let _turn = self.making.turn.lock().await;
+        // The writer before may have made ours; what it did not, this one makes, with
+        // whatever else is queued.
+        let mut wanted = missing(&mut mine.iter().map(String::as_str));
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let queued = std::mem::take(&mut *lock(&self.making.queued));
+        wanted.extend(missing(&mut queued.iter().map(String::as_str)));
+        wanted.sort_unstable();
+        wanted.dedup();
+        self.write_pads(&wanted, now_ms).await
+    }
+
+    /// Store a fresh pad for each of `subjects` that has none, in one transaction, and keep
+    /// every one of them in memory.
+    async fn write_pads(&self, subjects: &[String], now_ms: i64) -> Result<(), VaultError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.unavailable(e))?;
-        let mut stored_pads = Vec::with_capacity(missing.len());
-        for subject in &missing {
+        let mut stored_pads = Vec::with_capacity(subjects.len());
+        for subject in subjects {
             let mut fresh = Zeroizing::new([0u8; PAD_LEN]);
             fill_random(&mut *fresh).map_err(|e| VaultError::Random(e.to_string()))?;
             let stored: (Vec<u8>,) = sqlx::query_as(
@@ -260,7 +339,7 @@ impl SubjectVault {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| self.unavailable(e))?;
-            stored_pads.push((*subject, self.pad_of(stored.0)?));
+            stored_pads.push((subject, self.pad_of(stored.0)?));
         }
         tx.commit().await.map_err(|e| self.unavailable(e))?;
         // Only once they are in the file: a pad never stored must never mask a key.
@@ -314,5 +393,45 @@ mod tests {
             !file.windows(PAD_LEN).any(|w| w == secret),
             "the erased pad's bytes are still in the file"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_at_the_same_moment_share_writes_and_get_the_same_pads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.db");
+        let vault = SubjectVault::open(&path).await.unwrap();
+        // 16 callers, each wanting 8 subjects, half of them wanted by another caller too.
+        let callers: Vec<_> = (0..16)
+            .map(|caller| {
+                let vault = vault.clone();
+                tokio::spawn(async move {
+                    let subjects: Vec<String> =
+                        (0..8).map(|n| format!("bi_{}", caller * 4 + n)).collect();
+                    let names: Vec<&str> = subjects.iter().map(String::as_str).collect();
+                    vault.pads_or_create(&names, 0).await.unwrap();
+                    let pads = vault.pads(&names).await.unwrap();
+                    assert_eq!(pads.len(), 8, "every subject has a pad");
+                    pads.into_iter()
+                        .map(|(subject, pad)| (subject, *pad.0))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seen: HashMap<String, [u8; PAD_LEN]> = HashMap::new();
+        for caller in callers {
+            for (subject, pad) in caller.await.unwrap() {
+                let first = *seen.entry(subject.clone()).or_insert(pad);
+                assert_eq!(first, pad, "{subject} got two different pads");
+            }
+        }
+        assert_eq!(seen.len(), 15 * 4 + 8);
+        // What the callers were given is what the file holds.
+        let reopened = SubjectVault::open_existing(&path).await.unwrap();
+        let names: Vec<&str> = seen.keys().map(String::as_str).collect();
+        let stored = reopened.pads(&names).await.unwrap();
+        for (subject, pad) in &seen {
+            assert_eq!(*stored[subject].0, *pad, "{subject} in the file");
+        }
+        assert!(reopened.pads(&["bi_never"]).await.unwrap().is_empty());
     }
 }

@@ -8,6 +8,10 @@
 //! single writer makes every creation wait for the one before, a burst of requests then
 //! costs a few transactions instead of one each.
 //!
+//! On SQLite the transaction runs whole on the caller's thread, on the hot path's own
+//! connection (`store::lite`), like a step commit: its statements never wait on another
+//! thread while it holds the write lock.
+//!
 //! The transaction runs in a task of its own, so a caller that gives up (a client that
 //! disconnects) never strands the creations queued behind it. A creation that fails on
 //! its own (its subject's key destroyed) fails alone; a database error fails the batch,
@@ -21,11 +25,11 @@ use tokio::sync::oneshot;
 
 use super::EngineError;
 use super::core::{CreateTask, CreatedTask, Engine, LoadedWorkflow, lock, validate_context};
-use super::data::{self, TaskKey, context_aad};
+use super::data::{self, Pads, TaskKey, context_aad};
 use crate::audit::NewEvent;
 use crate::classify::classify_context;
 use crate::policy::Principal;
-use crate::store::{DataKeyRow, StepRow, TaskRow, TaskStatus, Tx};
+use crate::store::{Backend, DataKeyRow, HotWrites, StepRow, TaskRow, TaskStatus, ready};
 
 /// Creations waiting for the next transaction.
 #[derive(Default)]
@@ -50,6 +54,22 @@ enum Answer {
 
 /// How often a creation is checked again after the latest version moved under it.
 const STALE_TRIES: usize = 3;
+
+/// How often a batch goes back to the vault for its subjects' pads before it gives up:
+/// once is enough unless the vault's memory is cleared meanwhile.
+const PAD_TRIES: usize = 3;
+
+/// What a batch's transaction came to.
+enum Stored {
+    /// Each creation's answer (`None`: checked against a version no longer the latest).
+    Answers(Vec<Option<Result<CreatedTask, EngineError>>>),
+    /// Nothing written: the pads of these subjects must first be read from the vault
+    /// (`existing`: subjects with a key) or made (`new`).
+    NeedPads {
+        existing: Vec<String>,
+        new: Vec<String>,
+    },
+}
 
 /// A task creation with everything decided but what needs the database.
 struct Creation {
@@ -196,6 +216,11 @@ impl Engine {
     }
 
     /// Store every queued creation in one transaction and answer each.
+    ///
+    /// On SQLite the transaction runs whole on this thread ([`Store::write_now`]), so
+    /// nothing in it may wait: the subjects' pads come from the vault before it. A batch
+    /// that finds a subject whose pad this process does not hold writes nothing and says
+    /// which; the pads are read (or made, for new subjects) and the batch runs again.
     async fn store_creations(&self) {
         let baseline_key = if self.inner.protect {
             None
@@ -205,50 +230,148 @@ impl Engine {
                 Err(e) => return self.answer_all(take(self), &e),
             }
         };
-        let mut tx = match self.inner.store.begin().await {
-            Ok(tx) => tx,
-            Err(e) => return self.answer_all(take(self), &e.into()),
-        };
-        // Taken only now: everything queued while this waited for the database joins.
-        let batch = take(self);
+        let store = &self.inner.store;
+        // Let the callers that are ready to queue a creation do so first: on SQLite the
+        // transaction below runs at once, and without this it would hold one creation
+        // where it could have held several (each commit writes a dozen pages, whatever
+        // it holds).
+        tokio::task::yield_now().await;
         let now = self.now();
-        let timer = std::time::Instant::now();
-        match self.store_batch(&mut tx, &batch, baseline_key, now).await {
-            Ok(outcomes) => match tx.commit().await {
-                Ok(()) => {
+        // Taken only once the database is ours: everything queued while this waited joins.
+        let mut batch: Option<Vec<Waiting>> = None;
+        let mut pads = Pads::new();
+        for attempt in 0..PAD_TRIES {
+            let timer = std::time::Instant::now();
+            let stored = match store.backend() {
+                Backend::Sqlite => {
+                    store
+                        .write_now(|tx| {
+                            let batch = batch.get_or_insert_with(|| take(self));
+                            ready(self.store_batch(
+                                tx,
+                                batch,
+                                baseline_key.as_deref(),
+                                &mut pads,
+                                now,
+                            ))
+                        })
+                        .await
+                }
+                Backend::Postgres => match store.begin().await {
+                    Ok(mut tx) => {
+                        let batch = batch.get_or_insert_with(|| take(self));
+                        let stored = self
+                            .store_batch(&mut tx, batch, baseline_key.as_deref(), &mut pads, now)
+                            .await;
+                        match stored {
+                            Ok(Stored::Answers(answers)) => match tx.commit().await {
+                                Ok(()) => Ok(Stored::Answers(answers)),
+                                Err(e) => Err(e.into()),
+                            },
+                            other => {
+                                let _ = tx.rollback().await;
+                                other
+                            }
+                        }
+                    }
+                    Err(e) => Err(e.into()),
+                },
+            };
+            let batch_now = batch.take().unwrap_or_else(|| take(self));
+            match stored {
+                Ok(Stored::Answers(outcomes)) => {
                     tracing::debug!(
-                        tasks = batch.len(),
+                        tasks = batch_now.len(),
                         total_us = timer.elapsed().as_micros() as u64,
                         "created"
                     );
                     self.inner.work_ready.notify_one();
-                    for (waiting, outcome) in batch.into_iter().zip(outcomes) {
+                    for (waiting, outcome) in batch_now.into_iter().zip(outcomes) {
                         let answer = match outcome {
                             Some(outcome) => Answer::Done(outcome),
                             None => Answer::Stale(Box::new(waiting.creation.request)),
                         };
                         let _ = waiting.reply.send(answer);
                     }
+                    return;
                 }
-                Err(e) => self.answer_all(batch, &e.into()),
-            },
-            Err(e) => {
-                let _ = tx.rollback().await;
-                self.answer_all(batch, &e);
+                Ok(Stored::NeedPads { existing, new }) => {
+                    if let Err(e) = self.fetch_pads(&mut pads, &existing, &new, now).await {
+                        return self.answer_all(batch_now, &e);
+                    }
+                    let mut batch_now = batch_now;
+                    if attempt == 0 {
+                        // What queued while the vault wrote (a synced write: milliseconds)
+                        // joins, and brings its new subjects to the next vault write.
+                        batch_now.extend(take(self));
+                    }
+                    batch = Some(batch_now);
+                }
+                Err(e) => return self.answer_all(batch_now, &e),
             }
+        }
+        let error = EngineError::Unavailable("the subject vault kept missing pads".into());
+        self.answer_all(batch.unwrap_or_default(), &error);
+    }
+
+    /// Read the pads of `existing` subjects and make those of `new` ones, into `pads`.
+    async fn fetch_pads(
+        &self,
+        pads: &mut Pads,
+        existing: &[String],
+        new: &[String],
+        now: i64,
+    ) -> Result<(), EngineError> {
+        let Some(vault) = self.data_keys().vault else {
+            return Ok(());
+        };
+        let timer = std::time::Instant::now();
+        let new: Vec<&str> = new.iter().map(String::as_str).collect();
+        let new_count = new.len();
+        // New subjects' pads in one write of the vault, not a write each.
+        if !new.is_empty() {
+            vault.pads_or_create(&new, now).await?;
+        }
+        let wanted: Vec<&str> = existing.iter().map(String::as_str).chain(new).collect();
+        let mut found = vault.pads(&wanted).await?;
+        for subject in wanted {
+            pads.insert(subject.to_owned(), found.remove(subject));
+        }
+        tracing::debug!(
+            existing = existing.len(),
+            new = new_count,
+            total_us = timer.elapsed().as_micros() as u64,
+            "read the vault's pads"
+        );
+        Ok(())
+    }
+
+    /// Whether `pads` knows `subject`'s pad (or that it has none), taking it from the
+    /// vault's memory if this process holds it.
+    fn knows_pad(&self, pads: &mut Pads, subject: &str) -> bool {
+        if pads.contains_key(subject) {
+            return true;
+        }
+        match self.data_keys().vault.and_then(|v| v.cached_pad(subject)) {
+            Some(pad) => {
+                pads.insert(subject.to_owned(), Some(pad));
+                true
+            }
+            None => false,
         }
     }
 
     /// Write a batch of creations in `tx`: each one's answer (`None`: checked against a
     /// version that is no longer the latest, so not stored), or the database error that
-    /// fails them all.
-    async fn store_batch(
+    /// fails them all. Nothing in it waits on anything but `tx`.
+    async fn store_batch<W: HotWrites>(
         &self,
-        tx: &mut Tx<'_>,
+        tx: &mut W,
         batch: &[Waiting],
-        baseline_key: Option<String>,
+        baseline_key: Option<&str>,
+        pads: &mut Pads,
         now: i64,
-    ) -> Result<Vec<Option<Result<CreatedTask, EngineError>>>, EngineError> {
+    ) -> Result<Stored, EngineError> {
         let stale = self.stale_creations(tx, batch).await?;
         // Each subject's key once per batch, however many of its tasks are in it; and the
         // subjects in one order, so that on PostgreSQL two batches creating the same new
@@ -273,15 +396,26 @@ impl Engine {
                     }
                 }
             }
-            // The new subjects' pads in one write of the vault, not a write each.
-            let new: Vec<&str> = subjects
-                .into_iter()
-                .filter(|s| !stored_keys.contains_key(*s))
-                .collect();
-            if let (false, Some(vault)) = (new.is_empty(), self.data_keys().vault) {
-                vault.pads_or_create(&new, now).await?;
+            if self.data_keys().vault.is_some() {
+                let (mut existing, mut new) = (Vec::new(), Vec::new());
+                for subject in subjects {
+                    if self.knows_pad(pads, subject) {
+                        continue;
+                    }
+                    match stored_keys.get(subject) {
+                        // Erased: its creations fail without a pad.
+                        Some(row) if row.destroyed_at.is_some() => {}
+                        Some(_) => existing.push(subject.to_owned()),
+                        None => new.push(subject.to_owned()),
+                    }
+                }
+                if !existing.is_empty() || !new.is_empty() {
+                    return Ok(Stored::NeedPads { existing, new });
+                }
             }
         }
+        let pads = &*pads;
+        let keys = self.data_keys();
         let mut tasks = Vec::with_capacity(batch.len());
         let mut steps = Vec::with_capacity(batch.len() * 4);
         let mut events = Vec::with_capacity(batch.len());
@@ -295,19 +429,21 @@ impl Engine {
                 continue;
             }
             let c = &batch[index].creation;
-            let keyed = match (&baseline_key, &c.subject) {
-                (Some(id), _) => Ok((id.clone(), TaskKey::none())),
+            let keyed = match (baseline_key, &c.subject) {
+                (Some(id), _) => Ok((id.to_owned(), TaskKey::none())),
                 (None, Some(subject)) if subject_keys.contains_key(subject) => {
                     Ok(subject_keys[subject].clone())
                 }
                 (None, subject) => match subject.as_ref().and_then(|s| stored_keys.remove(s)) {
                     Some(row) => {
                         let id = row.id.clone();
-                        data::open_key(self.data_keys(), Some(row), &id)
-                            .await
-                            .map(|key| (id, TaskKey::from(key)))
+                        data::open_key_with(keys.ring, Some(row), &id, |blind| {
+                            keys.vault()?;
+                            Ok(pads.get(blind).and_then(Option::as_ref))
+                        })
+                        .map(|key| (id, TaskKey::from(key)))
                     }
-                    None => data::key_for_task(tx, self.data_keys(), subject.as_deref(), now)
+                    None => data::key_for_task(tx, keys, pads, subject.as_deref(), now)
                         .await
                         .map(|(id, key)| (id, TaskKey::from(key))),
                 },
@@ -357,26 +493,28 @@ impl Engine {
             .collect();
         tx.insert_subject_aliases(&aliases, now).await?;
         if self.inner.protect && !events.is_empty() {
-            let seqs = crate::audit::record_many(tx, &events, now).await?;
+            let seqs = crate::audit::record_many_in(tx, &events, now).await?;
             for (index, seq) in created_in_order.into_iter().zip(seqs) {
                 if let Ok(created) = &mut outcomes[index] {
                     created.audit_seq = seq;
                 }
             }
         }
-        Ok(outcomes
-            .into_iter()
-            .zip(stale)
-            .map(|(outcome, stale)| (!stale).then_some(outcome))
-            .collect())
+        Ok(Stored::Answers(
+            outcomes
+                .into_iter()
+                .zip(stale)
+                .map(|(outcome, stale)| (!stale).then_some(outcome))
+                .collect(),
+        ))
     }
 
     /// Which creations of `batch` were checked against a latest version that another
     /// process has since replaced: one read per workflow the batch created tasks of
     /// without naming a version (not one per task, as reading it before each check was).
-    async fn stale_creations(
+    async fn stale_creations<W: HotWrites>(
         &self,
-        tx: &mut Tx<'_>,
+        tx: &mut W,
         batch: &[Waiting],
     ) -> Result<Vec<bool>, EngineError> {
         let mut latest: HashMap<(&str, &str), Option<String>> = HashMap::new();

@@ -4,8 +4,10 @@
 //! tasks get a key of their own. Associated data binds each ciphertext to its row and
 //! field.
 
-use crate::crypto::{Aad, DataKey, KeyRing, SubjectVault};
-use crate::store::{DataKeyRow, Tx};
+use std::collections::HashMap;
+
+use crate::crypto::{Aad, DataKey, KeyRing, Pad, SubjectVault};
+use crate::store::{DataKeyRow, HotWrites, Tx};
 
 use super::EngineError;
 
@@ -23,66 +25,96 @@ pub(crate) struct Keys<'a> {
 }
 
 impl Keys<'_> {
-    fn vault(&self) -> Result<&SubjectVault, EngineError> {
+    pub(crate) fn vault(&self) -> Result<&SubjectVault, EngineError> {
         self.vault.ok_or_else(|| {
             EngineError::Invalid("data about a data subject needs a subject vault".into())
         })
     }
 }
 
-/// The data key for a new task: the subject's (created on first use) or a new one.
-pub(crate) async fn key_for_task(
-    tx: &mut Tx<'_>,
+/// The subjects' pads a task creation has asked the vault for, by subject: `None` for one
+/// the vault has none of. Read before the creation's transaction, so that none of its
+/// work waits on the vault while it holds the database.
+pub(crate) type Pads = HashMap<String, Option<Pad>>;
+
+/// A fresh data key for a new task of `subject` (its pad from `pads`) or of no subject,
+/// stored in `tx`; if another writer gave the subject a key first, that key instead.
+pub(crate) async fn key_for_task<W: HotWrites>(
+    tx: &mut W,
     keys: Keys<'_>,
+    pads: &Pads,
     subject: Option<&str>,
     now: i64,
 ) -> Result<(String, DataKey), EngineError> {
-    if let Some(blind) = subject
-        && let Some(existing) = tx.get_subject(blind).await?
-    {
-        let key = unwrap(tx, keys, &existing.data_key_id).await?;
-        return Ok((existing.data_key_id, key));
-    }
-    let (id, key) = new_data_key(tx, keys, subject, now).await?;
+    let pad = match subject {
+        Some(blind) => Some(pad_in(keys, pads, blind)?),
+        None => None,
+    };
+    let (row, key) = fresh_key(keys.ring, subject.zip(pad), now)?;
+    let id = row.id.clone();
+    tx.insert_data_key(&row).await?;
     if let Some(blind) = subject {
-        // Two tasks for a new subject may race: whoever inserts first owns the key.
+        // Two tasks for a new subject may race (on PostgreSQL, from two processes): whoever
+        // inserts first owns the key.
         let owner = tx.get_or_insert_subject(blind, &id, now).await?;
         if owner.data_key_id != id {
-            let key = unwrap(tx, keys, &owner.data_key_id).await?;
+            let row = tx.get_data_key(&owner.data_key_id).await?;
+            let key = open_key_with(keys.ring, row, &owner.data_key_id, |_| Ok(pad))?;
             return Ok((owner.data_key_id, key));
         }
     }
     Ok((id, key))
 }
 
-/// A fresh data key, stored wrapped under the ring's active KEK (and so re-wrapped by
-/// every later rotation), belonging to `subject` if given — then masked with the
-/// subject's pad from the vault first, so that erasing the pad shreds every copy.
+/// `subject`'s pad among `pads`: there must be one, since a new key of theirs is masked
+/// with it.
+fn pad_in<'p>(keys: Keys<'_>, pads: &'p Pads, subject: &str) -> Result<&'p Pad, EngineError> {
+    keys.vault()?;
+    pads.get(subject).and_then(Option::as_ref).ok_or_else(|| {
+        EngineError::Unavailable("the subject vault holds no pad for a new subject".into())
+    })
+}
+
+/// A fresh data key and its row: wrapped under the ring's active KEK (and so re-wrapped by
+/// every later rotation), and if it is a subject's, masked with the subject's pad first, so
+/// that erasing the pad shreds every copy.
+fn fresh_key(
+    ring: &KeyRing,
+    subject: Option<(&str, &Pad)>,
+    now: i64,
+) -> Result<(DataKeyRow, DataKey), EngineError> {
+    let id = new_id("dk_")?;
+    let key = DataKey::generate()?;
+    let wrapped = match subject {
+        Some((_, pad)) => ring.wrap(&key.masked(pad), &id)?,
+        None => ring.wrap(&key, &id)?,
+    };
+    let row = DataKeyRow {
+        id,
+        kek_id: wrapped.kek_id.as_str().to_owned(),
+        wrapped: wrapped.bytes,
+        subject: subject.map(|(blind, _)| blind.to_owned()),
+        created_at: now,
+        destroyed_at: None,
+    };
+    Ok((row, key))
+}
+
+/// A fresh data key of `subject` (its pad made if it has none) or of no subject, stored in
+/// `tx`.
 pub(crate) async fn new_data_key(
     tx: &mut Tx<'_>,
     keys: Keys<'_>,
     subject: Option<&str>,
     now: i64,
 ) -> Result<(String, DataKey), EngineError> {
-    let id = new_id("dk_")?;
-    let key = DataKey::generate()?;
-    let wrapped = match subject {
-        Some(blind) => {
-            let pad = keys.vault()?.pad_or_create(blind, now).await?;
-            keys.ring.wrap(&key.masked(&pad), &id)?
-        }
-        None => keys.ring.wrap(&key, &id)?,
+    let pad = match subject {
+        Some(blind) => Some(keys.vault()?.pad_or_create(blind, now).await?),
+        None => None,
     };
-    tx.insert_data_key(&DataKeyRow {
-        id: id.clone(),
-        kek_id: wrapped.kek_id.as_str().to_owned(),
-        wrapped: wrapped.bytes,
-        subject: subject.map(str::to_owned),
-        created_at: now,
-        destroyed_at: None,
-    })
-    .await?;
-    Ok((id, key))
+    let (row, key) = fresh_key(keys.ring, subject.zip(pad.as_ref()), now)?;
+    tx.insert_data_key(&row).await?;
+    Ok((row.id, key))
 }
 
 /// Unwrap a stored data key.
@@ -102,15 +134,34 @@ pub(crate) async fn open_key(
     row: Option<DataKeyRow>,
     id: &str,
 ) -> Result<DataKey, EngineError> {
+    let pad = match row.as_ref() {
+        Some(DataKeyRow {
+            subject: Some(blind),
+            destroyed_at: None,
+            ..
+        }) => keys.vault()?.pad(blind).await?,
+        _ => None,
+    };
+    open_key_with(keys.ring, row, id, |_| Ok(pad.as_ref()))
+}
+
+/// [`open_key`] with the subject's pad given by `pad` (`Ok(None)`: the vault has none).
+pub(crate) fn open_key_with<'p>(
+    ring: &KeyRing,
+    row: Option<DataKeyRow>,
+    id: &str,
+    pad: impl FnOnce(&str) -> Result<Option<&'p Pad>, EngineError>,
+) -> Result<DataKey, EngineError> {
     let row = row.ok_or_else(|| EngineError::NotFound(format!("data key {id}")))?;
-    let erased = || EngineError::Invalid(format!("data key {id} was destroyed (subject erased)"));
     if row.destroyed_at.is_some() {
-        return Err(erased());
+        return Err(EngineError::Invalid(format!(
+            "data key {id} was destroyed (subject erased)"
+        )));
     }
     let pad = match &row.subject {
         // Erasure destroys the key before it deletes the pad: a live key without its pad
         // means this process has the wrong vault, not that the subject was erased.
-        Some(blind) => Some(keys.vault()?.pad(blind).await?.ok_or_else(|| {
+        Some(blind) => Some(pad(blind)?.ok_or_else(|| {
             tracing::error!(data_key = %id, "a subject's pad is missing from the vault while its key lives: is this the installation's vault?");
             EngineError::Unavailable("the subject vault does not hold this subject's pad".into())
         })?),
@@ -120,9 +171,9 @@ pub(crate) async fn open_key(
         kek_id: crate::crypto::KeyId::new(row.kek_id)?,
         bytes: row.wrapped,
     };
-    let key = keys.ring.unwrap(&wrapped, id)?;
+    let key = ring.unwrap(&wrapped, id)?;
     Ok(match pad {
-        Some(pad) => key.masked(&pad),
+        Some(pad) => key.masked(pad),
         None => key,
     })
 }

@@ -11,6 +11,8 @@ macro_rules! columns {
         "id, kek_id, wrapped, subject, created_at, destroyed_at"
     };
 }
+/// The column list, for the SQLite hot path's statements (`store::lite`).
+pub(super) use columns as key_columns;
 
 /// A data key as stored: wrapped, never in the clear.
 #[derive(Clone, PartialEq, Eq, sqlx::FromRow)]

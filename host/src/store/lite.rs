@@ -12,8 +12,9 @@
 //! process (so it never waits on SQLite's lock behind one of them), with the same pragmas
 //! and busy timeout.
 //!
-//! The statements mirror `claim`, `steps`, `tasks` and `audit` (see [`HotWrites`], which
-//! both paths implement, so the engine's commit logic is written once).
+//! The statements mirror `claim`, `steps`, `tasks`, `keys`, `subjects`, `workflows` and
+//! `audit` (see [`HotWrites`], which both paths implement, so the engine's creation and
+//! commit logic is written once).
 
 use std::future::Future;
 
@@ -23,14 +24,21 @@ use rusqlite::{Connection, ErrorCode};
 use super::backend::Pool;
 use super::claim::{ClaimRecord, SQLITE_CLAIM_EXPIRED, SQLITE_CLAIM_RUNNABLE};
 use super::error::internal;
+use super::keys::key_columns;
+use super::steps::{STEP_COLUMNS, distinct, step_columns};
+use super::tasks::task_columns;
 use super::{
-    AttemptRow, ClaimedStep, Completion, DataKeyRow, NewAuditRow, Store, StoreError, TaskRow,
-    TaskStatus, Tx,
+    AttemptRow, ClaimedStep, Completion, DataKeyRow, NewAuditRow, StepRow, Store, StoreError,
+    SubjectRow, TaskRow, TaskStatus, Tx,
 };
 
-/// Most rows one statement carries here: the widest row binds 11 parameters, and SQLite
-/// takes at most 32,766 in a statement.
-const LITE_ROWS: usize = 500;
+/// Most rows one statement carries here: the widest row (a task's) binds 18 parameters,
+/// and SQLite takes at most 32,766 in a statement.
+const LITE_ROWS: usize = 256;
+
+/// Prepared statements kept between transactions: each multi-row statement in each of its
+/// [`sized`] row counts.
+const STATEMENT_CACHE: usize = 256;
 
 /// How long `write_now` waits before trying again for a write lock another process holds.
 const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
@@ -82,6 +90,23 @@ impl<T> LiteContext<T> for Result<T, rusqlite::Error> {
     }
 }
 
+/// `rows` cut into slices whose lengths are powers of two, longest first (at most
+/// [`LITE_ROWS`]): a multi-row statement then comes in a few shapes only, each parsed once
+/// and kept prepared. Parsing a statement for every batch size seen cost more than the
+/// statements saved by one statement per batch.
+fn sized<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = 1 << rest.len().min(LITE_ROWS).ilog2();
+        let (chunk, after) = rest.split_at(len);
+        rest = after;
+        Some(chunk)
+    })
+}
+
 /// `?, ?, …`: `n` positional parameters.
 fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
@@ -117,7 +142,7 @@ pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection, Stor
          PRAGMA secure_delete = FAST; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
     )
     .lite("open the SQLite database")?;
-    conn.set_prepared_statement_cache_capacity(64);
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
@@ -243,9 +268,9 @@ impl LiteTx<'_> {
         read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>, StoreError> {
         let mut found = Vec::with_capacity(ids.len());
-        for batch in ids.chunks(LITE_ROWS) {
+        for batch in sized(ids) {
             let sql = template.replacen("{}", &marks(batch.len()), 1);
-            let mut statement = self.conn.prepare(&sql).lite(what)?;
+            let mut statement = self.conn.prepare_cached(&sql).lite(what)?;
             let rows = statement
                 .query_map(rusqlite::params_from_iter(batch), &read)
                 .lite(what)?;
@@ -334,7 +359,7 @@ impl LiteTx<'_> {
         if tip != tip_seq {
             return Err(StoreError::Conflict("the chain's tip moved".to_owned()));
         }
-        for batch in seals.chunks(LITE_ROWS) {
+        for batch in sized(seals) {
             let sql = format!(
                 "UPDATE audit_events SET prev_hash = v.column2, hash = v.column3
                  FROM (VALUES {}) AS v
@@ -408,7 +433,7 @@ impl LiteTx<'_> {
         let mut task_ids: Vec<&str> = claimed.iter().map(|c| c.0.as_str()).collect();
         task_ids.sort_unstable();
         task_ids.dedup();
-        for batch in task_ids.chunks(LITE_ROWS) {
+        for batch in sized(&task_ids) {
             // `+status`: look the tasks up by id, not through the status index.
             let sql = format!(
                 "UPDATE tasks SET status = 'in_progress', updated_at = ?
@@ -439,7 +464,7 @@ impl LiteTx<'_> {
         now: i64,
     ) -> Result<Vec<(String, String, i64)>, StoreError> {
         let mut committed = Vec::with_capacity(done.len());
-        for batch in done.chunks(LITE_ROWS) {
+        for batch in sized(done) {
             let sql = format!(
                 "UPDATE steps SET status = 'complete', result = v.column5, error = NULL,
                                   lease_expires_at = NULL, finished_at = ?
@@ -460,7 +485,7 @@ impl LiteTx<'_> {
                     &c.result,
                 ]);
             }
-            let mut statement = self.conn.prepare(&sql).lite("complete steps")?;
+            let mut statement = self.conn.prepare_cached(&sql).lite("complete steps")?;
             let rows = statement
                 .query_map(&params[..], |row| {
                     Ok((row.get(0)?, row.get(1)?, row.get(2)?))
@@ -474,7 +499,7 @@ impl LiteTx<'_> {
     }
 
     fn release_steps(&mut self, released: &[(&str, &str, i64)]) -> Result<(), StoreError> {
-        for batch in released.chunks(LITE_ROWS) {
+        for batch in sized(released) {
             let sql = format!(
                 "UPDATE steps SET waiting_on = steps.waiting_on - v.column3
                  FROM (VALUES {}) AS v
@@ -561,7 +586,7 @@ impl LiteTx<'_> {
     }
 
     fn insert_attempts(&mut self, attempts: &[AttemptRow]) -> Result<(), StoreError> {
-        for batch in attempts.chunks(LITE_ROWS) {
+        for batch in sized(attempts) {
             let sql = format!(
                 "INSERT INTO step_attempts (task_id, step, attempt, worker, outcome, record,
                                             started_at, duration_ms)
@@ -633,7 +658,7 @@ impl LiteTx<'_> {
         now: i64,
     ) -> Result<Vec<String>, StoreError> {
         let mut completed = Vec::new();
-        for batch in ids.chunks(LITE_ROWS) {
+        for batch in sized(ids) {
             // `+status`: look the tasks up by id (see Tx::complete_finished_tasks).
             let sql = format!(
                 "UPDATE tasks SET status = 'complete', error_step = NULL, updated_at = ?,
@@ -646,7 +671,7 @@ impl LiteTx<'_> {
             );
             let mut params: Vec<&dyn ToSql> = vec![&now, &now];
             params.extend(batch.iter().map(|id| id as &dyn ToSql));
-            let mut statement = self.conn.prepare(&sql).lite("complete tasks")?;
+            let mut statement = self.conn.prepare_cached(&sql).lite("complete tasks")?;
             let rows = statement
                 .query_map(&params[..], |row| row.get(0))
                 .lite("complete tasks")?;
@@ -659,7 +684,7 @@ impl LiteTx<'_> {
 
     fn insert_audit_events(&mut self, events: &[NewAuditRow]) -> Result<Vec<i64>, StoreError> {
         let mut seqs = Vec::with_capacity(events.len());
-        for batch in events.chunks(LITE_ROWS) {
+        for batch in sized(events) {
             let sql = format!(
                 "INSERT INTO audit_events (id, ts, actor, action, resource, namespace, outcome,
                                            classification, contains_pii, correlation_id,
@@ -698,6 +723,208 @@ impl LiteTx<'_> {
         }
         Ok(seqs)
     }
+
+    fn latest_workflow_version(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT version FROM workflows WHERE namespace = ? AND name = ?
+                 ORDER BY created_at DESC, version DESC LIMIT 1",
+            )
+            .lite("get latest workflow version")?;
+        let mut rows = statement
+            .query([namespace, name])
+            .lite("get latest workflow version")?;
+        match rows.next().lite("get latest workflow version")? {
+            Some(row) => Ok(Some(row.get(0).lite("get latest workflow version")?)),
+            None => Ok(None),
+        }
+    }
+
+    fn subject_keys(&mut self, blind_indexes: &[&str]) -> Result<Vec<DataKeyRow>, StoreError> {
+        self.select_by_ids(
+            concat!(
+                "SELECT ",
+                key_columns!(),
+                " FROM data_keys WHERE id IN
+                   (SELECT data_key_id FROM subjects WHERE blind_index IN ({}))"
+            ),
+            blind_indexes,
+            "get subject keys",
+            data_key_row,
+        )
+    }
+
+    fn get_data_key(&mut self, id: &str) -> Result<Option<DataKeyRow>, StoreError> {
+        Ok(self
+            .select_by_ids(
+                concat!(
+                    "SELECT ",
+                    key_columns!(),
+                    " FROM data_keys WHERE id IN ({})"
+                ),
+                &[id],
+                "get data key",
+                data_key_row,
+            )?
+            .pop())
+    }
+
+    fn insert_data_key(&mut self, key: &DataKeyRow) -> Result<(), StoreError> {
+        self.execute(
+            concat!(
+                "INSERT INTO data_keys (",
+                key_columns!(),
+                ") VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            &[
+                &key.id,
+                &key.kek_id,
+                &key.wrapped,
+                &key.subject,
+                &key.created_at,
+                &key.destroyed_at,
+            ],
+            "insert data key",
+        )?;
+        Ok(())
+    }
+
+    fn get_or_insert_subject(
+        &mut self,
+        blind_index: &str,
+        data_key_id: &str,
+        now: i64,
+    ) -> Result<SubjectRow, StoreError> {
+        self.execute(
+            "INSERT INTO subjects (blind_index, data_key_id, created_at) VALUES (?, ?, ?)
+             ON CONFLICT (blind_index) DO NOTHING",
+            &[&blind_index, &data_key_id, &now],
+            "insert subject",
+        )?;
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT blind_index, data_key_id, created_at FROM subjects WHERE blind_index = ?",
+            )
+            .lite("get subject")?;
+        statement
+            .query_row([blind_index], |row| {
+                Ok(SubjectRow {
+                    blind_index: row.get(0)?,
+                    data_key_id: row.get(1)?,
+                    created_at: row.get(2)?,
+                })
+            })
+            .lite("get subject")
+    }
+
+    fn insert_tasks(&mut self, tasks: &[TaskRow]) -> Result<(), StoreError> {
+        for batch in sized(tasks) {
+            let sql = format!(
+                concat!("INSERT INTO tasks (", task_columns!(), ") VALUES {}"),
+                tuples(batch.len(), 18)
+            );
+            let statuses: Vec<&str> = batch.iter().map(|t| t.status.as_str()).collect();
+            let params: Vec<&dyn ToSql> = batch
+                .iter()
+                .zip(&statuses)
+                .flat_map(|(t, status)| {
+                    [
+                        &t.id as &dyn ToSql,
+                        &t.namespace,
+                        &t.workflow_name,
+                        &t.workflow_version,
+                        status,
+                        &t.context,
+                        &t.data_key_id,
+                        &t.subject,
+                        &t.classification,
+                        &t.contains_pii,
+                        &t.created_by,
+                        &t.principal,
+                        &t.reason,
+                        &t.tags,
+                        &t.error_step,
+                        &t.created_at,
+                        &t.updated_at,
+                        &t.finished_at,
+                    ]
+                })
+                .collect();
+            self.execute(&sql, &params, "insert task")?;
+        }
+        Ok(())
+    }
+
+    fn insert_steps(&mut self, steps: &[StepRow]) -> Result<(), StoreError> {
+        for batch in sized(steps) {
+            let sql = format!(
+                concat!(
+                    "INSERT INTO steps (",
+                    step_columns!(),
+                    ", waiting_on) VALUES {}"
+                ),
+                tuples(batch.len(), STEP_COLUMNS)
+            );
+            let derived = batch
+                .iter()
+                .map(|step| {
+                    let depends_on = serde_json::to_string(&step.depends_on)
+                        .map_err(|err| internal(err, "encode a step's dependencies"))?;
+                    Ok((step.status.as_str(), depends_on, distinct(&step.depends_on)))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let params: Vec<&dyn ToSql> = batch
+                .iter()
+                .zip(&derived)
+                .flat_map(|(step, (status, depends_on, waiting_on))| {
+                    [
+                        &step.task_id as &dyn ToSql,
+                        &step.name,
+                        status,
+                        depends_on,
+                        &step.attempts,
+                        &step.attempt_base,
+                        &step.next_run_at,
+                        &step.lease_owner,
+                        &step.lease_expires_at,
+                        &step.result,
+                        &step.error,
+                        &step.started_at,
+                        &step.finished_at,
+                        waiting_on,
+                    ]
+                })
+                .collect();
+            self.execute(&sql, &params, "insert steps")?;
+        }
+        Ok(())
+    }
+
+    fn insert_subject_aliases(
+        &mut self,
+        aliases: &[(String, String)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        for batch in sized(aliases) {
+            let sql = format!(
+                "INSERT INTO subject_aliases (alias, subject, created_at) VALUES {}
+                 ON CONFLICT (alias, subject) DO NOTHING",
+                tuples(batch.len(), 3)
+            );
+            let params: Vec<&dyn ToSql> = batch
+                .iter()
+                .flat_map(|(alias, subject)| [alias as &dyn ToSql, subject, &now])
+                .collect();
+            self.execute(&sql, &params, "insert subject aliases")?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs a future written over [`HotWrites`] with a [`LiteTx`] to its end, here and now:
@@ -711,7 +938,7 @@ pub(crate) fn ready<T, E: From<StoreError>>(
     })
 }
 
-/// The writes of a step commit, on either path: [`Tx`] (sqlx, either backend) and
+/// The writes of a task creation and of a step commit, on either path: [`Tx`] (sqlx, either backend) and
 /// [`LiteTx`] (SQLite, synchronous: its futures are ready when first polled). The engine
 /// writes its commit once, generic over this.
 pub(crate) trait HotWrites {
@@ -760,6 +987,35 @@ pub(crate) trait HotWrites {
         &mut self,
         events: &[NewAuditRow],
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>>;
+    // A task creation's reads and writes.
+    fn latest_workflow_version(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>>;
+    fn subject_keys(
+        &mut self,
+        blind_indexes: &[&str],
+    ) -> impl Future<Output = Result<Vec<DataKeyRow>, StoreError>>;
+    fn get_data_key(
+        &mut self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<DataKeyRow>, StoreError>>;
+    fn insert_data_key(&mut self, key: &DataKeyRow)
+    -> impl Future<Output = Result<(), StoreError>>;
+    fn get_or_insert_subject(
+        &mut self,
+        blind_index: &str,
+        data_key_id: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<SubjectRow, StoreError>>;
+    fn insert_tasks(&mut self, tasks: &[TaskRow]) -> impl Future<Output = Result<(), StoreError>>;
+    fn insert_steps(&mut self, steps: &[StepRow]) -> impl Future<Output = Result<(), StoreError>>;
+    fn insert_subject_aliases(
+        &mut self,
+        aliases: &[(String, String)],
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>>;
 }
 
 /// Delegates each write to its `Tx` method of the same name.
@@ -823,6 +1079,46 @@ macro_rules! delegate {
             ) -> Result<Vec<i64>, StoreError> {
                 $call!(self.insert_audit_events(events))
             }
+            async fn latest_workflow_version(
+                &mut self,
+                namespace: &str,
+                name: &str,
+            ) -> Result<Option<String>, StoreError> {
+                $call!(self.latest_workflow_version(namespace, name))
+            }
+            async fn subject_keys(
+                &mut self,
+                blind_indexes: &[&str],
+            ) -> Result<Vec<DataKeyRow>, StoreError> {
+                $call!(self.subject_keys(blind_indexes))
+            }
+            async fn get_data_key(&mut self, id: &str) -> Result<Option<DataKeyRow>, StoreError> {
+                $call!(self.get_data_key(id))
+            }
+            async fn insert_data_key(&mut self, key: &DataKeyRow) -> Result<(), StoreError> {
+                $call!(self.insert_data_key(key))
+            }
+            async fn get_or_insert_subject(
+                &mut self,
+                blind_index: &str,
+                data_key_id: &str,
+                now: i64,
+            ) -> Result<SubjectRow, StoreError> {
+                $call!(self.get_or_insert_subject(blind_index, data_key_id, now))
+            }
+            async fn insert_tasks(&mut self, tasks: &[TaskRow]) -> Result<(), StoreError> {
+                $call!(self.insert_tasks(tasks))
+            }
+            async fn insert_steps(&mut self, steps: &[StepRow]) -> Result<(), StoreError> {
+                $call!(self.insert_steps(steps))
+            }
+            async fn insert_subject_aliases(
+                &mut self,
+                aliases: &[(String, String)],
+                now: i64,
+            ) -> Result<(), StoreError> {
+                $call!(self.insert_subject_aliases(aliases, now))
+            }
         }
     };
 }
@@ -843,3 +1139,25 @@ macro_rules! called {
 
 delegate!(Tx<'_>, awaited);
 delegate!(LiteTx<'_>, called);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_into_few_shapes_in_order() {
+        for len in [0usize, 1, 2, 3, 7, 8, 255, 256, 257, 1000] {
+            let rows: Vec<usize> = (0..len).collect();
+            let chunks: Vec<&[usize]> = sized(&rows).collect();
+            assert_eq!(chunks.concat(), rows, "{len} rows, in order, each once");
+            for chunk in &chunks {
+                assert!(chunk.len().is_power_of_two() && chunk.len() <= LITE_ROWS);
+            }
+            assert!(chunks.windows(2).all(|w| w[0].len() >= w[1].len()));
+        }
+        assert_eq!(
+            sized(&[0u8; 7]).map(<[u8]>::len).collect::<Vec<_>>(),
+            [4, 2, 1]
+        );
+    }
+}

@@ -14,9 +14,11 @@ macro_rules! columns {
          lease_expires_at, result, error, started_at, finished_at"
     };
 }
+/// The column list, for the SQLite hot path's statements (`store::lite`).
+pub(super) use columns as step_columns;
 
 /// Bind parameters per row of a multi-row insert: the columns above and `waiting_on`.
-const STEP_COLUMNS: usize = 14;
+pub(super) const STEP_COLUMNS: usize = 14;
 
 /// Where a step run is: pending → in_progress → complete | error, through
 /// waiting_for_retry between attempts, or cancelled with its task. A step is *ready* when
@@ -205,7 +207,7 @@ pub struct AttemptRow {
 }
 
 /// How many different steps `depends_on` names: what a step starts out waiting on.
-fn distinct(depends_on: &[String]) -> i64 {
+pub(super) fn distinct(depends_on: &[String]) -> i64 {
     let names: std::collections::BTreeSet<&String> = depends_on.iter().collect();
     i64::try_from(names.len()).unwrap_or(i64::MAX)
 }

@@ -15,6 +15,8 @@ macro_rules! columns {
          created_at, updated_at, finished_at"
     };
 }
+/// The column list, for the SQLite hot path's statements (`store::lite`).
+pub(super) use columns as task_columns;
 
 /// Where a task is in its life: pending → in_progress → complete | error | cancelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
