@@ -25,6 +25,30 @@ const MAX_PASSES: usize = 8;
 /// stops at 128 levels).
 const MAX_DEPTH: usize = 128;
 
+/// Value sets [`Redactor::shared`] keeps; past it, it starts over.
+const RECENT_MAX: usize = 256;
+
+/// The redactors [`Redactor::shared`] built lately, by their values.
+static RECENT: std::sync::Mutex<Option<HashMap<Vec<String>, Redactor>>> =
+    std::sync::Mutex::new(None);
+
+/// Known values as a redactor uses them: at least [`MIN_KNOWN_LEN`] bytes, none
+/// overlapping the marker, sorted, each once.
+fn normalized<I, S>(known: I) -> Vec<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut values: Vec<String> = known
+        .into_iter()
+        .map(|v| v.as_ref().to_owned())
+        .filter(|v| v.len() >= MIN_KNOWN_LEN && !overlaps_marker(v))
+        .collect();
+    values.sort_unstable();
+    values.dedup();
+    values
+}
+
 /// Masks PII in text and JSON. Cheap to clone (`Arc` inside), `Send + Sync`.
 ///
 /// `Debug` shows how many known values it holds, never the values.
@@ -55,13 +79,40 @@ impl Redactor {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut values: Vec<String> = known
-            .into_iter()
-            .map(|v| v.as_ref().to_owned())
-            .filter(|v| v.len() >= MIN_KNOWN_LEN && !overlaps_marker(v))
-            .collect();
-        values.sort_unstable();
-        values.dedup();
+        Self::build(normalized(known))
+    }
+
+    /// [`Redactor::new`], reusing the redactor built for the same values a moment ago if
+    /// there is one. The steps of one task mask the same values (its context's PII), and
+    /// building the matcher cost more than a short step's whole run.
+    ///
+    /// The last [`RECENT_MAX`] value sets stay in this process's memory, as the tasks'
+    /// contexts themselves do while they run; never give it secrets, which must not outlive
+    /// their attempt.
+    pub fn shared<I, S>(known: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let values = normalized(known);
+        if values.is_empty() {
+            return Self::detectors_only();
+        }
+        let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = recent.get_or_insert_with(HashMap::new);
+        if let Some(redactor) = recent.get(&values) {
+            return redactor.clone();
+        }
+        let redactor = Self::build(values.clone());
+        if recent.len() >= RECENT_MAX {
+            recent.clear();
+        }
+        recent.insert(values, redactor.clone());
+        redactor
+    }
+
+    /// A redactor for `values`, already [`normalized`].
+    fn build(values: Vec<String>) -> Self {
         let known = if values.is_empty() {
             Known::None
         } else {
@@ -447,5 +498,30 @@ mod tests {
             let once = r.redact_text(&text).into_owned();
             prop_assert_eq!(r.redact_text(&once), once.as_str());
         }
+    }
+
+    #[test]
+    fn a_shared_redactor_is_reused_for_the_same_values_and_masks_as_a_new_one() {
+        let text = "Mail Jane.Doe@Example.com about order ord_5521 for cus_4410";
+        let values = ["jane.doe@example.com", "cus_4410"];
+        let shared = Redactor::shared(values);
+        // The same values in another order and with a duplicate: the same matcher.
+        let again = Redactor::shared(["cus_4410", "jane.doe@example.com", "cus_4410"]);
+        assert!(Arc::ptr_eq(&shared.inner, &again.inner));
+        assert_eq!(
+            shared.redact_text(text),
+            Redactor::new(values).redact_text(text)
+        );
+        assert_eq!(
+            shared.redact_text(text),
+            "Mail [REDACTED] about order ord_5521 for [REDACTED]"
+        );
+        // Other values: another matcher, which masks only its own.
+        let other = Redactor::shared(["ord_5521"]);
+        assert!(!Arc::ptr_eq(&shared.inner, &other.inner));
+        assert_eq!(
+            other.redact_text(text),
+            "Mail [REDACTED] about order [REDACTED] for cus_4410"
+        );
     }
 }

@@ -31,20 +31,30 @@ pub(crate) struct Shared {
 pub(crate) struct LazyRedactor {
     /// Values to mask wherever they appear: the task's PII values and granted secrets.
     known_values: Vec<String>,
+    /// Whether `known_values` holds a secret: then the redactor is the attempt's own, never
+    /// one kept for the next attempt ([`Redactor::shared`]).
+    secrets: bool,
     built: Option<Redactor>,
 }
 
 impl LazyRedactor {
-    fn new(known_values: Vec<String>) -> Self {
+    fn new(known_values: Vec<String>, secrets: bool) -> Self {
         Self {
             known_values,
+            secrets,
             built: None,
         }
     }
 
     pub(crate) fn get(&mut self) -> &Redactor {
-        let known = &self.known_values;
-        self.built.get_or_insert_with(|| Redactor::new(known))
+        let (known, secrets) = (&self.known_values, self.secrets);
+        self.built.get_or_insert_with(|| {
+            if secrets {
+                Redactor::new(known)
+            } else {
+                Redactor::shared(known)
+            }
+        })
     }
 }
 
@@ -108,6 +118,7 @@ impl StepState {
 
         let mut known_values = data.classification.pii_values.clone();
         known_values.extend(grants.secrets.values().map(|s| s.expose().to_owned()));
+        let secrets = !grants.secrets.is_empty();
 
         Self {
             wasi,
@@ -122,7 +133,7 @@ impl StepState {
                 step_name: step_name.to_owned(),
                 host_calls_left: limits.host_calls,
                 host_call_limit: limits.host_calls,
-                redactor: LazyRedactor::new(known_values),
+                redactor: LazyRedactor::new(known_values, secrets),
                 record: AttemptRecord::default(),
             },
             context: ContextCap::new(grants.reads, grants.upstream, grants.clearance, data),
@@ -256,7 +267,7 @@ impl Shared {
             step_name: "step_test".into(),
             host_calls_left: host_calls,
             host_call_limit: host_calls,
-            redactor: LazyRedactor::new(known_values),
+            redactor: LazyRedactor::new(known_values, true),
             record: AttemptRecord::default(),
         }
     }

@@ -48,7 +48,7 @@ impl ContextCap {
                         leaf_values(value, &mut values);
                     }
                 }
-                (!values.is_empty()).then(|| Redactor::new(values))
+                (!values.is_empty()).then(|| Redactor::shared(values))
             })
             .as_ref()
     }
