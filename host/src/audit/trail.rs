@@ -9,12 +9,17 @@
 //! events in `seq` order; it takes the barrier exclusively for the instant it reads, so it
 //! never seals past an event still being written. An event slipped in later behind the
 //! sealed head stays unsealed there and verification reports it as inserted.
+//!
+//! SQLite has one writer, so there the engine's hot path (which holds the write lock for
+//! the whole of its transaction) chains its events as it inserts them, after sealing what
+//! other writers left behind the tip; the sealer then only has the events written through
+//! sqlx (API denials, operator actions) to seal.
 
 use serde::Serialize;
 
 use super::chain::{GENESIS, Verification, Verifier, link_hash, stored_hash};
 use super::checkpoint::CheckpointKeys;
-use crate::store::{Backend, CheckpointRow, NewAuditRow, Store, StoreError, Tx};
+use crate::store::{AuditRow, Backend, CheckpointRow, NewAuditRow, Store, StoreError, Tx};
 
 /// Events sealed per round trip.
 const SEAL_BATCH: i64 = 1_000;
@@ -75,7 +80,8 @@ pub async fn record_many(
     record_many_in(tx, events, now_ms).await
 }
 
-/// [`record_many`] on either write path (see `store::HotWrites`).
+/// [`record_many`] on either write path (see `store::HotWrites`). On SQLite's hot path
+/// the events go in already chained ([`record_chained`]).
 pub(crate) async fn record_many_in<W: crate::store::HotWrites>(
     tx: &mut W,
     events: &[NewEvent],
@@ -85,7 +91,100 @@ pub(crate) async fn record_many_in<W: crate::store::HotWrites>(
         .iter()
         .map(|event| row(event, now_ms))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(mut hot) = tx.hot_path()
+        && let Some(seqs) = record_chained(&mut hot, &rows)?
+    {
+        return Ok(seqs);
+    }
     Ok(tx.insert_audit_events(&rows).await?)
+}
+
+/// On SQLite's hot path, insert `rows` sealed: chained to the tip as they are written,
+/// rather than written unsealed for the sealer to read back and update. The transaction
+/// holds SQLite's only write lock, so the tip cannot move under it, and what another
+/// writer left unsealed after the tip is committed (it was written under the same lock
+/// before): that is sealed first, so the chain stays in `seq` order. Each event is then
+/// written once, and the sealer finds nothing to do. `None` (nothing written) if more than
+/// a sealer's batch is waiting: that backlog is the sealer's, and the events go in
+/// unsealed behind it.
+fn record_chained(
+    tx: &mut crate::store::LiteTx<'_>,
+    rows: &[NewAuditRow],
+) -> Result<Option<Vec<i64>>, StoreError> {
+    let Some(mut prev) = seal_behind(tx)? else {
+        return Ok(None);
+    };
+    let first = tx.next_audit_seq()?;
+    let mut chained = Vec::with_capacity(rows.len());
+    for (seq, row) in (first..).zip(rows) {
+        let mut event = AuditRow {
+            seq,
+            id: row.id.clone(),
+            ts: row.ts,
+            actor: row.actor.clone(),
+            action: row.action.clone(),
+            resource: row.resource.clone(),
+            namespace: row.namespace.clone(),
+            outcome: row.outcome.clone(),
+            classification: row.classification.clone(),
+            contains_pii: row.contains_pii,
+            correlation_id: row.correlation_id.clone(),
+            details: row.details.clone(),
+            prev_hash: None,
+            hash: None,
+        };
+        let hash = link_hash(&event, &prev);
+        event.prev_hash = Some(prev.to_vec());
+        event.hash = Some(hash.to_vec());
+        prev = hash;
+        chained.push(event);
+    }
+    tx.insert_sealed_audit_events(&chained)?;
+    Ok(Some(chained.iter().map(|e| e.seq).collect()))
+}
+
+/// Seal the events after the chain's tip that are still unsealed (written by sqlx, or by
+/// another process), and return the new tip's hash; `None` if a sealer's batch or more
+/// is waiting.
+fn seal_behind(tx: &mut crate::store::LiteTx<'_>) -> Result<Option<[u8; 32]>, StoreError> {
+    let (after, prev) = tip(tx.last_sealed()?);
+    let rows = tx.unsealed_events(after, SEAL_BATCH)?;
+    if rows.len() >= SEAL_BATCH as usize {
+        return Ok(None);
+    }
+    let (seals, prev) = links(&rows, prev);
+    if !seals.is_empty() {
+        tx.seal_events(&as_params(&seals))?;
+    }
+    Ok(Some(prev))
+}
+
+/// Where sealing resumes: after the tip's seq, from its hash (genesis for an empty chain).
+fn tip(last: Option<(i64, Vec<u8>)>) -> (i64, [u8; 32]) {
+    match last {
+        Some((seq, hash)) => (seq, stored_hash(Some(&hash)).unwrap_or(GENESIS)),
+        None => (0, GENESIS),
+    }
+}
+
+/// Each of `rows` linked to the one before, the first to `prev`: (seq, prev_hash, hash),
+/// and the last hash.
+fn links(rows: &[AuditRow], mut prev: [u8; 32]) -> (Vec<(i64, [u8; 32], [u8; 32])>, [u8; 32]) {
+    let mut seals = Vec::with_capacity(rows.len());
+    for row in rows {
+        let hash = link_hash(row, &prev);
+        seals.push((row.seq, prev, hash));
+        prev = hash;
+    }
+    (seals, prev)
+}
+
+/// `seals` as the store takes them.
+fn as_params(seals: &[(i64, [u8; 32], [u8; 32])]) -> Vec<(i64, &[u8], &[u8])> {
+    seals
+        .iter()
+        .map(|(seq, prev, hash)| (*seq, &prev[..], &hash[..]))
+        .collect()
 }
 
 fn row(event: &NewEvent, now_ms: i64) -> Result<NewAuditRow, AuditError> {
@@ -122,28 +221,16 @@ pub async fn seal_pending(store: &Store) -> Result<u64, AuditError> {
             Backend::Sqlite => store.begin_read().await?,
             Backend::Postgres => store.begin().await?,
         };
-        let tip = tx.last_sealed().await?;
-        let tip_seq = tip.as_ref().map(|(seq, _)| *seq);
-        let (after, mut prev) = match tip {
-            Some((seq, hash)) => (seq, stored_hash(Some(&hash)).unwrap_or(GENESIS)),
-            None => (0, GENESIS),
-        };
+        let last = tx.last_sealed().await?;
+        let tip_seq = last.as_ref().map(|(seq, _)| *seq);
+        let (after, prev) = tip(last);
         let rows = tx.unsealed_events(after, SEAL_BATCH).await?;
         tx.commit().await?;
         if rows.is_empty() {
             return Ok(sealed);
         }
-
-        let mut seals: Vec<(i64, [u8; 32], [u8; 32])> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let hash = link_hash(row, &prev);
-            seals.push((row.seq, prev, hash));
-            prev = hash;
-        }
-        let seals: Vec<(i64, &[u8], &[u8])> = seals
-            .iter()
-            .map(|(seq, prev, hash)| (*seq, &prev[..], &hash[..]))
-            .collect();
+        let (seals, _) = links(&rows, prev);
+        let seals = as_params(&seals);
         // Another sealer may have moved the tip since the read (linking from a stale tip
         // would fork the chain), or sealed some of these events first: then nothing is
         // written, and this starts over from the new tip.
@@ -483,5 +570,127 @@ mod tests {
             );
         })
         .await;
+    }
+
+    /// A store over a fresh SQLite file, which the hot path writes.
+    async fn sqlite() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("stepbox.db")))
+            .await
+            .unwrap();
+        (store, dir)
+    }
+
+    /// Record `count` events in one transaction of the SQLite hot path.
+    async fn record_hot(store: &Store, from: usize, count: usize) -> Vec<i64> {
+        let events: Vec<NewEvent> = (from..from + count).map(event).collect();
+        store
+            .write_now(|tx| crate::store::ready(record_many_in(tx, &events, NOW)))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_hot_path_chains_its_events_after_what_others_left_unsealed() {
+        let (store, _dir) = sqlite().await;
+        // Written through sqlx, unsealed; the hot path seals them before its own.
+        let before = record_each(&store, 3).await;
+        let hot = record_hot(&store, 3, 4).await;
+        assert!(
+            hot.iter().all(|seq| *seq > before[2]),
+            "{before:?} then {hot:?}"
+        );
+        let report = verify(&store).await.unwrap();
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!((report.checked, report.unsealed), (7, 0));
+        assert_eq!(
+            seal_pending(&store).await.unwrap(),
+            0,
+            "nothing left to seal"
+        );
+
+        // The events sealed in passing are in the chain like any other: an edit shows.
+        tamper(
+            &store,
+            &[&format!(
+                "UPDATE audit_events SET actor = 'user:mallory' WHERE seq = {}",
+                before[1]
+            )],
+        )
+        .await;
+        let broken = verify(&store).await.unwrap().broken;
+        assert_eq!(
+            broken,
+            Some(Break {
+                seq: before[1],
+                problem: Problem::Edited
+            })
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_hot_path_never_gives_a_deleted_events_seq_to_a_new_one() {
+        let (store, _dir) = sqlite().await;
+        let first = record_hot(&store, 0, 5).await;
+        // Remove the last event: the next one must not take its place in the chain.
+        tamper(
+            &store,
+            &[&format!(
+                "DELETE FROM audit_events WHERE seq = {}",
+                first[4]
+            )],
+        )
+        .await;
+        let next = record_hot(&store, 5, 1).await;
+        assert!(next[0] > first[4], "seq {} reused", first[4]);
+        // The new event links to the tip that is left: a cut-off tail is what signed
+        // checkpoints show (a checkpoint whose event is gone), and one at the deleted seq
+        // must never find another event there.
+        let report = verify(&store).await.unwrap();
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!(report.checked, 5);
+
+        // A deleted event inside the chain is missing, hot path or not.
+        tamper(
+            &store,
+            &[&format!(
+                "DELETE FROM audit_events WHERE seq = {}",
+                first[2]
+            )],
+        )
+        .await;
+        record_hot(&store, 6, 1).await;
+        let broken = verify(&store).await.unwrap().broken;
+        assert_eq!(
+            broken,
+            Some(Break {
+                seq: first[3],
+                problem: Problem::Missing
+            })
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_backlog_of_a_sealers_batch_is_left_to_the_sealer() {
+        let (store, _dir) = sqlite().await;
+        let events: Vec<NewEvent> = (0..SEAL_BATCH as usize).map(event).collect();
+        let mut tx = store.begin().await.unwrap();
+        record_many(&mut tx, &events, NOW).await.unwrap();
+        tx.commit().await.unwrap();
+        // Too much to seal inside a step commit: it goes in unsealed behind the backlog.
+        record_hot(&store, SEAL_BATCH as usize, 2).await;
+        assert_eq!(
+            verify(&store).await.unwrap().unsealed,
+            SEAL_BATCH as u64 + 2
+        );
+        assert_eq!(seal_pending(&store).await.unwrap(), SEAL_BATCH as u64 + 2);
+        // Then the hot path chains again.
+        record_hot(&store, SEAL_BATCH as usize + 2, 1).await;
+        let report = verify(&store).await.unwrap();
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!(report.unsealed, 0);
+        store.close().await;
     }
 }

@@ -28,8 +28,8 @@ use super::keys::key_columns;
 use super::steps::{STEP_COLUMNS, distinct, step_columns};
 use super::tasks::task_columns;
 use super::{
-    AttemptRow, ClaimedStep, Completion, DataKeyRow, NewAuditRow, StepRow, Store, StoreError,
-    SubjectRow, TaskRow, TaskStatus, Tx,
+    AttemptRow, AuditRow, ClaimedStep, Completion, DataKeyRow, NewAuditRow, StepRow, Store,
+    StoreError, SubjectRow, TaskRow, TaskStatus, Tx,
 };
 
 /// Most rows one statement carries here: the widest row (a task's) binds 18 parameters,
@@ -345,20 +345,73 @@ impl LiteTx<'_> {
         tip_seq: Option<i64>,
         seals: &[(i64, &[u8], &[u8])],
     ) -> Result<(), StoreError> {
+        if self.last_sealed()?.map(|(seq, _)| seq) != tip_seq {
+            return Err(StoreError::Conflict("the chain's tip moved".to_owned()));
+        }
+        self.seal_events(seals)
+    }
+
+    /// The chain's tip: the last sealed event's seq and hash ([`Tx::last_sealed`]).
+    pub(crate) fn last_sealed(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT seq FROM audit_events WHERE hash IS NOT NULL ORDER BY seq DESC LIMIT 1",
+                "SELECT seq, hash FROM audit_events WHERE hash IS NOT NULL
+                 ORDER BY seq DESC LIMIT 1",
             )
             .lite("read the audit chain tip")?;
         let mut rows = statement.query([]).lite("read the audit chain tip")?;
-        let tip: Option<i64> = match rows.next().lite("read the audit chain tip")? {
-            Some(row) => Some(row.get(0).lite("read the audit chain tip")?),
-            None => None,
-        };
-        if tip != tip_seq {
-            return Err(StoreError::Conflict("the chain's tip moved".to_owned()));
+        match rows.next().lite("read the audit chain tip")? {
+            Some(row) => Ok(Some((
+                row.get(0).lite("read the audit chain tip")?,
+                row.get(1).lite("read the audit chain tip")?,
+            ))),
+            None => Ok(None),
         }
+    }
+
+    /// Up to `limit` unsealed events after `after_seq`, in order
+    /// ([`Tx::unsealed_events`]).
+    pub(crate) fn unsealed_events(
+        &mut self,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, id, ts, actor, action, resource, namespace, outcome,
+                        classification, contains_pii, correlation_id, details, prev_hash, hash
+                 FROM audit_events WHERE hash IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+            )
+            .lite("read unsealed audit events")?;
+        let rows = statement
+            .query_map([after_seq, limit], |row| {
+                Ok(AuditRow {
+                    seq: row.get(0)?,
+                    id: row.get(1)?,
+                    ts: row.get(2)?,
+                    actor: row.get(3)?,
+                    action: row.get(4)?,
+                    resource: row.get(5)?,
+                    namespace: row.get(6)?,
+                    outcome: row.get(7)?,
+                    classification: row.get(8)?,
+                    contains_pii: row.get(9)?,
+                    correlation_id: row.get(10)?,
+                    details: row.get(11)?,
+                    prev_hash: row.get(12)?,
+                    hash: row.get(13)?,
+                })
+            })
+            .lite("read unsealed audit events")?;
+        rows.map(|row| row.lite("read unsealed audit events"))
+            .collect()
+    }
+
+    /// Seals events with their chain hashes ([`Tx::seal_events`]): `Conflict` if one of
+    /// them is sealed already or missing.
+    pub(crate) fn seal_events(&mut self, seals: &[(i64, &[u8], &[u8])]) -> Result<(), StoreError> {
         for batch in sized(seals) {
             let sql = format!(
                 "UPDATE audit_events SET prev_hash = v.column2, hash = v.column3
@@ -375,6 +428,63 @@ impl LiteTx<'_> {
                     "audit events were sealed by another sealer".to_owned(),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The seq the next audit event gets: past every seq ever given, deleted or not
+    /// (`AUTOINCREMENT` keeps the highest in `sqlite_sequence`), so that no event ever
+    /// takes a removed one's place in the chain.
+    pub(crate) fn next_audit_seq(&mut self) -> Result<i64, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence
+                                      WHERE name = 'audit_events'), 0),
+                            COALESCE((SELECT max(seq) FROM audit_events), 0))",
+            )
+            .lite("read the next audit seq")?;
+        let last: i64 = statement
+            .query_row([], |row| row.get(0))
+            .lite("read the next audit seq")?;
+        Ok(last + 1)
+    }
+
+    /// Stores events already chained: each row's `seq`, `prev_hash` and `hash` as given.
+    pub(crate) fn insert_sealed_audit_events(
+        &mut self,
+        rows: &[AuditRow],
+    ) -> Result<(), StoreError> {
+        for batch in sized(rows) {
+            let sql = format!(
+                "INSERT INTO audit_events (seq, id, ts, actor, action, resource, namespace,
+                                           outcome, classification, contains_pii,
+                                           correlation_id, details, prev_hash, hash)
+                 VALUES {}",
+                tuples(batch.len(), 14)
+            );
+            let params: Vec<&dyn ToSql> = batch
+                .iter()
+                .flat_map(|e| {
+                    [
+                        &e.seq as &dyn ToSql,
+                        &e.id,
+                        &e.ts,
+                        &e.actor,
+                        &e.action,
+                        &e.resource,
+                        &e.namespace,
+                        &e.outcome,
+                        &e.classification,
+                        &e.contains_pii,
+                        &e.correlation_id,
+                        &e.details,
+                        &e.prev_hash,
+                        &e.hash,
+                    ]
+                })
+                .collect();
+            self.execute(&sql, &params, "insert audit events")?;
         }
         Ok(())
     }
@@ -942,6 +1052,11 @@ pub(crate) fn ready<T, E: From<StoreError>>(
 /// [`LiteTx`] (SQLite, synchronous: its futures are ready when first polled). The engine
 /// writes its commit once, generic over this.
 pub(crate) trait HotWrites {
+    /// The SQLite hot path's transaction, if this is one: what may chain audit events as
+    /// it writes them (see `audit::trail`).
+    fn hot_path(&mut self) -> Option<LiteTx<'_>> {
+        None
+    }
     fn complete_steps(
         &mut self,
         done: &[Completion<'_>],
@@ -1020,8 +1135,9 @@ pub(crate) trait HotWrites {
 
 /// Delegates each write to its `Tx` method of the same name.
 macro_rules! delegate {
-    ($ty:ty, $call:ident) => {
+    ($ty:ty, $call:ident $(, $extra:item)*) => {
         impl HotWrites for $ty {
+            $($extra)*
             async fn complete_steps(
                 &mut self,
                 done: &[Completion<'_>],
@@ -1138,7 +1254,13 @@ macro_rules! called {
 }
 
 delegate!(Tx<'_>, awaited);
-delegate!(LiteTx<'_>, called);
+delegate!(
+    LiteTx<'_>,
+    called,
+    fn hot_path(&mut self) -> Option<LiteTx<'_>> {
+        Some(LiteTx { conn: self.conn })
+    }
+);
 
 #[cfg(test)]
 mod tests {

@@ -42,7 +42,7 @@ pub use backend::{SQLITE_BUSY_TIMEOUT, Tx};
 pub use claim::{ClaimedStep, Completion};
 pub use error::StoreError;
 pub use keys::{DataKeyRow, SubjectRow};
-pub(crate) use lite::{ClaimReads, HotWrites, ready};
+pub(crate) use lite::{ClaimReads, HotWrites, LiteTx, ready};
 pub use modules::{ModuleInfo, ModuleRow};
 pub use namespaces::NamespaceRow;
 pub use report::{Coverage, TaskCount};
