@@ -111,6 +111,13 @@ impl Redactor {
         redactor
     }
 
+    /// Drop every redactor [`Redactor::shared`] keeps (and with them the values they
+    /// mask): what a subject's erasure does, so that none of their values stays in this
+    /// process's memory longer than the attempts that use them.
+    pub fn forget_shared() {
+        *RECENT.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// A redactor for `values`, already [`normalized`].
     fn build(values: Vec<String>) -> Self {
         let known = if values.is_empty() {
@@ -516,6 +523,10 @@ mod tests {
             shared.redact_text(text),
             "Mail [REDACTED] about order ord_5521 for [REDACTED]"
         );
+        // After an erasure nothing is kept: the same values build a new matcher.
+        Redactor::forget_shared();
+        let rebuilt = Redactor::shared(values);
+        assert!(!Arc::ptr_eq(&shared.inner, &rebuilt.inner));
         // Other values: another matcher, which masks only its own.
         let other = Redactor::shared(["ord_5521"]);
         assert!(!Arc::ptr_eq(&shared.inner, &other.inner));

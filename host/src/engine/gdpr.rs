@@ -289,6 +289,9 @@ impl Engine {
         if let Some(vault) = self.subject_vault() {
             vault.erase(&subject).await?;
         }
+        // The redactors kept for recent tasks hold their contexts' PII values in memory:
+        // none of them outlives an erasure in this process.
+        crate::classify::Redactor::forget_shared();
         if let Err(e) = self.inner.store.purge_erased().await {
             tracing::warn!(error = %e, "scrubbing erased keys from the database files is left for later");
         }
