@@ -27,10 +27,16 @@ const MAX_DEPTH: usize = 128;
 
 /// Value sets [`Redactor::shared`] keeps; past it, it starts over.
 const RECENT_MAX: usize = 256;
+/// How long [`Redactor::shared`] keeps a redactor: about as long as a task's steps take to
+/// run one after another, so that its values do not outlive the task by much.
+const RECENT_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The redactors [`Redactor::shared`] built lately, by their values.
-static RECENT: std::sync::Mutex<Option<HashMap<Vec<String>, Redactor>>> =
-    std::sync::Mutex::new(None);
+/// The redactors [`Redactor::shared`] built lately, by their values, with when.
+type Recent = HashMap<Vec<String>, (std::time::Instant, Redactor)>;
+static RECENT: std::sync::Mutex<Option<Recent>> = std::sync::Mutex::new(None);
+/// How many times [`Redactor::forget_shared`] ran: an attempt that began before an erasure
+/// may still use what it built, but never keeps it for others.
+static FORGOTTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Known values as a redactor uses them: at least [`MIN_KNOWN_LEN`] bytes, none
 /// overlapping the marker, sorted, each once.
@@ -86,10 +92,13 @@ impl Redactor {
     /// there is one. The steps of one task mask the same values (its context's PII), and
     /// building the matcher cost more than a short step's whole run.
     ///
-    /// The last [`RECENT_MAX`] value sets stay in this process's memory, as the tasks'
-    /// contexts themselves do while they run; never give it secrets, which must not outlive
-    /// their attempt.
-    pub fn shared<I, S>(known: I) -> Self
+    /// At most [`RECENT_MAX`] value sets stay in this process's memory, each for at most
+    /// [`RECENT_TTL`], as the tasks' contexts themselves do while they run; a subject's
+    /// erasure drops them all ([`Redactor::forget_shared`]). `since` is
+    /// [`Redactor::generation`] when the caller's work began: if an erasure came after,
+    /// what is built here is not kept. Never give it secrets or credentials, which must not
+    /// outlive their attempt.
+    pub fn shared<I, S>(known: I, since: u64) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -99,23 +108,37 @@ impl Redactor {
             return Self::detectors_only();
         }
         let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        if since != Self::generation() {
+            return Self::build(values);
+        }
         let recent = recent.get_or_insert_with(HashMap::new);
-        if let Some(redactor) = recent.get(&values) {
+        if let Some((at, redactor)) = recent.get(&values)
+            && at.elapsed() < RECENT_TTL
+        {
             return redactor.clone();
         }
         let redactor = Self::build(values.clone());
+        recent.retain(|_, (at, _)| at.elapsed() < RECENT_TTL);
         if recent.len() >= RECENT_MAX {
             recent.clear();
         }
-        recent.insert(values, redactor.clone());
+        recent.insert(values, (std::time::Instant::now(), redactor.clone()));
         redactor
     }
 
+    /// Which erasure this process is at: what [`Redactor::shared`] takes as `since`.
+    pub fn generation() -> u64 {
+        FORGOTTEN.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Drop every redactor [`Redactor::shared`] keeps (and with them the values they
-    /// mask): what a subject's erasure does, so that none of their values stays in this
-    /// process's memory longer than the attempts that use them.
+    /// mask), and keep none that work begun before this builds: what a subject's erasure
+    /// does, so that none of their values stays in this process's memory longer than the
+    /// attempts that use them.
     pub fn forget_shared() {
-        *RECENT.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+        FORGOTTEN.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        *recent = None;
     }
 
     /// A redactor for `values`, already [`normalized`].
@@ -511,9 +534,10 @@ mod tests {
     fn a_shared_redactor_is_reused_for_the_same_values_and_masks_as_a_new_one() {
         let text = "Mail Jane.Doe@Example.com about order ord_5521 for cus_4410";
         let values = ["jane.doe@example.com", "cus_4410"];
-        let shared = Redactor::shared(values);
+        let since = Redactor::generation();
+        let shared = Redactor::shared(values, since);
         // The same values in another order and with a duplicate: the same matcher.
-        let again = Redactor::shared(["cus_4410", "jane.doe@example.com", "cus_4410"]);
+        let again = Redactor::shared(["cus_4410", "jane.doe@example.com", "cus_4410"], since);
         assert!(Arc::ptr_eq(&shared.inner, &again.inner));
         assert_eq!(
             shared.redact_text(text),
@@ -525,10 +549,17 @@ mod tests {
         );
         // After an erasure nothing is kept: the same values build a new matcher.
         Redactor::forget_shared();
-        let rebuilt = Redactor::shared(values);
+        let rebuilt = Redactor::shared(values, Redactor::generation());
         assert!(!Arc::ptr_eq(&shared.inner, &rebuilt.inner));
+        // Work begun before the erasure builds its own and keeps none.
+        let late = Redactor::shared(values, since);
+        assert!(!Arc::ptr_eq(&rebuilt.inner, &late.inner));
+        assert!(Arc::ptr_eq(
+            &rebuilt.inner,
+            &Redactor::shared(values, Redactor::generation()).inner
+        ));
         // Other values: another matcher, which masks only its own.
-        let other = Redactor::shared(["ord_5521"]);
+        let other = Redactor::shared(["ord_5521"], Redactor::generation());
         assert!(!Arc::ptr_eq(&shared.inner, &other.inner));
         assert_eq!(
             other.redact_text(text),

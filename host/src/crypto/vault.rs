@@ -134,6 +134,24 @@ pub struct SubjectVault {
     making: Arc<Making>,
 }
 
+/// Takes a caller's subjects out of the queue when the caller is done (one entry each:
+/// another caller may have queued the same subject, and writes it itself if need be).
+struct Unqueue<'a> {
+    making: &'a Making,
+    subjects: &'a [String],
+}
+
+impl Drop for Unqueue<'_> {
+    fn drop(&mut self) {
+        let mut queued = lock(&self.making.queued);
+        for subject in self.subjects {
+            if let Some(at) = queued.iter().position(|q| q == subject) {
+                queued.swap_remove(at);
+            }
+        }
+    }
+}
+
 /// Group commit for new pads. Each write of the file is a synced commit (milliseconds);
 /// callers that want pads while one is being written queue their subjects here, and the
 /// next to take the turn writes everything queued in one commit.
@@ -306,6 +324,12 @@ impl SubjectVault {
             return Ok(());
         }
         lock(&self.making.queued).extend(mine.iter().cloned());
+        // However this call ends (done, failed, or cancelled), what it queued is not left
+        // behind for a later writer: a subject erased meanwhile must not get a pad again.
+        let _queued = Unqueue {
+            making: &self.making,
+            subjects: &mine,
+        };
         let _turn = self.making.turn.lock().await;
         // The writer before may have made ours; what it did not, this one makes, with
         // whatever else is queued.
@@ -433,5 +457,16 @@ mod tests {
             assert_eq!(*stored[subject].0, *pad, "{subject} in the file");
         }
         assert!(reopened.pads(&["bi_never"]).await.unwrap().is_empty());
+        // Nothing is left queued, so an erased subject never gets a pad again from a
+        // later caller's write.
+        assert!(lock(&vault.making.queued).is_empty());
+        assert!(vault.erase("bi_0").await.unwrap());
+        vault.pads_or_create(&["bi_fresh"], 1).await.unwrap();
+        assert!(vault.pad("bi_0").await.unwrap().is_none());
+        let fresh = SubjectVault::open_existing(&path).await.unwrap();
+        assert!(
+            fresh.pads(&["bi_0"]).await.unwrap().is_empty(),
+            "in the file"
+        );
     }
 }

@@ -434,7 +434,11 @@ impl Engine {
                 (None, Some(subject)) if subject_keys.contains_key(subject) => {
                     Ok(subject_keys[subject].clone())
                 }
-                (None, subject) => match subject.as_ref().and_then(|s| stored_keys.remove(s)) {
+                // `get`, not `remove`: a key that does not open (destroyed, or failing)
+                // fails each of its subject's creations alone, and never leads one of
+                // them to make the subject a new key.
+                (None, subject) => match subject.as_ref().and_then(|s| stored_keys.get(s).cloned())
+                {
                     Some(row) => {
                         let id = row.id.clone();
                         data::open_key_with(keys.ring, Some(row), &id, |blind| {

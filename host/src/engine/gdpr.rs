@@ -286,12 +286,12 @@ impl Engine {
         // After the commit: were the pad deleted first and the commit then failed, the
         // data would be gone without its record. A failure here leaves the erasure to
         // be repeated, which is harmless.
+        // The redactors kept for recent tasks hold their contexts' PII values in memory:
+        // none of them outlives an erasure in this process, whatever the vault answers.
+        crate::classify::Redactor::forget_shared();
         if let Some(vault) = self.subject_vault() {
             vault.erase(&subject).await?;
         }
-        // The redactors kept for recent tasks hold their contexts' PII values in memory:
-        // none of them outlives an erasure in this process.
-        crate::classify::Redactor::forget_shared();
         if let Err(e) = self.inner.store.purge_erased().await {
             tracing::warn!(error = %e, "scrubbing erased keys from the database files is left for later");
         }

@@ -34,6 +34,8 @@ pub(crate) struct LazyRedactor {
     /// Whether `known_values` holds a secret: then the redactor is the attempt's own, never
     /// one kept for the next attempt ([`Redactor::shared`]).
     secrets: bool,
+    /// [`Redactor::generation`] when the attempt began.
+    since: u64,
     built: Option<Redactor>,
 }
 
@@ -42,17 +44,18 @@ impl LazyRedactor {
         Self {
             known_values,
             secrets,
+            since: Redactor::generation(),
             built: None,
         }
     }
 
     pub(crate) fn get(&mut self) -> &Redactor {
-        let (known, secrets) = (&self.known_values, self.secrets);
+        let (known, secrets, since) = (&self.known_values, self.secrets, self.since);
         self.built.get_or_insert_with(|| {
             if secrets {
                 Redactor::new(known)
             } else {
-                Redactor::shared(known)
+                Redactor::shared(known, since)
             }
         })
     }

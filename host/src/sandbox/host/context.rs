@@ -48,7 +48,8 @@ impl ContextCap {
                         leaf_values(value, &mut values);
                     }
                 }
-                (!values.is_empty()).then(|| Redactor::shared(values))
+                // Its own, never shared: these may be credentials or card numbers.
+                (!values.is_empty()).then(|| Redactor::new(values))
             })
             .as_ref()
     }
