@@ -92,47 +92,28 @@ pub(crate) async fn record_many_in<W: crate::store::HotWrites>(
         .map(|event| row(event, now_ms))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(mut hot) = tx.hot_path()
-        && let Some(seqs) = record_chained(&mut hot, &rows)?
+        && let Some(prev) = seal_behind(&mut hot)?
     {
-        return Ok(seqs);
+        return Ok(record_chained(&mut hot, rows, prev)?);
     }
     Ok(tx.insert_audit_events(&rows).await?)
 }
 
-/// On SQLite's hot path, insert `rows` sealed: chained to the tip as they are written,
-/// rather than written unsealed for the sealer to read back and update. The transaction
-/// holds SQLite's only write lock, so the tip cannot move under it, and what another
-/// writer left unsealed after the tip is committed (it was written under the same lock
-/// before): that is sealed first, so the chain stays in `seq` order. Each event is then
-/// written once, and the sealer finds nothing to do. `None` (nothing written) if more than
-/// a sealer's batch is waiting: that backlog is the sealer's, and the events go in
-/// unsealed behind it.
+/// On SQLite's hot path, insert `rows` sealed: chained to the tip (whose hash is `prev`)
+/// as they are written, rather than written unsealed for the sealer to read back and
+/// update. The transaction holds SQLite's only write lock, so the tip cannot move under
+/// it, and what another writer left unsealed after the tip was committed before and has
+/// just been sealed ([`seal_behind`]), so the chain stays in `seq` order. Each event is
+/// then written once, and the sealer finds nothing to do.
 fn record_chained(
     tx: &mut crate::store::LiteTx<'_>,
-    rows: &[NewAuditRow],
-) -> Result<Option<Vec<i64>>, StoreError> {
-    let Some(mut prev) = seal_behind(tx)? else {
-        return Ok(None);
-    };
+    rows: Vec<NewAuditRow>,
+    mut prev: [u8; 32],
+) -> Result<Vec<i64>, StoreError> {
     let first = tx.next_audit_seq()?;
     let mut chained = Vec::with_capacity(rows.len());
     for (seq, row) in (first..).zip(rows) {
-        let mut event = AuditRow {
-            seq,
-            id: row.id.clone(),
-            ts: row.ts,
-            actor: row.actor.clone(),
-            action: row.action.clone(),
-            resource: row.resource.clone(),
-            namespace: row.namespace.clone(),
-            outcome: row.outcome.clone(),
-            classification: row.classification.clone(),
-            contains_pii: row.contains_pii,
-            correlation_id: row.correlation_id.clone(),
-            details: row.details.clone(),
-            prev_hash: None,
-            hash: None,
-        };
+        let mut event = row.at(seq);
         let hash = link_hash(&event, &prev);
         event.prev_hash = Some(prev.to_vec());
         event.hash = Some(hash.to_vec());
@@ -140,12 +121,12 @@ fn record_chained(
         chained.push(event);
     }
     tx.insert_sealed_audit_events(&chained)?;
-    Ok(Some(chained.iter().map(|e| e.seq).collect()))
+    Ok(chained.iter().map(|e| e.seq).collect())
 }
 
 /// Seal the events after the chain's tip that are still unsealed (written by sqlx, or by
 /// another process), and return the new tip's hash; `None` if a sealer's batch or more
-/// is waiting.
+/// is waiting: that backlog is the sealer's, and new events go in unsealed behind it.
 fn seal_behind(tx: &mut crate::store::LiteTx<'_>) -> Result<Option<[u8; 32]>, StoreError> {
     let (after, prev) = tip(tx.last_sealed()?);
     let rows = tx.unsealed_events(after, SEAL_BATCH)?;

@@ -65,6 +65,28 @@ pub struct NewAuditRow {
     pub details: String,
 }
 
+impl NewAuditRow {
+    /// The event as stored at `seq`, not yet sealed.
+    pub fn at(self, seq: i64) -> AuditRow {
+        AuditRow {
+            seq,
+            id: self.id,
+            ts: self.ts,
+            actor: self.actor,
+            action: self.action,
+            resource: self.resource,
+            namespace: self.namespace,
+            outcome: self.outcome,
+            classification: self.classification,
+            contains_pii: self.contains_pii,
+            correlation_id: self.correlation_id,
+            details: self.details,
+            prev_hash: None,
+            hash: None,
+        }
+    }
+}
+
 /// An audit event as stored.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuditRow {
