@@ -146,6 +146,11 @@ async fn a_subject_is_found_exported_and_erased_for_good_and_no_one_else_is() {
 
         // What a backup holds of her first task, taken before the erasure.
         let (row, key) = backup(&api, &jane[0]).await;
+        // Her key is masked with a pad of the vault, filed under an id of its own.
+        let pad_key = key.pad_key().expect("a subject's key has a pad").to_owned();
+        assert!(pad_key.starts_with("pad_"), "{pad_key}");
+        let vault = api.engine.subject_vault().unwrap();
+        assert!(vault.pad(&pad_key).await.unwrap().is_some());
 
         let (status, erased) = post(
             &api,
@@ -176,15 +181,16 @@ async fn a_subject_is_found_exported_and_erased_for_good_and_no_one_else_is() {
         let agent = token(&api, "user_123", &["customer_success_agent"], &[], true, 0);
         let (status, gone) = get(&api, &agent, &format!("/v1/tasks/{}", jane[0])).await;
         assert_eq!((status, gone["code"].as_str()), (410, Some("data_erased")));
-        let subject = row.subject.clone().unwrap();
         assert!(
-            api.engine
-                .subject_vault()
-                .unwrap()
-                .pad(&subject)
-                .await
-                .unwrap()
-                .is_none()
+            vault.pad(&pad_key).await.unwrap().is_none(),
+            "her pad outlived the erasure"
+        );
+        let reopened = stepbox::crypto::SubjectVault::open_existing(vault.path())
+            .await
+            .unwrap();
+        assert!(
+            reopened.pad(&pad_key).await.unwrap().is_none(),
+            "in the file"
         );
         let wrapped = WrappedKey {
             kek_id: KeyId::new(key.kek_id.clone()).unwrap(),

@@ -230,6 +230,7 @@ impl Engine {
                     subject: None,
                     created_at: self.now(),
                     destroyed_at: None,
+                    pad: None,
                 })
                 .await?;
                 tx.commit().await?;

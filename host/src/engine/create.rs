@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use super::EngineError;
 use super::core::{CreateTask, CreatedTask, Engine, LoadedWorkflow, lock, validate_context};
-use super::data::{self, Pads, TaskKey, context_aad};
+use super::data::{self, Keyed, Pads, TaskKey, context_aad};
 use crate::audit::NewEvent;
 use crate::classify::classify_context;
 use crate::policy::Principal;
@@ -63,8 +63,9 @@ const PAD_TRIES: usize = 3;
 enum Stored {
     /// Each creation's answer (`None`: checked against a version no longer the latest).
     Answers(Vec<Option<Result<CreatedTask, EngineError>>>),
-    /// Nothing written: the pads of these subjects must first be read from the vault
-    /// (`existing`: subjects with a key) or made (`new`).
+    /// Nothing stored: the batch must first read these pads from the vault (`existing`:
+    /// the vault's keys for them), or take spares for these new subjects (`new`), which
+    /// this process had none of.
     NeedPads {
         existing: Vec<String>,
         new: Vec<String>,
@@ -239,7 +240,7 @@ impl Engine {
         let now = self.now();
         // Taken only once the database is ours: everything queued while this waited joins.
         let mut batch: Option<Vec<Waiting>> = None;
-        let mut pads = Pads::new();
+        let mut pads = Pads::default();
         for attempt in 0..PAD_TRIES {
             let timer = std::time::Instant::now();
             let stored = match store.backend() {
@@ -296,7 +297,7 @@ impl Engine {
                     return;
                 }
                 Ok(Stored::NeedPads { existing, new }) => {
-                    if let Err(e) = self.fetch_pads(&mut pads, &existing, &new, now).await {
+                    if let Err(e) = self.fetch_pads(&mut pads, &existing, &new).await {
                         return self.answer_all(batch_now, &e);
                     }
                     let mut batch_now = batch_now;
@@ -314,47 +315,46 @@ impl Engine {
         self.answer_all(batch.unwrap_or_default(), &error);
     }
 
-    /// Read the pads of `existing` subjects and make those of `new` ones, into `pads`.
+    /// Read the `existing` pads (by the vault's keys for them) and give each of the `new`
+    /// subjects a spare, into `pads`.
     async fn fetch_pads(
         &self,
         pads: &mut Pads,
         existing: &[String],
         new: &[String],
-        now: i64,
     ) -> Result<(), EngineError> {
         let Some(vault) = self.data_keys().vault else {
             return Ok(());
         };
         let timer = std::time::Instant::now();
-        let new: Vec<&str> = new.iter().map(String::as_str).collect();
-        let new_count = new.len();
-        // New subjects' pads in one write of the vault, not a write each.
         if !new.is_empty() {
-            vault.pads_or_create(&new, now).await?;
+            for (subject, (id, pad)) in new.iter().zip(vault.take_spares(new.len()).await?) {
+                pads.give(subject, id, pad);
+            }
         }
-        let wanted: Vec<&str> = existing.iter().map(String::as_str).chain(new).collect();
+        let wanted: Vec<&str> = existing.iter().map(String::as_str).collect();
         let mut found = vault.pads(&wanted).await?;
-        for subject in wanted {
-            pads.insert(subject.to_owned(), found.remove(subject));
+        for key in wanted {
+            pads.insert(key.to_owned(), found.remove(key));
         }
         tracing::debug!(
             existing = existing.len(),
-            new = new_count,
+            new = new.len(),
             total_us = timer.elapsed().as_micros() as u64,
             "read the vault's pads"
         );
         Ok(())
     }
 
-    /// Whether `pads` knows `subject`'s pad (or that it has none), taking it from the
-    /// vault's memory if this process holds it.
-    fn knows_pad(&self, pads: &mut Pads, subject: &str) -> bool {
-        if pads.contains_key(subject) {
+    /// Whether `pads` knows the pad filed under `key` (or that there is none), taking it
+    /// from the vault's memory if this process holds it.
+    fn knows_pad(&self, pads: &mut Pads, key: &str) -> bool {
+        if pads.knows(key) {
             return true;
         }
-        match self.data_keys().vault.and_then(|v| v.cached_pad(subject)) {
+        match self.data_keys().vault.and_then(|v| v.cached_pad(key)) {
             Some(pad) => {
-                pads.insert(subject.to_owned(), Some(pad));
+                pads.insert(key.to_owned(), Some(pad));
                 true
             }
             None => false,
@@ -396,17 +396,27 @@ impl Engine {
                     }
                 }
             }
-            if self.data_keys().vault.is_some() {
+            if let Some(vault) = self.data_keys().vault {
                 let (mut existing, mut new) = (Vec::new(), Vec::new());
                 for subject in subjects {
-                    if self.knows_pad(pads, subject) {
-                        continue;
-                    }
                     match stored_keys.get(subject) {
-                        // Erased: its creations fail without a pad.
+                        // Erased: its creations fail without a pad, and it never gets one
+                        // again.
                         Some(row) if row.destroyed_at.is_some() => {}
-                        Some(_) => existing.push(subject.to_owned()),
-                        None => new.push(subject.to_owned()),
+                        Some(row) => {
+                            if let Some(key) = row.pad_key()
+                                && !self.knows_pad(pads, key)
+                            {
+                                existing.push(key.to_owned());
+                            }
+                        }
+                        // New: a spare pad, already in the vault's file; the key stored
+                        // below says which.
+                        None if pads.fresh(subject).is_some() => {}
+                        None => match vault.take_spare() {
+                            Some((id, pad)) => pads.give(subject, id, pad),
+                            None => new.push(subject.to_owned()),
+                        },
                     }
                 }
                 if !existing.is_empty() || !new.is_empty() {
@@ -441,15 +451,25 @@ impl Engine {
                 {
                     Some(row) => {
                         let id = row.id.clone();
-                        data::open_key_with(keys.ring, Some(row), &id, |blind| {
+                        data::open_key_with(keys.ring, Some(row), &id, |pad_key| {
                             keys.vault()?;
-                            Ok(pads.get(blind).and_then(Option::as_ref))
+                            Ok(pads.get(pad_key))
                         })
                         .map(|key| (id, TaskKey::from(key)))
                     }
-                    None => data::key_for_task(tx, keys, pads, subject.as_deref(), now)
-                        .await
-                        .map(|(id, key)| (id, TaskKey::from(key))),
+                    None => match data::key_for_task(tx, keys, pads, subject.as_deref(), now).await
+                    {
+                        Ok(Keyed::Key(id, key)) => Ok((id, TaskKey::from(key))),
+                        // Written so far: only data keys, which the retry finds (on
+                        // PostgreSQL, where such races happen, it is rolled back).
+                        Ok(Keyed::NeedPad(pad_key)) => {
+                            return Ok(Stored::NeedPads {
+                                existing: vec![pad_key],
+                                new: Vec::new(),
+                            });
+                        }
+                        Err(e) => Err(e),
+                    },
                 },
             };
             let (key_id, key) = match keyed {

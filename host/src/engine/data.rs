@@ -32,25 +32,75 @@ impl Keys<'_> {
     }
 }
 
-/// The subjects' pads a task creation has asked the vault for, by subject: `None` for one
-/// the vault has none of. Read before the creation's transaction, so that none of its
-/// work waits on the vault while it holds the database.
-pub(crate) type Pads = HashMap<String, Option<Pad>>;
+/// The pads a batch of task creations holds, taken from the vault before its transaction
+/// so that none of its work waits on the vault while it holds the database: pads by the
+/// vault's key for them (`None`: the vault has none), and the spare given to each new
+/// subject of the batch.
+#[derive(Default)]
+pub(crate) struct Pads {
+    by_key: HashMap<String, Option<Pad>>,
+    /// New subject → the id of the spare pad its key is masked with.
+    fresh: HashMap<String, String>,
+}
 
-/// A fresh data key for a new task of `subject` (its pad from `pads`) or of no subject,
-/// stored in `tx`; if another writer gave the subject a key first, that key instead.
+impl Pads {
+    /// Whether the batch knows the pad filed under `key` (or that there is none).
+    pub(crate) fn knows(&self, key: &str) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    /// The pad filed under `key`, if the batch holds it.
+    pub(crate) fn get(&self, key: &str) -> Option<&Pad> {
+        self.by_key.get(key).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn insert(&mut self, key: String, pad: Option<Pad>) {
+        self.by_key.insert(key, pad);
+    }
+
+    /// The spare given to new subject `subject`, and its id.
+    pub(crate) fn fresh(&self, subject: &str) -> Option<(&str, &Pad)> {
+        let id = self.fresh.get(subject)?;
+        Some((id.as_str(), self.get(id)?))
+    }
+
+    /// Give new subject `subject` the spare `pad`, filed under `id`.
+    pub(crate) fn give(&mut self, subject: &str, id: String, pad: Pad) {
+        self.fresh.insert(subject.to_owned(), id.clone());
+        self.by_key.insert(id, Some(pad));
+    }
+}
+
+/// What [`key_for_task`] found.
+pub(crate) enum Keyed {
+    /// The key to seal the task's data under, and its id.
+    Key(String, DataKey),
+    /// Another writer gave the subject a key first, masked with the pad filed under this
+    /// key, which the batch does not hold: nothing may be stored until it is read.
+    NeedPad(String),
+}
+
+/// A fresh data key for a new task of `subject` (masked with the spare `pads` gave it)
+/// or of no subject, stored in `tx`; if another writer gave the subject a key first,
+/// that key instead.
 pub(crate) async fn key_for_task<W: HotWrites>(
     tx: &mut W,
     keys: Keys<'_>,
     pads: &Pads,
     subject: Option<&str>,
     now: i64,
-) -> Result<(String, DataKey), EngineError> {
-    let pad = match subject {
-        Some(blind) => Some(pad_in(keys, pads, blind)?),
+) -> Result<Keyed, EngineError> {
+    let fresh = match subject {
+        Some(blind) => {
+            keys.vault()?;
+            let (id, pad) = pads.fresh(blind).ok_or_else(|| {
+                EngineError::Unavailable("no pad was taken for a new subject".into())
+            })?;
+            Some((blind, id, pad))
+        }
         None => None,
     };
-    let (row, key) = fresh_key(keys.ring, subject.zip(pad), now)?;
+    let (row, key) = fresh_key(keys.ring, fresh, now)?;
     let id = row.id.clone();
     tx.insert_data_key(&row).await?;
     if let Some(blind) = subject {
@@ -59,60 +109,60 @@ pub(crate) async fn key_for_task<W: HotWrites>(
         let owner = tx.get_or_insert_subject(blind, &id, now).await?;
         if owner.data_key_id != id {
             let row = tx.get_data_key(&owner.data_key_id).await?;
+            let cached;
+            let pad = match row.as_ref().and_then(DataKeyRow::pad_key) {
+                None => None,
+                Some(pad_key) => match pads.get(pad_key) {
+                    Some(pad) => Some(pad),
+                    None => {
+                        cached = keys.vault()?.cached_pad(pad_key);
+                        match &cached {
+                            Some(pad) => Some(pad),
+                            None => return Ok(Keyed::NeedPad(pad_key.to_owned())),
+                        }
+                    }
+                },
+            };
             let key = open_key_with(keys.ring, row, &owner.data_key_id, |_| Ok(pad))?;
-            return Ok((owner.data_key_id, key));
+            return Ok(Keyed::Key(owner.data_key_id, key));
         }
     }
-    Ok((id, key))
-}
-
-/// `subject`'s pad among `pads`: there must be one, since a new key of theirs is masked
-/// with it.
-fn pad_in<'p>(keys: Keys<'_>, pads: &'p Pads, subject: &str) -> Result<&'p Pad, EngineError> {
-    keys.vault()?;
-    pads.get(subject).and_then(Option::as_ref).ok_or_else(|| {
-        EngineError::Unavailable("the subject vault holds no pad for a new subject".into())
-    })
+    Ok(Keyed::Key(id, key))
 }
 
 /// A fresh data key and its row: wrapped under the ring's active KEK (and so re-wrapped by
-/// every later rotation), and if it is a subject's, masked with the subject's pad first, so
-/// that erasing the pad shreds every copy.
+/// every later rotation), and if it is a subject's (`(blind index, pad id, pad)`), masked
+/// with the subject's pad first, so that erasing the pad shreds every copy.
 fn fresh_key(
     ring: &KeyRing,
-    subject: Option<(&str, &Pad)>,
+    subject: Option<(&str, &str, &Pad)>,
     now: i64,
 ) -> Result<(DataKeyRow, DataKey), EngineError> {
     let id = new_id("dk_")?;
     let key = DataKey::generate()?;
     let wrapped = match subject {
-        Some((_, pad)) => ring.wrap(&key.masked(pad), &id)?,
+        Some((_, _, pad)) => ring.wrap(&key.masked(pad), &id)?,
         None => ring.wrap(&key, &id)?,
     };
     let row = DataKeyRow {
         id,
         kek_id: wrapped.kek_id.as_str().to_owned(),
         wrapped: wrapped.bytes,
-        subject: subject.map(|(blind, _)| blind.to_owned()),
+        subject: subject.map(|(blind, _, _)| blind.to_owned()),
         created_at: now,
         destroyed_at: None,
+        pad: subject.map(|(_, pad_id, _)| pad_id.to_owned()),
     };
     Ok((row, key))
 }
 
-/// A fresh data key of `subject` (its pad made if it has none) or of no subject, stored in
-/// `tx`.
+/// A fresh data key of no subject, stored in `tx`.
 pub(crate) async fn new_data_key(
     tx: &mut Tx<'_>,
-    keys: Keys<'_>,
-    subject: Option<&str>,
+    ring: &KeyRing,
     now: i64,
 ) -> Result<(String, DataKey), EngineError> {
-    let pad = match subject {
-        Some(blind) => Some(keys.vault()?.pad_or_create(blind, now).await?),
-        None => None,
-    };
-    let (row, key) = fresh_key(keys.ring, subject.zip(pad.as_ref()), now)?;
+    let (row, key) = fresh_key(ring, None, now)?;
     tx.insert_data_key(&row).await?;
     Ok((row.id, key))
 }
@@ -134,18 +184,16 @@ pub(crate) async fn open_key(
     row: Option<DataKeyRow>,
     id: &str,
 ) -> Result<DataKey, EngineError> {
-    let pad = match row.as_ref() {
-        Some(DataKeyRow {
-            subject: Some(blind),
-            destroyed_at: None,
-            ..
-        }) => keys.vault()?.pad(blind).await?,
-        _ => None,
+    let live = row.as_ref().filter(|row| row.destroyed_at.is_none());
+    let pad = match live.and_then(DataKeyRow::pad_key) {
+        Some(pad_key) => keys.vault()?.pad(pad_key).await?,
+        None => None,
     };
     open_key_with(keys.ring, row, id, |_| Ok(pad.as_ref()))
 }
 
-/// [`open_key`] with the subject's pad given by `pad` (`Ok(None)`: the vault has none).
+/// [`open_key`] with the subject's pad given by `pad`, asked for by the vault's key for
+/// it (`Ok(None)`: the vault has none).
 pub(crate) fn open_key_with<'p>(
     ring: &KeyRing,
     row: Option<DataKeyRow>,
@@ -158,10 +206,10 @@ pub(crate) fn open_key_with<'p>(
             "data key {id} was destroyed (subject erased)"
         )));
     }
-    let pad = match &row.subject {
+    let pad = match row.pad_key() {
         // Erasure destroys the key before it deletes the pad: a live key without its pad
         // means this process has the wrong vault, not that the subject was erased.
-        Some(blind) => Some(pad(blind)?.ok_or_else(|| {
+        Some(pad_key) => Some(pad(pad_key)?.ok_or_else(|| {
             tracing::error!(data_key = %id, "a subject's pad is missing from the vault while its key lives: is this the installation's vault?");
             EngineError::Unavailable("the subject vault does not hold this subject's pad".into())
         })?),
@@ -235,5 +283,74 @@ pub(crate) fn record_aad(row: &str) -> Aad<'_> {
         table: "step_attempts",
         row,
         field: "record",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SubjectVault;
+
+    /// Whether `b` is the same key as `a`: it opens what `a` sealed.
+    fn same(a: &DataKey, b: &DataKey) -> bool {
+        let aad = context_aad("task_1");
+        b.open(&a.seal(b"context", aad).unwrap(), aad).is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_subject_key_opens_with_its_own_pad_and_one_from_before_pad_ids_with_its_subjects() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = SubjectVault::open(&dir.path().join("vault.db"))
+            .await
+            .unwrap();
+        let ring = KeyRing::generate().unwrap();
+        vault.make_spares(2).await.unwrap();
+        let (id, pad) = vault.take_spare().unwrap();
+        let (_, other) = vault.take_spare().unwrap();
+        let (row, key) = fresh_key(&ring, Some(("bi_jane", &id, &pad)), 0).unwrap();
+        assert_eq!(row.pad.as_deref(), Some(id.as_str()));
+        let asked = std::cell::RefCell::new(Vec::new());
+        let opened = open_key_with(&ring, Some(row.clone()), &row.id, |pad_key| {
+            asked.borrow_mut().push(pad_key.to_owned());
+            Ok(Some(&pad))
+        })
+        .unwrap();
+        assert!(same(&key, &opened));
+        // Another pad does not open it: it unmasks to a different key.
+        let wrong = open_key_with(&ring, Some(row.clone()), &row.id, |_| Ok(Some(&other))).unwrap();
+        assert!(!same(&key, &wrong));
+        // The vault has it under its id, so `open_key` finds it.
+        let keys = Keys {
+            ring: &ring,
+            vault: Some(&vault),
+        };
+        let found = open_key(keys, Some(row.clone()), &row.id).await.unwrap();
+        assert!(same(&key, &found));
+
+        // A key stored before pads had ids: its pad is filed under its subject.
+        let legacy = DataKeyRow {
+            pad: None,
+            ..row.clone()
+        };
+        open_key_with(&ring, Some(legacy.clone()), &legacy.id, |pad_key| {
+            asked.borrow_mut().push(pad_key.to_owned());
+            Ok(Some(&pad))
+        })
+        .unwrap();
+        assert_eq!(*asked.borrow(), [id.clone(), "bi_jane".to_owned()]);
+        // Without its pad it does not open at all.
+        let missing = open_key(keys, Some(legacy.clone()), &legacy.id).await;
+        assert!(
+            matches!(missing, Err(EngineError::Unavailable(_))),
+            "{missing:?}"
+        );
+        // A key of no subject needs no pad, whatever its row says.
+        let (plain, plain_key) = fresh_key(&ring, None, 0).unwrap();
+        assert_eq!((plain.subject.as_deref(), plain.pad_key()), (None, None));
+        let opened = open_key_with(&ring, Some(plain.clone()), &plain.id, |_| {
+            panic!("a key of no subject asked for a pad")
+        })
+        .unwrap();
+        assert!(same(&plain_key, &opened));
     }
 }

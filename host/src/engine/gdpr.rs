@@ -266,6 +266,13 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound("subject".into()))?;
         let key = tx.get_data_key(&row.data_key_id).await?;
         let already = key.as_ref().is_some_and(|k| k.destroyed_at.is_some());
+        // Which pad masks the key: kept on the destroyed row, so an erasure repeated after
+        // a failure below still finds it.
+        let pad_key = key
+            .as_ref()
+            .and_then(|k| k.pad_key())
+            .unwrap_or(&subject)
+            .to_owned();
         tx.destroy_data_key(&row.data_key_id, now).await?;
         let anonymized = tx.anonymize_subject_tasks(&subject, now).await?;
         let mut details = details;
@@ -290,7 +297,7 @@ impl Engine {
         // none of them outlives an erasure in this process, whatever the vault answers.
         crate::classify::Redactor::forget_shared();
         if let Some(vault) = self.subject_vault() {
-            vault.erase(&subject).await?;
+            vault.erase(&pad_key).await?;
         }
         if let Err(e) = self.inner.store.purge_erased().await {
             tracing::warn!(error = %e, "scrubbing erased keys from the database files is left for later");

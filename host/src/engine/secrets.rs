@@ -65,16 +65,7 @@ pub async fn set_secret(
             "secret `{name}` is not in namespace `{namespace}`'s policy; add it to `secrets` first"
         )));
     }
-    let (key_id, key) = data::new_data_key(
-        &mut tx,
-        data::Keys {
-            ring: keys,
-            vault: None,
-        },
-        None,
-        now_ms,
-    )
-    .await?;
+    let (key_id, key) = data::new_data_key(&mut tx, keys, now_ms).await?;
     let row = format!("{namespace}/{name}");
     let sealed = key.seal(plaintext, secret_aad(&row))?;
     let replaced = tx

@@ -8,7 +8,7 @@ use super::{StoreError, Tx};
 
 macro_rules! columns {
     () => {
-        "id, kek_id, wrapped, subject, created_at, destroyed_at"
+        "id, kek_id, wrapped, subject, created_at, destroyed_at, pad"
     };
 }
 /// The column list, for the SQLite hot path's statements (`store::lite`).
@@ -29,6 +29,17 @@ pub struct DataKeyRow {
     pub created_at: i64,
     /// When it was destroyed, unix ms.
     pub destroyed_at: Option<i64>,
+    /// The id of the subject vault's pad that masks it, if it is a subject's key and its
+    /// pad has an id (`None` for a subject's key: the pad is filed under `subject`).
+    pub pad: Option<String>,
+}
+
+impl DataKeyRow {
+    /// Under which key the subject vault files the pad that masks this key, if any.
+    pub fn pad_key(&self) -> Option<&str> {
+        self.subject.as_ref()?;
+        self.pad.as_deref().or(self.subject.as_deref())
+    }
 }
 
 impl std::fmt::Debug for DataKeyRow {
@@ -40,6 +51,7 @@ impl std::fmt::Debug for DataKeyRow {
             .field("subject", &self.subject)
             .field("created_at", &self.created_at)
             .field("destroyed_at", &self.destroyed_at)
+            .field("pad", &self.pad)
             .finish()
     }
 }
@@ -62,7 +74,7 @@ impl Tx<'_> {
             sqlx::query(concat!(
                 "INSERT INTO data_keys (",
                 columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6)"
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
             ))
             .bind(&key.id)
             .bind(&key.kek_id)
@@ -70,6 +82,7 @@ impl Tx<'_> {
             .bind(&key.subject)
             .bind(key.created_at)
             .bind(key.destroyed_at)
+            .bind(&key.pad)
             .execute(conn)
             .await
             .map(|done| done.rows_affected())

@@ -254,6 +254,7 @@ fn data_key_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DataKeyRow> {
         subject: row.get(3)?,
         created_at: row.get(4)?,
         destroyed_at: row.get(5)?,
+        pad: row.get(6)?,
     })
 }
 
@@ -304,8 +305,11 @@ impl LiteTx<'_> {
         key_ids.dedup();
         let keys = if keys {
             self.select_by_ids(
-                "SELECT id, kek_id, wrapped, subject, created_at, destroyed_at
-                 FROM data_keys WHERE id IN ({})",
+                concat!(
+                    "SELECT ",
+                    key_columns!(),
+                    " FROM data_keys WHERE id IN ({})"
+                ),
                 &key_ids,
                 "get data keys",
                 data_key_row,
@@ -889,7 +893,7 @@ impl LiteTx<'_> {
             concat!(
                 "INSERT INTO data_keys (",
                 key_columns!(),
-                ") VALUES (?, ?, ?, ?, ?, ?)"
+                ") VALUES (?, ?, ?, ?, ?, ?, ?)"
             ),
             &[
                 &key.id,
@@ -898,6 +902,7 @@ impl LiteTx<'_> {
                 &key.subject,
                 &key.created_at,
                 &key.destroyed_at,
+                &key.pad,
             ],
             "insert data key",
         )?;

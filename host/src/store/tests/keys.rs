@@ -14,6 +14,7 @@ fn key(id: &str, wrapped: &[u8]) -> DataKeyRow {
         subject: Some("bi_jane".to_owned()),
         created_at: NOW,
         destroyed_at: None,
+        pad: None,
     }
 }
 

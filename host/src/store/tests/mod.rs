@@ -179,6 +179,7 @@ pub(super) async fn seed_workflow(store: &Store) {
             subject: None,
             created_at: NOW,
             destroyed_at: None,
+            pad: None,
         })
         .await
     })

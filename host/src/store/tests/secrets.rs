@@ -28,6 +28,7 @@ async fn secrets_are_stored_replaced_and_tied_to_their_namespace_and_key() {
                 subject: None,
                 created_at: NOW,
                 destroyed_at: None,
+                pad: None,
             })
             .await
         })
