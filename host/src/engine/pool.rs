@@ -1,19 +1,15 @@
-//! A process's workers, as a pipeline: many runs between one committer that also claims,
-//! and a claimer for when the committer is idle.
+//! A process's workers, as a pipeline: one claimer, many runs, one committer.
 //!
 //! A step costs far more in database statements and commits than in running: the refund
 //! workflow's steps run in tens of microseconds, while claiming one and committing its
 //! outcome take about twenty statements. So the work is batched where it is cheap to batch:
+//! - the claimer takes up to a batch of ready steps in one transaction (one claim
+//!   statement, one read per kind of row), keeping at most one batch more claimed than
+//!   there are runs, and hands each to a run of its own;
 //! - each run executes its attempt in the sandbox, renewing its lease meanwhile, and
 //!   queues the outcome;
-//! - the committer commits every outcome queued meanwhile in one transaction and, in the
-//!   same transaction on SQLite (right after it on PostgreSQL), claims as many ready
-//!   steps as there are free slots — the dependents it just made ready among them — and
-//!   hands each to a run of its own. Under load a cycle of the pipeline thus costs one
-//!   write transaction where a claim and a commit of their own cost two;
-//! - the claimer claims when the committer has nothing to commit: at start, when a task
-//!   is created, or when a commit made more steps ready than its claim could take. It
-//!   keeps at most one batch more claimed than there are runs.
+//! - the committer commits every outcome queued meanwhile in one transaction, then wakes
+//!   the claimer, since completed steps make their dependents ready.
 //!
 //! While one transaction commits, the next batch gathers, so the batches grow with the
 //! load by themselves and no outcome waits for a timer. Exactly-once commits still rest on
@@ -22,11 +18,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::EngineError;
 use super::core::Engine;
-use super::worker::{Claimed, Finished};
+use super::worker::Finished;
 use crate::audit;
 
 /// Most steps one claim transaction takes.
@@ -100,85 +96,73 @@ impl Engine {
         // Claimed steps in this process, running or waiting to: the runs, plus one claim
         // batch ahead, so a claim is never smaller than the runs can use.
         let capacity = count + MAX_CLAIM;
+        let slots = Arc::new(Semaphore::new(capacity));
+        let runs = Arc::new(Semaphore::new(count));
         let (outcomes, queue) = mpsc::channel::<Finished>(count.max(MAX_COMMIT));
-        let runs = Arc::new(Runs {
-            slots: Arc::new(Semaphore::new(capacity)),
-            runs: Arc::new(Semaphore::new(count)),
-            outcomes: outcomes.downgrade(),
-            worker: worker.to_owned(),
-            stop: stop.clone(),
-        });
-        let committer = tokio::spawn(self.clone().commit_loop(queue, runs.clone()));
-        while !stopping(&stop) {
-            let permits = runs.free_slots();
-            if permits.is_empty() {
-                self.wait_for_work(idle, &mut stop).await;
-                continue;
-            }
-            let limit = permits.len();
-            match self.claim(worker, limit).await {
-                Ok(claimed) => {
-                    let took = claimed.len();
-                    self.start(claimed, permits, &runs).await;
-                    if took < limit {
-                        self.wait_for_work(idle, &mut stop).await;
-                    }
+        let committer = tokio::spawn(self.clone().commit_loop(queue));
+        while !*stop.borrow() {
+            let first = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = stop.changed() => break,
+            };
+            let mut permits = vec![first];
+            while permits.len() < MAX_CLAIM {
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
                 }
+            }
+            let claimed = match self.claim(worker, permits.len()).await {
+                Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::error!(worker, error = %e, "claiming steps failed");
                     drop(permits);
                     self.wait_for_work(idle, &mut stop).await;
+                    continue;
+                }
+            };
+            if claimed.jobs.is_empty() && claimed.refusals.is_empty() {
+                drop(permits);
+                self.wait_for_work(idle, &mut stop).await;
+                continue;
+            }
+            for refusal in &claimed.refusals {
+                if let Err(e) = self.refuse(refusal, worker).await {
+                    tracing::error!(worker, error = %e, "failing an unrunnable step failed");
                 }
             }
+            for job in claimed.jobs {
+                let Some(permit) = permits.pop() else { break };
+                let engine = self.clone();
+                let outcomes = outcomes.clone();
+                let worker = worker.to_owned();
+                let runs = runs.clone();
+                tokio::spawn(async move {
+                    // Claimed ahead of the runs: keep the lease while waiting for one.
+                    let Ok(run) = engine
+                        .renewing(&job.claim, &worker, runs.acquire_owned())
+                        .await
+                    else {
+                        return;
+                    };
+                    let finished = engine.run_job(job, &worker).await;
+                    drop(run);
+                    drop(permit);
+                    // The committer only stops once every sender is gone.
+                    let _ = outcomes.send(finished).await;
+                });
+            }
         }
-        // Wait for every claimed step to have run, then for the outcomes to be committed:
-        // the committer stops once the last sender is gone, and only runs hold one besides
-        // this (it claims nothing more once `stop` is set).
-        let _ = runs
-            .slots
+        // Wait for every claimed step to have run, then for the outcomes to be committed
+        // (the committer stops once the last sender is gone).
+        let _ = slots
             .acquire_many(u32::try_from(capacity).unwrap_or(u32::MAX))
             .await;
         drop(outcomes);
         let _ = committer.await;
-    }
-
-    /// Fail the claim's refusals, and run each of its jobs under one of `permits`.
-    async fn start(&self, claimed: Claimed, mut permits: Vec<OwnedSemaphorePermit>, runs: &Runs) {
-        let worker = runs.worker.as_str();
-        for refusal in &claimed.refusals {
-            if let Err(e) = self.refuse(refusal, worker).await {
-                tracing::error!(worker, error = %e, "failing an unrunnable step failed");
-            }
-        }
-        if claimed.jobs.is_empty() {
-            return;
-        }
-        // The claimer holds the strong sender until every slot is back, and a job's slot
-        // is among `permits`: it is still there.
-        let Some(outcomes) = runs.outcomes.upgrade() else {
-            return;
-        };
-        for job in claimed.jobs {
-            let Some(permit) = permits.pop() else { break };
-            let engine = self.clone();
-            let outcomes = outcomes.clone();
-            let worker = worker.to_owned();
-            let runs = runs.runs.clone();
-            tokio::spawn(async move {
-                // Claimed ahead of the runs: keep the lease while waiting for one.
-                let Ok(run) = engine
-                    .renewing(&job.claim, &worker, runs.acquire_owned())
-                    .await
-                else {
-                    return;
-                };
-                let finished = engine.run_job(job, &worker).await;
-                drop(run);
-                drop(permit);
-                // The committer only stops once every sender is gone.
-                let _ = outcomes.send(finished).await;
-            });
-        }
     }
 
     /// Sleep until `idle` passes, this process makes a step ready, or `stop` is set.
@@ -190,26 +174,12 @@ impl Engine {
         }
     }
 
-    /// Commit queued outcomes, every one that queued meanwhile in one transaction, and
-    /// claim for the slots free, until the queue closes.
-    async fn commit_loop(self, mut queue: mpsc::Receiver<Finished>, runs: Arc<Runs>) {
+    /// Commit queued outcomes, every one that queued meanwhile in one transaction, until
+    /// the queue closes.
+    async fn commit_loop(self, mut queue: mpsc::Receiver<Finished>) {
         let mut batch = Vec::new();
         while queue.recv_many(&mut batch, MAX_COMMIT).await > 0 {
-            let permits = runs.free_slots();
-            match self
-                .commit_and_claim(&batch, &runs.worker, permits.len())
-                .await
-            {
-                Ok((_, Ok(claimed))) => self.start(claimed, permits, &runs).await,
-                Ok((_, Err(e))) => {
-                    tracing::error!(worker = %runs.worker, error = %e, "claiming steps failed");
-                }
-                Err(e) => {
-                    drop(permits);
-                    tracing::debug!(error = %e, "committing a batch failed; trying again");
-                    self.commit_with_retries(&batch).await;
-                }
-            }
+            self.commit_with_retries(&batch).await;
             batch.clear();
         }
     }
@@ -245,40 +215,4 @@ impl Engine {
             "database unavailable; outcomes dropped, their steps run again when their leases expire"
         );
     }
-}
-
-/// What the claimer and the committer share to start runs.
-struct Runs {
-    /// Claimed steps in this process, running or waiting to run: one permit each.
-    slots: Arc<Semaphore>,
-    /// Steps running: one permit each.
-    runs: Arc<Semaphore>,
-    /// Where runs queue their outcomes. Weak: the committer, which keeps this, must not
-    /// keep its own queue open.
-    outcomes: mpsc::WeakSender<Finished>,
-    /// The lease owner.
-    worker: String,
-    stop: watch::Receiver<bool>,
-}
-
-impl Runs {
-    /// Up to a claim batch of free slots; none once the workers are stopping.
-    fn free_slots(&self) -> Vec<OwnedSemaphorePermit> {
-        let mut permits = Vec::new();
-        if stopping(&self.stop) {
-            return permits;
-        }
-        while permits.len() < MAX_CLAIM {
-            match self.slots.clone().try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
-        }
-        permits
-    }
-}
-
-/// Whether the workers are to stop: `stop` is set, or its sender is gone.
-fn stopping(stop: &watch::Receiver<bool>) -> bool {
-    *stop.borrow() || stop.has_changed().is_err()
 }

@@ -7,9 +7,8 @@
 //! Work is batched at both ends, because on either database the cost of a step is its
 //! statements and commits, not its run: one transaction claims several steps and reads
 //! everything they need, and one transaction commits the outcomes of every attempt that
-//! finished meanwhile, with multi-row statements; on SQLite that transaction also claims
-//! the steps it made ready (see `pool` for the loops that do this). [`Engine::run_once`]
-//! is the same path with batches of one.
+//! finished meanwhile, with multi-row statements (see `pool` for the loops that do this).
+//! [`Engine::run_once`] is the same path with batches of one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,8 +23,8 @@ use crate::audit::NewEvent;
 use crate::policy::{NamespacePolicy, Principal};
 use crate::sandbox::{Attempt, AttemptReport, Grants, Origin, Outcome, SecretValue, TaskData};
 use crate::store::{
-    AttemptRow, Backend, ClaimReads, ClaimedStep, Completion, HotWrites, LiteTx, StepStatus,
-    StoreError, TaskRow, TaskStatus, Tx, ready,
+    AttemptRow, Backend, ClaimReads, ClaimedStep, Completion, HotWrites, StepStatus, StoreError,
+    TaskRow, TaskStatus, Tx, ready,
 };
 
 /// What one call of [`Engine::run_once`] did.
@@ -85,13 +84,6 @@ pub(crate) struct Finished {
 pub(crate) struct Claimed {
     pub(crate) jobs: Vec<Job>,
     pub(crate) refusals: Vec<Refusal>,
-}
-
-impl Claimed {
-    /// How many steps the claim took.
-    pub(crate) fn len(&self) -> usize {
-        self.jobs.len() + self.refusals.len()
-    }
 }
 
 /// The reads a claim batch shares: each task, data key and namespace policy once.
@@ -192,65 +184,40 @@ impl Engine {
     /// expire; a step that cannot be prepared for any other reason comes back as a
     /// refusal, to be failed once rather than claimed again and again.
     pub(crate) async fn claim(&self, worker: &str, limit: usize) -> Result<Claimed, EngineError> {
+        let now = self.now();
         let timer = std::time::Instant::now();
+        let lease_ms = self.inner.lease_ms;
         let store = &self.inner.store;
+        let protect = self.inner.protect;
         let (claims, raw) = match store.backend() {
             // On SQLite the reads join the claim's transaction: run on this thread they
             // cost far less than a transaction of their own.
             Backend::Sqlite => {
-                let now = self.now();
-                let (claims, reads) = store
-                    .write_now(|tx| self.claim_in(tx, worker, now, limit))
-                    .await?;
-                (claims, Some(reads))
+                store
+                    .write_now(|tx| {
+                        let claims = tx.claim_ready_steps(worker, now, lease_ms, limit)?;
+                        let reads = if claims.is_empty() {
+                            ClaimReads::default()
+                        } else {
+                            tx.claim_reads(&claims, protect)?
+                        };
+                        Ok::<_, StoreError>((claims, Some(reads)))
+                    })
+                    .await?
             }
             // On PostgreSQL the claim commits first, unlocking its rows sooner; the reads
             // follow in a read transaction.
             Backend::Postgres => {
-                let now = self.now();
                 let mut tx = store.begin().await?;
-                let claims = tx
-                    .claim_ready_steps(worker, now, self.inner.lease_ms, limit)
-                    .await?;
+                let claims = tx.claim_ready_steps(worker, now, lease_ms, limit).await?;
                 tx.commit().await?;
                 (claims, None)
             }
         };
-        self.prepare_all(claims, raw, timer).await
-    }
-
-    /// The claim of [`Engine::claim`] in a SQLite write transaction: up to `limit` ready
-    /// steps leased to `worker`, and the rows they need.
-    fn claim_in(
-        &self,
-        tx: &mut LiteTx<'_>,
-        worker: &str,
-        now: i64,
-        limit: usize,
-    ) -> Result<(Vec<ClaimedStep>, ClaimReads), StoreError> {
-        let claims = tx.claim_ready_steps(worker, now, self.inner.lease_ms, limit)?;
-        let reads = if claims.is_empty() {
-            ClaimReads::default()
-        } else {
-            tx.claim_reads(&claims, self.inner.protect)?
-        };
-        Ok((claims, reads))
-    }
-
-    /// Prepare claimed steps, after their claim committed: with the rows their claim read
-    /// (`raw`, SQLite), or reading them now (PostgreSQL). `timer` started with the claim.
-    async fn prepare_all(
-        &self,
-        claims: Vec<ClaimedStep>,
-        raw: Option<ClaimReads>,
-        timer: std::time::Instant,
-    ) -> Result<Claimed, EngineError> {
         let held = timer.elapsed();
         if claims.is_empty() {
             return Ok(Claimed::default());
         }
-        let store = &self.inner.store;
-        let protect = self.inner.protect;
         let mut reader = Reader { store, tx: None };
         let raw = match raw {
             Some(raw) => raw,
@@ -283,7 +250,7 @@ impl Engine {
             tx.commit().await?;
         }
         tracing::debug!(
-            steps = claimed.len(),
+            steps = claimed.jobs.len() + claimed.refusals.len(),
             claim_us = held.as_micros() as u64,
             total_us = timer.elapsed().as_micros() as u64,
             "claimed"
@@ -584,22 +551,6 @@ impl Engine {
     /// one. An attempt whose worker lost its lease commits nothing (`Ran::LostLease`).
     /// Any database error rolls the whole batch back; the caller may try it again.
     pub(crate) async fn commit(&self, batch: &[Finished]) -> Result<Vec<Ran>, EngineError> {
-        Ok(self.commit_and_claim(batch, "", 0).await?.0)
-    }
-
-    /// [`Engine::commit`], then [`Engine::claim`] of up to `limit` ready steps for
-    /// `worker` (none if `limit` is 0) — on SQLite in the same transaction, so that the
-    /// steps a commit makes ready are leased without a transaction of their own: a cycle
-    /// of the pipeline costs one write transaction, not two. The outer error is the
-    /// commit's: nothing was written (on SQLite a claim that fails rolls the commit back
-    /// with it, as any database error would). The inner one is the claim's, after its
-    /// commit stood.
-    pub(crate) async fn commit_and_claim(
-        &self,
-        batch: &[Finished],
-        worker: &str,
-        limit: usize,
-    ) -> Result<(Vec<Ran>, Result<Claimed, EngineError>), EngineError> {
         let now = self.now();
         // Seal everything before the transaction: no cryptography under the write lock.
         let sealed = batch
@@ -609,37 +560,19 @@ impl Engine {
 
         let timer = std::time::Instant::now();
         let store = &self.inner.store;
-        let (statuses, claimed) = match store.backend() {
+        let statuses = match store.backend() {
             // The whole transaction at once, on this thread (see `store::lite`): every
             // write below is ready when first polled.
             Backend::Sqlite => {
-                let (statuses, claims) = store
-                    .write_now(|tx| {
-                        let statuses = ready(self.commit_in(tx, batch, &sealed, now))?;
-                        let claims = if limit == 0 {
-                            None
-                        } else {
-                            Some(self.claim_in(tx, worker, now, limit)?)
-                        };
-                        Ok::<_, EngineError>((statuses, claims))
-                    })
-                    .await?;
-                let claimed = match claims {
-                    Some((claims, reads)) => self.prepare_all(claims, Some(reads), timer).await,
-                    None => Ok(Claimed::default()),
-                };
-                (statuses, claimed)
+                store
+                    .write_now(|tx| ready(self.commit_in(tx, batch, &sealed, now)))
+                    .await?
             }
             Backend::Postgres => {
                 let mut tx = store.begin().await?;
                 let statuses = self.commit_in(&mut tx, batch, &sealed, now).await?;
                 tx.commit().await?;
-                let claimed = if limit == 0 {
-                    Ok(Claimed::default())
-                } else {
-                    self.claim(worker, limit).await
-                };
-                (statuses, claimed)
+                statuses
             }
         };
         tracing::debug!(
@@ -647,16 +580,13 @@ impl Engine {
             total_us = timer.elapsed().as_micros() as u64,
             "committed"
         );
-        // Wake the claimer if this commit made steps ready that its own claim may have
-        // left: not when that claim took fewer than it could, so took every one.
-        let made_ready = statuses
+        if statuses
             .iter()
-            .any(|s| matches!(s, Some(StepStatus::Complete | StepStatus::WaitingForRetry)));
-        let took_all = limit > 0 && matches!(&claimed, Ok(c) if c.len() < limit);
-        if made_ready && !took_all {
+            .any(|s| matches!(s, Some(StepStatus::Complete | StepStatus::WaitingForRetry)))
+        {
             self.inner.work_ready.notify_one();
         }
-        let ran = batch
+        Ok(batch
             .iter()
             .zip(&statuses)
             .map(|(f, status)| match status {
@@ -667,8 +597,7 @@ impl Engine {
                 },
                 None => Ran::LostLease,
             })
-            .collect();
-        Ok((ran, claimed))
+            .collect())
     }
 
     /// The writes of [`Engine::commit`] in `tx`: what became of each outcome (`None`: its
