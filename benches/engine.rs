@@ -91,9 +91,10 @@ async fn run(
         let engine = engine.clone();
         tokio::spawn(async move { engine.work(&pool, stop).await })
     };
-    // Poll with a statement that reads only the unfinished tasks: a count over every
-    // task (by status) loaded the database it measures.
-    while unfinished(&store).await > 0 {
+    // Poll with a statement that stops at the first unfinished task: a count over every
+    // task (by status) loaded the database it measures, and so did a count of the
+    // unfinished ones, on a thread that took cores from the workers.
+    while unfinished(&store).await {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let drain = start.elapsed();

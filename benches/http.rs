@@ -247,7 +247,7 @@ async fn throughput(served: &Served, tasks: usize, clients: usize) -> f64 {
     for submitter in submitters {
         submitter.await.unwrap();
     }
-    while unfinished(&served.store).await > 0 {
+    while unfinished(&served.store).await {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tasks as f64 / start.elapsed().as_secs_f64()

@@ -102,12 +102,12 @@ pub fn agent() -> Principal {
 }
 
 /// How many tasks of the namespace are not finished.
-pub async fn unfinished(store: &Store) -> i64 {
+pub async fn unfinished(store: &Store) -> bool {
     store
         .begin_read()
         .await
         .unwrap()
-        .count_unfinished_tasks(NS)
+        .any_unfinished_task(NS)
         .await
         .unwrap()
 }

@@ -202,6 +202,30 @@ pub(crate) async fn drain(engine: &Engine) -> Vec<Ran> {
     }
 }
 
+/// Run a pool of two workers until task `id` is `status` (20 s at most), then stop it.
+async fn run_pool_until(engine: &Engine, store: &Store, id: &str, status: TaskStatus) {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let workers = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .run_workers(2, "w", std::time::Duration::from_millis(10), stop)
+                .await
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while task_status(store, id).await.0 != status {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            task_status(store, id).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop_tx.send(true).unwrap();
+    workers.await.unwrap();
+}
+
 pub(crate) async fn task_status(
     store: &Store,
     id: &str,
@@ -304,6 +328,61 @@ async fn a_permission_revoked_after_creation_stops_the_step_before_it_runs() {
         let events = tx.audit_events(i64::MIN, 1000).await.unwrap();
         tx.commit().await.unwrap();
         assert!(events.iter().any(|e| e.action == "step.denied" && e.outcome == "denied"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_its_worker_takes_on_commit_is_checked_against_the_policy_first() {
+    // Through the pool, each step after the first is taken by the commit of the one before
+    // (`engine::pool`), not by a claim: the revoked permission must stop it all the same.
+    both(|url| async move {
+        let server = TestServer::start().await;
+        let Setup { engine, store, .. } = setup(&url, &server, "/notify", 3).await;
+        let created = engine
+            .create_task(&agent(), refund_request(150.0))
+            .await
+            .unwrap();
+        let revoked = NamespacePolicy {
+            hosts: [server.origin()].into(),
+            secrets: ["NOTIFY_API_KEY".to_owned()].into(),
+            revoked_permissions: [PERMISSION.to_owned()].into(),
+            ..NamespacePolicy::default()
+        };
+        engine.set_policy(NS, &revoked, "user:admin").await.unwrap();
+
+        run_pool_until(&engine, &store, &created.id, TaskStatus::Error).await;
+
+        let (_, steps) = task_status(&store, &created.id).await;
+        assert!(
+            steps.contains(&("get_manager_approval".to_owned(), StepStatus::Complete)),
+            "{steps:?}"
+        );
+        assert!(
+            steps.contains(&("execute_refund".to_owned(), StepStatus::Error)),
+            "{steps:?}"
+        );
+        assert!(
+            steps.contains(&("notify_customer".to_owned(), StepStatus::Cancelled)),
+            "{steps:?}"
+        );
+        let mut tx = store.begin_read().await.unwrap();
+        let attempts = tx.get_attempts(&created.id).await.unwrap();
+        let events = tx.audit_events(i64::MIN, 1000).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(
+            attempts.iter().all(|a| a.step != "execute_refund"),
+            "the denied step must not run"
+        );
+        assert_eq!(
+            attempts.len(),
+            2,
+            "each allowed step ran once: {attempts:?}"
+        );
+        assert!(events.iter().any(|e| e.action == "step.denied"
+            && e.resource == format!("step/{}/execute_refund", created.id)));
+        assert!(server.seen().is_empty());
+        chain_is_intact(&store).await;
     })
     .await;
 }
@@ -492,18 +571,7 @@ async fn parallel_branches_of_a_dag_run_concurrently() {
         let request = CreateTask { namespace: NS.into(), workflow: "fan_out".into(), version: None, context: json!({}), reason: None, tags: vec![], correlation_id: None, request: None };
         let created = engine.create_task(&agent(), request).await.unwrap();
 
-        let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let workers = tokio::spawn({
-            let engine = engine.clone();
-            async move { engine.run_workers(2, "w", std::time::Duration::from_millis(10), stop).await }
-        });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while task_status(&store, &created.id).await.0 != TaskStatus::Complete {
-            assert!(std::time::Instant::now() < deadline, "{:?}", task_status(&store, &created.id).await);
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        stop_tx.send(true).unwrap();
-        workers.await.unwrap();
+        run_pool_until(&engine, &store, &created.id, TaskStatus::Complete).await;
         let seen = server.seen();
         assert_eq!(seen.len(), 2);
         // Each branch waits 0.4 s on the server: run one after the other, the second

@@ -8,8 +8,13 @@
 //!   there are runs, and hands each to a run of its own;
 //! - each run executes its attempt in the sandbox, renewing its lease meanwhile, and
 //!   queues the outcome;
-//! - the committer commits every outcome queued meanwhile in one transaction, then wakes
-//!   the claimer, since completed steps make their dependents ready.
+//! - the committer commits every outcome queued meanwhile in one transaction, and in the
+//!   same transaction leases to this process the step each completed attempt makes ready
+//!   (the first dependent whose upstream results the attempt holds: see `worker::Next`).
+//!   That step runs next in the attempt's slot, with the task, key and opened context the
+//!   attempt already had, so a workflow's later steps cost no claim transaction, no reads
+//!   and no decryption. The committer then wakes the claimer for whatever else became
+//!   ready (fan-out, a join whose other branch another worker ran).
 //!
 //! While one transaction commits, the next batch gathers, so the batches grow with the
 //! load by themselves and no outcome waits for a timer. Exactly-once commits still rest on
@@ -18,11 +23,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::EngineError;
 use super::core::Engine;
-use super::worker::Finished;
+use super::worker::{Finished, Job, Next};
 use crate::audit;
 
 /// Most steps one claim transaction takes.
@@ -99,7 +104,17 @@ impl Engine {
         let slots = Arc::new(Semaphore::new(capacity));
         let runs = Arc::new(Semaphore::new(count));
         let (outcomes, queue) = mpsc::channel::<Finished>(count.max(MAX_COMMIT));
-        let committer = tokio::spawn(self.clone().commit_loop(queue));
+        let launcher = Launcher {
+            engine: self.clone(),
+            worker: worker.to_owned(),
+            runs,
+            outcomes: outcomes.downgrade(),
+        };
+        let committer = tokio::spawn(self.clone().commit_loop(
+            queue,
+            launcher.clone(),
+            stop.clone(),
+        ));
         while !*stop.borrow() {
             let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit {
@@ -136,24 +151,7 @@ impl Engine {
             }
             for job in claimed.jobs {
                 let Some(permit) = permits.pop() else { break };
-                let engine = self.clone();
-                let outcomes = outcomes.clone();
-                let worker = worker.to_owned();
-                let runs = runs.clone();
-                tokio::spawn(async move {
-                    // Claimed ahead of the runs: keep the lease while waiting for one.
-                    let Ok(run) = engine
-                        .renewing(&job.claim, &worker, runs.acquire_owned())
-                        .await
-                    else {
-                        return;
-                    };
-                    let finished = engine.run_job(job, &worker).await;
-                    drop(run);
-                    drop(permit);
-                    // The committer only stops once every sender is gone.
-                    let _ = outcomes.send(finished).await;
-                });
+                tokio::spawn(launcher.clone().run(job, Some(permit)));
             }
         }
         // Wait for every claimed step to have run, then for the outcomes to be committed
@@ -175,23 +173,34 @@ impl Engine {
     }
 
     /// Commit queued outcomes, every one that queued meanwhile in one transaction, until
-    /// the queue closes.
-    async fn commit_loop(self, mut queue: mpsc::Receiver<Finished>) {
+    /// the queue closes; run the steps each commit took, in the slots of the attempts they
+    /// follow. Once `stop` is set, commits take nothing.
+    async fn commit_loop(
+        self,
+        mut queue: mpsc::Receiver<Finished>,
+        launcher: Launcher,
+        stop: watch::Receiver<bool>,
+    ) {
         let mut batch = Vec::new();
         while queue.recv_many(&mut batch, MAX_COMMIT).await > 0 {
-            self.commit_with_retries(&batch).await;
+            let take = !*stop.borrow();
+            for next in self.commit_with_retries(&batch, take).await {
+                let slot = batch[next.from].slot.take();
+                tokio::spawn(launcher.clone().run_next(next, slot));
+            }
+            // The slots of attempts that took nothing go back to the claimer.
             batch.clear();
         }
     }
 
-    /// Commit a batch, riding out a short database outage. If an outcome cannot be
-    /// committed for another reason, commit the others one by one so one bad outcome
-    /// does not cost the rest.
-    async fn commit_with_retries(&self, batch: &[Finished]) {
+    /// Commit a batch, riding out a short database outage, and return the steps it took
+    /// (see [`Engine::commit_taking`]). If an outcome cannot be committed for another
+    /// reason, commit the others one by one so one bad outcome does not cost the rest.
+    async fn commit_with_retries(&self, batch: &[Finished], take: bool) -> Vec<Next> {
         let mut wait = Duration::from_millis(50);
         for _ in 0..COMMIT_TRIES {
-            match self.commit(batch).await {
-                Ok(_) => return,
+            match self.commit_taking(batch, take).await {
+                Ok((_, nexts)) => return nexts,
                 Err(EngineError::Unavailable(e)) => {
                     tracing::warn!(error = %e, outcomes = batch.len(), "database unavailable; committing again");
                     tokio::time::sleep(wait).await;
@@ -199,14 +208,18 @@ impl Engine {
                 }
                 Err(e) if batch.len() > 1 => {
                     tracing::warn!(error = %e, "committing a batch failed; committing its outcomes one by one");
-                    for one in batch.chunks(1) {
-                        Box::pin(self.commit_with_retries(one)).await;
+                    let mut nexts = Vec::new();
+                    for (index, one) in batch.chunks(1).enumerate() {
+                        for mut next in Box::pin(self.commit_with_retries(one, take)).await {
+                            next.from = index;
+                            nexts.push(next);
+                        }
                     }
-                    return;
+                    return nexts;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "committing a step's outcome failed; it runs again when its lease expires");
-                    return;
+                    return Vec::new();
                 }
             }
         }
@@ -214,5 +227,53 @@ impl Engine {
             outcomes = batch.len(),
             "database unavailable; outcomes dropped, their steps run again when their leases expire"
         );
+        Vec::new()
+    }
+}
+
+/// What starts a pool's runs: from the claimer, a claimed job; from the committer, a
+/// step its commit took.
+#[derive(Clone)]
+struct Launcher {
+    engine: Engine,
+    worker: String,
+    runs: Arc<Semaphore>,
+    /// Weak, so that the committer holding it never keeps its own queue open: the runs
+    /// it starts hold pool slots, and the pool keeps a sender until every slot is back.
+    outcomes: mpsc::WeakSender<Finished>,
+}
+
+impl Launcher {
+    /// Run `job` once a run is free, holding `slot` until its outcome is committed.
+    async fn run(self, job: Job, slot: Option<OwnedSemaphorePermit>) {
+        let Some(outcomes) = self.outcomes.upgrade() else {
+            return;
+        };
+        let (engine, worker) = (&self.engine, self.worker.as_str());
+        // Claimed ahead of the runs: keep the lease while waiting for one.
+        let Ok(run) = engine
+            .renewing(&job.parts.claim, worker, self.runs.clone().acquire_owned())
+            .await
+        else {
+            return;
+        };
+        let mut finished = engine.run_job(job, worker).await;
+        drop(run);
+        finished.slot = slot;
+        // The committer only stops once every sender is gone.
+        let _ = outcomes.send(finished).await;
+    }
+
+    /// Prepare and run a step a commit took; fail it for good if it may no longer run.
+    async fn run_next(self, next: Next, slot: Option<OwnedSemaphorePermit>) {
+        match self.engine.prepare_next(next).await {
+            Ok(job) => self.run(job, slot).await,
+            Err(Some(refusal)) => {
+                if let Err(e) = self.engine.refuse(&refusal, &self.worker).await {
+                    tracing::error!(worker = %self.worker, error = %e, "failing an unrunnable step failed");
+                }
+            }
+            Err(None) => {}
+        }
     }
 }

@@ -47,13 +47,37 @@ pub enum Ran {
 
 /// A claimed step with everything its attempt needs.
 pub(crate) struct Job {
+    pub(crate) parts: Parts,
+    module: crate::sandbox::StepModule,
+    attempt: Attempt,
+}
+
+/// A claimed step's own rows, what a job is built from besides its data, secrets and
+/// module.
+pub(crate) struct Parts {
     pub(crate) claim: ClaimedStep,
     task: Arc<TaskRow>,
     workflow: Arc<LoadedWorkflow>,
     def: StepDef,
     key: TaskKey,
-    module: crate::sandbox::StepModule,
-    attempt: Attempt,
+    principal: Arc<Principal>,
+}
+
+/// A step a commit released and leased in the same transaction to the worker whose
+/// attempt released it, to run next with what that attempt already holds: no claim
+/// transaction, no reads, no key to open, no context to decrypt. The policy is re-checked
+/// as the commit read it, as a claim would.
+pub(crate) struct Next {
+    /// The finished attempt of the commit's batch it follows (whose slot it takes over).
+    pub(crate) from: usize,
+    pub(crate) claim: ClaimedStep,
+    task: Arc<TaskRow>,
+    workflow: Arc<LoadedWorkflow>,
+    key: TaskKey,
+    principal: Arc<Principal>,
+    data: Arc<TaskData>,
+    upstream: BTreeMap<String, Value>,
+    policy: Result<Arc<NamespacePolicy>, EngineError>,
 }
 
 /// A claimed step that must fail without running.
@@ -74,9 +98,14 @@ pub(crate) struct Finished {
     workflow: Arc<LoadedWorkflow>,
     def: StepDef,
     key: TaskKey,
+    principal: Arc<Principal>,
+    /// What the attempt was given: a step it releases may run with it ([`Next`]).
+    data: Arc<TaskData>,
     worker: String,
     started: i64,
     report: AttemptReport,
+    /// The pool's slot the attempt held, passed on to the step it releases, if any.
+    pub(crate) slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What one claim transaction took.
@@ -333,15 +362,7 @@ impl Engine {
                 .await?
             }
         };
-        let def = workflow
-            .def
-            .steps
-            .iter()
-            .find(|s| s.name == claim.step)
-            .cloned()
-            .ok_or_else(|| {
-                EngineError::Internal(format!("step {} is not in its workflow", claim.step))
-            })?;
+        let def = step_def(&workflow, &claim.step)?;
         if !reads.policies.contains_key(&task.namespace) {
             let policy = Self::policy(reader.tx().await?, &task.namespace).await?;
             reads.policies.insert(task.namespace.clone(), policy);
@@ -350,26 +371,9 @@ impl Engine {
         let principal: Principal = serde_json::from_str(&task.principal).map_err(|_| {
             EngineError::Internal("stored permission snapshot does not parse".into())
         })?;
-
-        // Policy before work: no instantiation for a step its creator may no longer run —
-        // any step once its creator is suspended here, a gated one once its permission
-        // is no longer held.
-        if policy.suspended_subjects.contains(&principal.subject) {
-            return Ok(Err(crate::policy::Denial::Suspended.to_string()));
+        if let Err(why) = permitted(policy, &principal, &def) {
+            return Ok(Err(why));
         }
-        if let Some(permission) = &def.requires_permission
-            && let Err(denial) = policy.check(&principal, permission)
-        {
-            return Ok(Err(denial.to_string()));
-        }
-        // Only secrets the namespace policy still grants: one withdrawn since the workflow
-        // was applied is denied to the step like one never set.
-        let granted: Vec<String> = def
-            .secrets
-            .iter()
-            .filter(|name| policy.secrets.contains(*name))
-            .cloned()
-            .collect();
 
         let key = match reads.keys.get(&task.data_key_id) {
             Some(Ok(key)) => key.clone(),
@@ -389,62 +393,148 @@ impl Engine {
                 upstream.insert(name.clone(), open_json(&key, sealed, result_aad(&row))?);
             }
         }
-        let module = match self.cached_module(&task.namespace, &def.module) {
-            Some(module) => module,
-            None => {
-                self.module(reader.tx().await?, &task.namespace, &def.module)
-                    .await?
-            }
-        };
-        let secrets = if granted.is_empty() {
-            BTreeMap::new()
-        } else {
-            self.step_secrets(reader.tx().await?, &task.namespace, &granted)
-                .await?
-        };
         let Value::Object(context) = context else {
             return Err(EngineError::Internal(
                 "stored context is not an object".into(),
             ));
         };
         let classification = crate::classify::classify_context(&workflow.classes, &context);
-        let attempt = Attempt {
-            task_id: task.id.clone(),
-            step_name: def.name.clone(),
-            attempt: u32::try_from(claim.attempt).unwrap_or(u32::MAX),
-            config: def.config.clone(),
-            grants: grants(&def, secrets),
-            data: Arc::new(TaskData {
-                context,
-                classification,
-                upstream,
-            }),
-            limits: def.limits(),
+        let data = TaskData {
+            context,
+            classification,
+            upstream,
         };
-        Ok(Ok(Job {
+        let parts = Parts {
             claim: claim.clone(),
             task: task.clone(),
             workflow,
             def,
             key,
+            principal: Arc::new(principal),
+        };
+        self.assemble(reader, parts, policy, data).await.map(Ok)
+    }
+
+    /// The job of a step this process just took in its commit ([`Next`]): everything the
+    /// attempt before it had — the task, its key, its opened context — with the upstream
+    /// results it holds, checked against the namespace policy as the commit read it. The
+    /// refusal to commit if its creator may no longer run it or it cannot be prepared;
+    /// `Err(None)` if the database is unavailable (its lease runs out, and a claim takes it).
+    pub(crate) async fn prepare_next(&self, next: Next) -> Result<Job, Option<Refusal>> {
+        let (claim, task) = (next.claim.clone(), next.task.clone());
+        let refusal = |code, reason| {
+            Some(Refusal {
+                claim: claim.clone(),
+                task: task.clone(),
+                code,
+                reason,
+            })
+        };
+        match self.try_prepare_next(next).await {
+            Ok(Ok(job)) => Ok(job),
+            Ok(Err(why)) => Err(refusal("permission_denied", why)),
+            // Its lease runs out and a claim takes it then.
+            Err(e @ EngineError::Unavailable(_)) => {
+                tracing::warn!(task = %claim.task_id, step = %claim.step, error = %e, "preparing a released step failed");
+                Err(None)
+            }
+            Err(e) => Err(refusal("unrunnable", e.to_string())),
+        }
+    }
+
+    async fn try_prepare_next(&self, next: Next) -> Result<Result<Job, String>, EngineError> {
+        let def = step_def(&next.workflow, &next.claim.step)?;
+        let policy = next.policy?;
+        if let Err(why) = permitted(&policy, &next.principal, &def) {
+            return Ok(Err(why));
+        }
+        let data = TaskData {
+            context: next.data.context.clone(),
+            classification: next.data.classification.clone(),
+            upstream: next.upstream,
+        };
+        let parts = Parts {
+            claim: next.claim,
+            task: next.task,
+            workflow: next.workflow,
+            def,
+            key: next.key,
+            principal: next.principal,
+        };
+        let store = &self.inner.store;
+        let mut reader = Reader { store, tx: None };
+        let job = self.assemble(&mut reader, parts, &policy, data).await;
+        if let Some(tx) = reader.tx {
+            tx.commit().await?;
+        }
+        job.map(Ok)
+    }
+
+    /// A permitted step's job: its secrets (those the policy still grants) and module
+    /// found, its attempt built.
+    async fn assemble(
+        &self,
+        reader: &mut Reader<'_>,
+        parts: Parts,
+        policy: &NamespacePolicy,
+        data: TaskData,
+    ) -> Result<Job, EngineError> {
+        let (def, namespace) = (&parts.def, &parts.task.namespace);
+        // Only secrets the namespace policy still grants: one withdrawn since the workflow
+        // was applied is denied to the step like one never set.
+        let granted: Vec<String> = def
+            .secrets
+            .iter()
+            .filter(|name| policy.secrets.contains(*name))
+            .cloned()
+            .collect();
+        let module = match self.cached_module(namespace, &def.module) {
+            Some(module) => module,
+            None => {
+                self.module(reader.tx().await?, namespace, &def.module)
+                    .await?
+            }
+        };
+        let secrets = if granted.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.step_secrets(reader.tx().await?, namespace, &granted)
+                .await?
+        };
+        let attempt = Attempt {
+            task_id: parts.task.id.clone(),
+            step_name: def.name.clone(),
+            attempt: u32::try_from(parts.claim.attempt).unwrap_or(u32::MAX),
+            config: def.config.clone(),
+            grants: grants(def, secrets),
+            data: Arc::new(data),
+            limits: def.limits(),
+        };
+        Ok(Job {
+            parts,
             module,
             attempt,
-        }))
+        })
     }
 
     /// Run a claimed step's attempt, renewing its lease every third of its length
     /// meanwhile.
     pub(crate) async fn run_job(&self, job: Job, worker: &str) -> Finished {
         let Job {
-            claim,
-            task,
-            workflow,
-            def,
-            key,
+            parts:
+                Parts {
+                    claim,
+                    task,
+                    workflow,
+                    def,
+                    key,
+                    principal,
+                },
             module,
             attempt,
         } = job;
         let started = self.now();
+        let data = attempt.data.clone();
         let report = self
             .renewing(&claim, worker, self.inner.sandbox.run(&module, attempt))
             .await;
@@ -454,9 +544,12 @@ impl Engine {
             workflow,
             def,
             key,
+            principal,
+            data,
             worker: worker.to_owned(),
             started,
             report,
+            slot: None,
         }
     }
 
@@ -551,6 +644,18 @@ impl Engine {
     /// one. An attempt whose worker lost its lease commits nothing (`Ran::LostLease`).
     /// Any database error rolls the whole batch back; the caller may try it again.
     pub(crate) async fn commit(&self, batch: &[Finished]) -> Result<Vec<Ran>, EngineError> {
+        Ok(self.commit_taking(batch, false).await?.0)
+    }
+
+    /// [`Engine::commit`], and if `take`, lease the steps its completions make ready to
+    /// the workers that completed them, in the same transaction: for each completed
+    /// attempt, the first step depending on it whose every upstream result the attempt
+    /// holds (see [`Next`]). A step released but not taken waits for a claim.
+    pub(crate) async fn commit_taking(
+        &self,
+        batch: &[Finished],
+        take: bool,
+    ) -> Result<(Vec<Ran>, Vec<Next>), EngineError> {
         let now = self.now();
         // Seal everything before the transaction: no cryptography under the write lock.
         let sealed = batch
@@ -560,21 +665,22 @@ impl Engine {
 
         let timer = std::time::Instant::now();
         let store = &self.inner.store;
-        let statuses = match store.backend() {
+        let (statuses, taken) = match store.backend() {
             // The whole transaction at once, on this thread (see `store::lite`): every
             // write below is ready when first polled.
             Backend::Sqlite => {
                 store
-                    .write_now(|tx| ready(self.commit_in(tx, batch, &sealed, now)))
+                    .write_now(|tx| ready(self.commit_in(tx, batch, &sealed, take, now)))
                     .await?
             }
             Backend::Postgres => {
                 let mut tx = store.begin().await?;
-                let statuses = self.commit_in(&mut tx, batch, &sealed, now).await?;
+                let committed = self.commit_in(&mut tx, batch, &sealed, take, now).await?;
                 tx.commit().await?;
-                statuses
+                committed
             }
         };
+        let nexts = self.nexts(batch, taken);
         tracing::debug!(
             outcomes = batch.len(),
             total_us = timer.elapsed().as_micros() as u64,
@@ -586,7 +692,7 @@ impl Engine {
         {
             self.inner.work_ready.notify_one();
         }
-        Ok(batch
+        let ran = batch
             .iter()
             .zip(&statuses)
             .map(|(f, status)| match status {
@@ -597,7 +703,58 @@ impl Engine {
                 },
                 None => Ran::LostLease,
             })
-            .collect())
+            .collect();
+        Ok((ran, nexts))
+    }
+
+    /// The steps a commit took ([`Taken`]), each with what the attempt it follows holds.
+    fn nexts(&self, batch: &[Finished], taken: Taken) -> Vec<Next> {
+        let policies: HashMap<String, Result<Arc<NamespacePolicy>, EngineError>> = taken
+            .policies
+            .into_iter()
+            .map(|(namespace, stored)| {
+                let policy = match stored {
+                    Some(stored) => super::core::parse_policy(&namespace, &stored).map(Arc::new),
+                    None => Err(EngineError::NotFound(format!("namespace {namespace}"))),
+                };
+                (namespace, policy)
+            })
+            .collect();
+        let mut nexts = Vec::with_capacity(taken.steps.len());
+        for (from, claim) in taken.steps {
+            let f = &batch[from];
+            let Some(upstream) = f
+                .workflow
+                .def
+                .steps
+                .iter()
+                .find(|s| s.name == claim.step)
+                .and_then(|def| f.upstream_for(def))
+            else {
+                // Not taken unless the attempt held them all (`holds_upstream_of`).
+                continue;
+            };
+            let policy = match policies.get(&f.task.namespace) {
+                Some(Ok(policy)) => Ok(policy.clone()),
+                Some(Err(e)) => Err(e.duplicate()),
+                None => Err(EngineError::NotFound(format!(
+                    "namespace {}",
+                    f.task.namespace
+                ))),
+            };
+            nexts.push(Next {
+                from,
+                claim,
+                task: f.task.clone(),
+                workflow: f.workflow.clone(),
+                key: f.key.clone(),
+                principal: f.principal.clone(),
+                data: f.data.clone(),
+                upstream,
+                policy,
+            });
+        }
+        nexts
     }
 
     /// The writes of [`Engine::commit`] in `tx`: what became of each outcome (`None`: its
@@ -607,8 +764,9 @@ impl Engine {
         tx: &mut W,
         batch: &[Finished],
         sealed: &[Sealed],
+        take: bool,
         now: i64,
-    ) -> Result<Vec<Option<StepStatus>>, EngineError> {
+    ) -> Result<(Vec<Option<StepStatus>>, Taken), EngineError> {
         let completions: Vec<Completion<'_>> = batch
             .iter()
             .zip(sealed)
@@ -686,6 +844,11 @@ impl Engine {
                 .collect();
             tx.release_steps(&released).await?;
         }
+        let taken = if take {
+            self.take_released(tx, batch, &statuses, now).await?
+        } else {
+            Taken::default()
+        };
 
         let mut attempts = Vec::with_capacity(batch.len());
         let mut events = Vec::with_capacity(batch.len() * 2);
@@ -734,7 +897,64 @@ impl Engine {
             }
         }
         self.audit_many(tx, &events, now).await?;
-        Ok(statuses)
+        Ok((statuses, taken))
+    }
+
+    /// In a commit's `tx`, after its releases: lease to each completed attempt's worker
+    /// the first step depending on it whose upstream results the attempt holds, if that
+    /// step is now ready, and read the policies of their namespaces.
+    async fn take_released<W: HotWrites>(
+        &self,
+        tx: &mut W,
+        batch: &[Finished],
+        statuses: &[Option<StepStatus>],
+        now: i64,
+    ) -> Result<Taken, EngineError> {
+        let mut wanted: HashMap<(&str, &str), usize> = HashMap::new();
+        for (index, (f, status)) in batch.iter().zip(statuses).enumerate() {
+            if *status != Some(StepStatus::Complete) {
+                continue;
+            }
+            let next = f.workflow.def.steps.iter().find(|s| {
+                s.depends_on.contains(&f.claim.step)
+                    && !wanted.contains_key(&(f.task.id.as_str(), s.name.as_str()))
+                    && f.holds_upstream_of(s)
+            });
+            if let Some(next) = next {
+                wanted.insert((&f.task.id, &next.name), index);
+            }
+        }
+        let mut taken = Taken::default();
+        let mut workers: Vec<&str> = wanted.values().map(|i| batch[*i].worker.as_str()).collect();
+        workers.sort_unstable();
+        workers.dedup();
+        for worker in workers {
+            let steps: Vec<(&str, &str)> = wanted
+                .iter()
+                .filter(|(_, i)| batch[**i].worker == worker)
+                .map(|(key, _)| *key)
+                .collect();
+            for claim in tx
+                .take_released(&steps, worker, now, self.inner.lease_ms)
+                .await?
+            {
+                if let Some(index) = wanted.get(&(claim.task_id.as_str(), claim.step.as_str())) {
+                    taken.steps.push((*index, claim));
+                }
+            }
+        }
+        let mut namespaces: Vec<&str> = taken
+            .steps
+            .iter()
+            .map(|(i, _)| batch[*i].task.namespace.as_str())
+            .collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        for namespace in namespaces {
+            let stored = tx.namespace_policy(namespace).await?;
+            taken.policies.push((namespace.to_owned(), stored));
+        }
+        Ok(taken)
     }
 
     /// End a task as `status` in `tx`, adding its event to `events`. Ending in error
@@ -777,6 +997,14 @@ impl Engine {
     }
 }
 
+/// What a commit leased to its workers ([`Engine::take_released`]): each step with the
+/// index of the attempt it follows, and the stored policies of their namespaces.
+#[derive(Default)]
+struct Taken {
+    steps: Vec<(usize, ClaimedStep)>,
+    policies: Vec<(String, Option<String>)>,
+}
+
 /// How an attempt ended, as it will be stored.
 enum Verdict {
     /// Its result, sealed.
@@ -798,6 +1026,34 @@ struct Sealed {
 }
 
 impl Finished {
+    /// Whether this attempt holds every upstream result `next` needs: its own result, and
+    /// those it was given.
+    fn holds_upstream_of(&self, next: &StepDef) -> bool {
+        matches!(self.report.outcome, Outcome::Success { .. })
+            && next
+                .depends_on
+                .iter()
+                .all(|dep| *dep == self.claim.step || self.data.upstream.contains_key(dep))
+    }
+
+    /// The upstream results of `next` this attempt holds, if it holds them all.
+    fn upstream_for(&self, next: &StepDef) -> Option<BTreeMap<String, Value>> {
+        let Outcome::Success { result } = &self.report.outcome else {
+            return None;
+        };
+        next.depends_on
+            .iter()
+            .map(|dep| {
+                let value = if *dep == self.claim.step {
+                    result.clone()
+                } else {
+                    self.data.upstream.get(dep)?.clone()
+                };
+                Some((dep.clone(), value))
+            })
+            .collect()
+    }
+
     /// Seal the attempt's result and record, and decide whether a failure is retried.
     fn seal(&self, now: i64) -> Result<Sealed, EngineError> {
         let row = format!("{}/{}", self.task.id, self.claim.step);
@@ -994,4 +1250,30 @@ fn step_event(
         correlation_id: Some(task.id.clone()),
         details,
     }
+}
+
+/// The step `name` of `workflow`.
+fn step_def(workflow: &LoadedWorkflow, name: &str) -> Result<StepDef, EngineError> {
+    workflow
+        .def
+        .steps
+        .iter()
+        .find(|s| s.name == name)
+        .cloned()
+        .ok_or_else(|| EngineError::Internal(format!("step {name} is not in its workflow")))
+}
+
+/// Policy before work: no instantiation for a step its creator may no longer run — any
+/// step once its creator is suspended here, a gated one once its permission is no longer
+/// held. `Err(why)` if it may not run.
+fn permitted(policy: &NamespacePolicy, principal: &Principal, def: &StepDef) -> Result<(), String> {
+    if policy.suspended_subjects.contains(&principal.subject) {
+        return Err(crate::policy::Denial::Suspended.to_string());
+    }
+    if let Some(permission) = &def.requires_permission
+        && let Err(denial) = policy.check(principal, permission)
+    {
+        return Err(denial.to_string());
+    }
+    Ok(())
 }

@@ -94,6 +94,31 @@ pub(super) const SQLITE_CLAIM_RUNNABLE: &str = concat!(
      RETURNING task_id, name, attempts, attempt_base, lease_expires_at"
 );
 
+/// The statement of [`Tx::take_released`], with the placeholders of the lease owner, the
+/// lease's end, now, the (task, step) rows and now again.
+pub(super) fn take_released_sql(
+    owner: &str,
+    expires: &str,
+    now: &str,
+    rows: &str,
+    now_again: &str,
+) -> String {
+    format!(
+        "UPDATE steps SET status = 'in_progress', lease_owner = {owner},
+                          lease_expires_at = {expires}, attempts = steps.attempts + 1,
+                          started_at = COALESCE(steps.started_at, {now})
+         FROM (VALUES {rows}) AS v
+         WHERE steps.task_id = v.column1 AND steps.name = v.column2
+           AND steps.status = 'pending' AND steps.waiting_on = 0
+           AND steps.next_run_at <= {now_again}
+           AND EXISTS (SELECT 1 FROM tasks t JOIN data_keys k ON k.id = t.data_key_id
+                       WHERE t.id = steps.task_id AND t.status IN ('pending', 'in_progress')
+                         AND k.destroyed_at IS NULL)
+         RETURNING steps.task_id, steps.name, steps.attempts, steps.attempt_base,
+                   steps.lease_expires_at"
+    )
+}
+
 const POSTGRES_CLAIM_EXPIRED: &str = concat!(
     "WITH candidate AS (
          SELECT s.task_id, s.name FROM steps s WHERE ",
@@ -132,6 +157,18 @@ const POSTGRES_RELEASE_DEPENDENTS: &str = "UPDATE steps SET waiting_on = waiting
      WHERE task_id = $1 AND depends_on::jsonb ? $2";
 
 pub(super) type ClaimRecord = (String, String, i64, i64, i64);
+
+impl From<ClaimRecord> for ClaimedStep {
+    fn from((task_id, step, attempt, attempt_base, lease_expires_at): ClaimRecord) -> Self {
+        ClaimedStep {
+            task_id,
+            step,
+            attempt,
+            attempt_base,
+            lease_expires_at,
+        }
+    }
+}
 
 /// A step's result to commit with [`Tx::complete_steps`], fenced like
 /// [`Tx::complete_step`].
@@ -228,18 +265,7 @@ impl Tx<'_> {
             })
             .ctx("start tasks")?;
         }
-        Ok(claimed
-            .into_iter()
-            .map(
-                |(task_id, step, attempt, attempt_base, lease_expires_at)| ClaimedStep {
-                    task_id,
-                    step,
-                    attempt,
-                    attempt_base,
-                    lease_expires_at,
-                },
-            )
-            .collect())
+        Ok(claimed.into_iter().map(ClaimedStep::from).collect())
     }
 
     /// Commits many steps' results in one statement, each fenced as in
@@ -283,6 +309,49 @@ impl Tx<'_> {
             committed.extend(rows);
         }
         Ok(committed)
+    }
+
+    /// Of `steps` (task, step), just released by a commit in this transaction, lease to
+    /// `worker` those that are now ready: pending, waiting on nothing, due, of a task
+    /// still running whose data key is not destroyed. The committing worker runs them
+    /// next without a claim of its own (`engine::pool`); the rest wait for a claimer.
+    pub async fn take_released(
+        &mut self,
+        steps: &[(&str, &str)],
+        worker: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedStep>, StoreError> {
+        let lease_expires_at = now.saturating_add(lease_ms);
+        let mut taken = Vec::with_capacity(steps.len());
+        for batch in steps.chunks(BATCH_ROWS) {
+            // `now` twice: SQLite's `?` are positional.
+            let sql = take_released_sql(
+                &self.param_list(1, 1),
+                &self.param_list(2, 1),
+                &self.param_list(3, 1),
+                &self.row_list(4, batch.len(), 2),
+                &self.param_list(4 + 2 * batch.len(), 1),
+            );
+            let rows: Vec<ClaimRecord> = with_conn!(self, |conn| {
+                let mut query = sqlx::query_as(&sql)
+                    .bind(worker)
+                    .bind(lease_expires_at)
+                    .bind(now);
+                for (task_id, step) in batch {
+                    query = query.bind(*task_id).bind(*step);
+                }
+                query.bind(now).fetch_all(conn).await
+            })
+            .ctx("take released steps")?;
+            taken.extend(rows.into_iter().map(ClaimedStep::from));
+        }
+        Ok(taken)
+    }
+
+    /// A namespace's stored policy (JSON).
+    pub async fn namespace_policy(&mut self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.get_namespace(name).await?.map(|row| row.policy))
     }
 
     /// Each (task, step, n): the step waits on `n` fewer dependencies, because `n` of

@@ -22,7 +22,7 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, ErrorCode};
 
 use super::backend::Pool;
-use super::claim::{ClaimRecord, SQLITE_CLAIM_EXPIRED, SQLITE_CLAIM_RUNNABLE};
+use super::claim::{ClaimRecord, SQLITE_CLAIM_EXPIRED, SQLITE_CLAIM_RUNNABLE, take_released_sql};
 use super::error::internal;
 use super::keys::key_columns;
 use super::steps::{STEP_COLUMNS, distinct, step_columns};
@@ -244,6 +244,17 @@ fn task_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
         updated_at: row.get(16)?,
         finished_at: row.get(17)?,
     })
+}
+
+/// A claim statement's row: task, step, attempt, attempt base, lease end.
+fn claim_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<ClaimRecord> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
 }
 
 fn data_key_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DataKeyRow> {
@@ -529,15 +540,7 @@ impl LiteTx<'_> {
                         ("$3", &lease_expires_at),
                         ("$4", &wanted),
                     ][..],
-                    |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                            row.get(4)?,
-                        ))
-                    },
+                    claim_record,
                 )
                 .lite("claim steps")?;
             for row in rows {
@@ -558,18 +561,7 @@ impl LiteTx<'_> {
             params.extend(batch.iter().map(|id| id as &dyn ToSql));
             self.execute(&sql, &params, "start tasks")?;
         }
-        Ok(claimed
-            .into_iter()
-            .map(
-                |(task_id, step, attempt, attempt_base, lease_expires_at)| ClaimedStep {
-                    task_id,
-                    step,
-                    attempt,
-                    attempt_base,
-                    lease_expires_at,
-                },
-            )
-            .collect())
+        Ok(claimed.into_iter().map(ClaimedStep::from).collect())
     }
 
     fn complete_steps(
@@ -610,6 +602,45 @@ impl LiteTx<'_> {
             }
         }
         Ok(committed)
+    }
+
+    fn take_released(
+        &mut self,
+        steps: &[(&str, &str)],
+        worker: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedStep>, StoreError> {
+        let lease_expires_at = now.saturating_add(lease_ms);
+        let mut taken = Vec::with_capacity(steps.len());
+        for batch in sized(steps) {
+            let sql = take_released_sql("?", "?", "?", &tuples(batch.len(), 2), "?");
+            let mut params: Vec<&dyn ToSql> = vec![&worker, &lease_expires_at, &now];
+            for (task_id, step) in batch {
+                params.extend([task_id as &dyn ToSql, step]);
+            }
+            params.push(&now);
+            let mut statement = self.conn.prepare_cached(&sql).lite("take released steps")?;
+            let rows = statement
+                .query_map(&params[..], claim_record)
+                .lite("take released steps")?;
+            for row in rows {
+                taken.push(ClaimedStep::from(row.lite("take released steps")?));
+            }
+        }
+        Ok(taken)
+    }
+
+    fn namespace_policy(&mut self, name: &str) -> Result<Option<String>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT policy FROM namespaces WHERE name = ?")
+            .lite("get namespace")?;
+        let mut rows = statement.query([name]).lite("get namespace")?;
+        match rows.next().lite("get namespace")? {
+            Some(row) => Ok(Some(row.get(0).lite("get namespace")?)),
+            None => Ok(None),
+        }
     }
 
     fn release_steps(&mut self, released: &[(&str, &str, i64)]) -> Result<(), StoreError> {
@@ -1071,6 +1102,18 @@ pub(crate) trait HotWrites {
         &mut self,
         released: &[(&str, &str, i64)],
     ) -> impl Future<Output = Result<(), StoreError>>;
+    fn take_released(
+        &mut self,
+        steps: &[(&str, &str)],
+        worker: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> impl Future<Output = Result<Vec<ClaimedStep>, StoreError>>;
+    /// A namespace's stored policy (JSON), as it is in this transaction.
+    fn namespace_policy(
+        &mut self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>>;
     #[allow(clippy::too_many_arguments)] // as Tx::fail_step
     fn fail_step(
         &mut self,
@@ -1155,6 +1198,18 @@ macro_rules! delegate {
                 released: &[(&str, &str, i64)],
             ) -> Result<(), StoreError> {
                 $call!(self.release_steps(released))
+            }
+            async fn take_released(
+                &mut self,
+                steps: &[(&str, &str)],
+                worker: &str,
+                now: i64,
+                lease_ms: i64,
+            ) -> Result<Vec<ClaimedStep>, StoreError> {
+                $call!(self.take_released(steps, worker, now, lease_ms))
+            }
+            async fn namespace_policy(&mut self, name: &str) -> Result<Option<String>, StoreError> {
+                $call!(self.namespace_policy(name))
             }
             async fn fail_step(
                 &mut self,

@@ -340,3 +340,105 @@ async fn cancelling_stops_pending_steps_and_finished_tasks_are_not_claimed() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_takes_only_released_steps_that_are_ready_and_whose_data_still_opens() {
+    both(|store| async move {
+        seed_workflow(&store).await;
+        seed_task(
+            &store,
+            "t1",
+            &[("a", &[]), ("b", &["a"]), ("c", &["a", "b"])],
+        )
+        .await;
+        let take = |steps: Vec<(&'static str, &'static str)>, worker: &'static str| {
+            let store = store.clone();
+            async move {
+                write(&store, async |tx| {
+                    tx.take_released(&steps, worker, NOW, LEASE).await
+                })
+                .await
+                .expect("take")
+            }
+        };
+        assert_eq!(
+            take(vec![("t1", "b")], "w1").await,
+            vec![],
+            "b still waits for a"
+        );
+        let a = claim(&store, "w1", NOW).await.expect("a");
+        assert_eq!(
+            take(vec![("t1", "a")], "w2").await,
+            vec![],
+            "a is leased to w1 already"
+        );
+        complete(&store, &a, "w1", b"out-a")
+            .await
+            .expect("complete a");
+
+        let taken = take(vec![("t1", "b"), ("t1", "c")], "w1").await;
+        assert_eq!(taken.len(), 1, "c still waits for b: {taken:?}");
+        assert_eq!(
+            (
+                taken[0].step.as_str(),
+                taken[0].attempt,
+                taken[0].lease_expires_at
+            ),
+            ("b", 1, NOW + LEASE)
+        );
+        let b = step_status(&store, "t1", "b").await;
+        assert_eq!(
+            (b.status, b.lease_owner.as_deref()),
+            (StepStatus::InProgress, Some("w1"))
+        );
+        assert_eq!(
+            claim(&store, "w2", NOW).await,
+            None,
+            "a taken step is not claimed again"
+        );
+        assert_eq!(
+            take(vec![("t1", "b")], "w2").await,
+            vec![],
+            "nor taken twice"
+        );
+
+        // Once its data key is destroyed, a ready step is left for a claim to refuse.
+        complete(&store, &taken[0], "w1", b"out-b")
+            .await
+            .expect("complete b");
+        write(&store, async |tx| tx.destroy_data_key("dk_1", NOW).await)
+            .await
+            .expect("destroy");
+        assert_eq!(take(vec![("t1", "c")], "w1").await, vec![]);
+        assert_eq!(
+            step_status(&store, "t1", "c").await.status,
+            StepStatus::Pending
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_takes_no_step_of_a_cancelled_task() {
+    both(|store| async move {
+        seed_workflow(&store).await;
+        seed_task(&store, "t1", &[("a", &[]), ("b", &["a"])]).await;
+        let a = claim(&store, "w1", NOW).await.expect("a");
+        complete(&store, &a, "w1", b"out-a")
+            .await
+            .expect("complete a");
+        write(&store, async |tx| {
+            tx.set_task_status("t1", TaskStatus::Cancelled, None, NOW + 1)
+                .await
+        })
+        .await
+        .expect("cancel");
+        let taken = write(&store, async |tx| {
+            tx.take_released(&[("t1", "b")], "w1", NOW + 2, LEASE).await
+        })
+        .await
+        .expect("take");
+        assert_eq!(taken, vec![]);
+    })
+    .await;
+}
