@@ -12,9 +12,9 @@
 //!   same transaction leases to this process the step each completed attempt makes ready
 //!   (the first dependent whose upstream results the attempt holds: see `worker::Next`).
 //!   That step runs next in the attempt's slot, with the task, key and opened context the
-//!   attempt already had, so a workflow's later steps cost no claim transaction, no reads
-//!   and no decryption. The committer then wakes the claimer for whatever else became
-//!   ready (fan-out, a join whose other branch another worker ran).
+//!   attempt already had, so a workflow's later steps cost no claim transaction, no task
+//!   reads and no decryption. The committer then wakes the claimer for whatever else
+//!   became ready (the other steps of a fan-out, the join of parallel branches).
 //!
 //! While one transaction commits, the next batch gathers, so the batches grow with the
 //! load by themselves and no outcome waits for a timer. Exactly-once commits still rest on

@@ -65,8 +65,9 @@ pub(crate) struct Parts {
 
 /// A step a commit released and leased in the same transaction to the worker whose
 /// attempt released it, to run next with what that attempt already holds: no claim
-/// transaction, no reads, no key to open, no context to decrypt. The policy is re-checked
-/// as the commit read it, as a claim would.
+/// transaction, no task or result reads, no key to open, no context to decrypt (only its
+/// secrets, and its module if not cached, are read). The policy is re-checked as the
+/// commit read it, as a claim would.
 pub(crate) struct Next {
     /// The finished attempt of the commit's batch it follows (whose slot it takes over).
     pub(crate) from: usize,
@@ -422,6 +423,12 @@ impl Engine {
     /// `Err(None)` if the database is unavailable (its lease runs out, and a claim takes it).
     pub(crate) async fn prepare_next(&self, next: Next) -> Result<Job, Option<Refusal>> {
         let (claim, task) = (next.claim.clone(), next.task.clone());
+        if let Err(e) = &next.policy {
+            // As a claim does with a policy it cannot read: its lease runs out, and the
+            // step is tried again then.
+            tracing::error!(task = %claim.task_id, step = %claim.step, error = %e, "reading the namespace policy for a released step failed");
+            return Err(None);
+        }
         let refusal = |code, reason| {
             Some(Refusal {
                 claim: claim.clone(),
@@ -844,11 +851,6 @@ impl Engine {
                 .collect();
             tx.release_steps(&released).await?;
         }
-        let taken = if take {
-            self.take_released(tx, batch, &statuses, now).await?
-        } else {
-            Taken::default()
-        };
 
         let mut attempts = Vec::with_capacity(batch.len());
         let mut events = Vec::with_capacity(batch.len() * 2);
@@ -881,6 +883,13 @@ impl Engine {
                 .await?;
             }
         }
+        // After the failed tasks ended: a step of a task that failed in this very commit
+        // is no longer taken (nor was it cancelled, had it been taken first).
+        let taken = if take {
+            self.take_released(tx, batch, &statuses, now).await?
+        } else {
+            Taken::default()
+        };
         let mut maybe_done: Vec<&str> = batch
             .iter()
             .zip(&statuses)
