@@ -78,7 +78,7 @@ pub(crate) struct Next {
     principal: Arc<Principal>,
     data: Arc<TaskData>,
     upstream: BTreeMap<String, Value>,
-    policy: Result<Arc<NamespacePolicy>, EngineError>,
+    policy: Arc<NamespacePolicy>,
 }
 
 /// A claimed step that must fail without running.
@@ -423,12 +423,6 @@ impl Engine {
     /// `Err(None)` if the database is unavailable (its lease runs out, and a claim takes it).
     pub(crate) async fn prepare_next(&self, next: Next) -> Result<Job, Option<Refusal>> {
         let (claim, task) = (next.claim.clone(), next.task.clone());
-        if let Err(e) = &next.policy {
-            // As a claim does with a policy it cannot read: its lease runs out, and the
-            // step is tried again then.
-            tracing::error!(task = %claim.task_id, step = %claim.step, error = %e, "reading the namespace policy for a released step failed");
-            return Err(None);
-        }
         let refusal = |code, reason| {
             Some(Refusal {
                 claim: claim.clone(),
@@ -451,7 +445,7 @@ impl Engine {
 
     async fn try_prepare_next(&self, next: Next) -> Result<Result<Job, String>, EngineError> {
         let def = step_def(&next.workflow, &next.claim.step)?;
-        let policy = next.policy?;
+        let policy = next.policy;
         if let Err(why) = permitted(&policy, &next.principal, &def) {
             return Ok(Err(why));
         }
@@ -741,13 +735,17 @@ impl Engine {
                 // Not taken unless the attempt held them all (`holds_upstream_of`).
                 continue;
             };
+            // A policy that cannot be read leaves the step to its lease, as a claim does:
+            // it runs out, and the step is tried again then.
             let policy = match policies.get(&f.task.namespace) {
-                Some(Ok(policy)) => Ok(policy.clone()),
-                Some(Err(e)) => Err(e.duplicate()),
-                None => Err(EngineError::NotFound(format!(
-                    "namespace {}",
-                    f.task.namespace
-                ))),
+                Some(Ok(policy)) => policy.clone(),
+                failed => {
+                    let error = failed
+                        .and_then(|p| p.as_ref().err())
+                        .map(ToString::to_string);
+                    tracing::error!(task = %claim.task_id, step = %claim.step, ?error, "reading the namespace policy for a released step failed");
+                    continue;
+                }
             };
             nexts.push(Next {
                 from,
