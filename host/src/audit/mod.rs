@@ -24,5 +24,5 @@ pub use present::{
     export_header, parse_rfc3339, rfc3339,
 };
 pub use report::{Period, ReportInputs, compliance_report, controls, period_bounds, report_csv};
-pub(crate) use trail::record_many_in;
 pub use trail::{AuditError, NewEvent, record, record_many, seal_pending, verify, verify_signed};
+pub(crate) use trail::{record_many_in, record_rows_in, rows};

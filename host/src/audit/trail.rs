@@ -87,10 +87,34 @@ pub(crate) async fn record_many_in<W: crate::store::HotWrites>(
     events: &[NewEvent],
     now_ms: i64,
 ) -> Result<Vec<i64>, AuditError> {
-    let rows = events
+    record_rows_in(tx, &[], events, now_ms).await
+}
+
+/// The rows `events` will be stored as, built ahead of the transaction that records
+/// them ([`record_rows_in`]): ids drawn and details serialized, so that little of an
+/// event's cost is paid while that transaction holds the database.
+pub(crate) fn rows(events: &[NewEvent], now_ms: i64) -> Result<Vec<NewAuditRow>, AuditError> {
+    events.iter().map(|event| row(event, now_ms)).collect()
+}
+
+/// Record rows built ahead ([`rows`]), then `events`, in that order inside `tx`, all at
+/// time `now_ms` (the time of the change they describe, which commits with them).
+pub(crate) async fn record_rows_in<W: crate::store::HotWrites>(
+    tx: &mut W,
+    built: &[&NewAuditRow],
+    events: &[NewEvent],
+    now_ms: i64,
+) -> Result<Vec<i64>, AuditError> {
+    let rows = built
         .iter()
-        .map(|event| row(event, now_ms))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|&built| {
+            Ok(NewAuditRow {
+                ts: now_ms,
+                ..built.clone()
+            })
+        })
+        .chain(events.iter().map(|event| row(event, now_ms)))
+        .collect::<Result<Vec<_>, AuditError>>()?;
     if let Some(mut hot) = tx.hot_path()
         && let Some(prev) = seal_behind(&mut hot)?
     {

@@ -188,8 +188,10 @@ impl Engine {
                 let slot = batch[next.from].slot.take();
                 tokio::spawn(launcher.clone().run_next(next, slot));
             }
-            // The slots of attempts that took nothing go back to the claimer.
-            batch.clear();
+            // The slots of attempts that took nothing go back to the claimer. What the
+            // attempts held is freed off the committer, which every run waits on.
+            let done = std::mem::replace(&mut batch, Vec::with_capacity(MAX_COMMIT));
+            tokio::spawn(async move { drop(done) });
         }
     }
 

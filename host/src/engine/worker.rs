@@ -10,6 +10,7 @@
 //! finished meanwhile, with multi-row statements (see `pool` for the loops that do this).
 //! [`Engine::run_once`] is the same path with batches of one.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,8 @@ use crate::audit::NewEvent;
 use crate::policy::{NamespacePolicy, Principal};
 use crate::sandbox::{Attempt, AttemptReport, Grants, Origin, Outcome, SecretValue, TaskData};
 use crate::store::{
-    AttemptRow, Backend, ClaimReads, ClaimedStep, Completion, HotWrites, StepStatus, StoreError,
-    TaskRow, TaskStatus, Tx, ready,
+    AttemptRow, Backend, ClaimReads, ClaimedStep, Completion, HotWrites, NewAuditRow, StepStatus,
+    StoreError, TaskRow, TaskStatus, Tx, ready,
 };
 
 /// What one call of [`Engine::run_once`] did.
@@ -105,6 +106,8 @@ pub(crate) struct Finished {
     worker: String,
     started: i64,
     report: AttemptReport,
+    /// Its writes, made ready by the run (`None`: the commit makes them).
+    prepared: Option<Prepared>,
     /// The pool's slot the attempt held, passed on to the step it releases, if any.
     pub(crate) slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -539,7 +542,7 @@ impl Engine {
         let report = self
             .renewing(&claim, worker, self.inner.sandbox.run(&module, attempt))
             .await;
-        Finished {
+        let mut finished = Finished {
             claim,
             task,
             workflow,
@@ -550,8 +553,13 @@ impl Engine {
             worker: worker.to_owned(),
             started,
             report,
+            prepared: None,
             slot: None,
-        }
+        };
+        // Here, in the attempt's own run, rather than in the committer all runs wait on.
+        // Should it fail, the commit tries again and reports why.
+        finished.prepared = finished.prepare(self.now(), self.inner.protect).ok();
+        finished
     }
 
     /// Await `work` while renewing `worker`'s lease on the claimed step every third of the
@@ -658,10 +666,15 @@ impl Engine {
         take: bool,
     ) -> Result<(Vec<Ran>, Vec<Next>), EngineError> {
         let now = self.now();
-        // Seal everything before the transaction: no cryptography under the write lock.
+        // Everything sealed and built before the transaction: no cryptography and little
+        // serializing under the write lock. The runs did it (`Engine::run_job`).
+        let protect = self.inner.protect;
         let sealed = batch
             .iter()
-            .map(|f| f.seal(now))
+            .map(|f| match &f.prepared {
+                Some(prepared) => Ok(Cow::Borrowed(prepared)),
+                None => f.prepare(now, protect).map(Cow::Owned),
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
         let timer = std::time::Instant::now();
@@ -768,14 +781,14 @@ impl Engine {
         &self,
         tx: &mut W,
         batch: &[Finished],
-        sealed: &[Sealed],
+        sealed: &[Cow<'_, Prepared>],
         take: bool,
         now: i64,
     ) -> Result<(Vec<Option<StepStatus>>, Taken), EngineError> {
         let completions: Vec<Completion<'_>> = batch
             .iter()
             .zip(sealed)
-            .filter_map(|(f, s)| match &s.verdict {
+            .filter_map(|(f, s)| match &s.sealed.verdict {
                 Verdict::Success { result } => Some(Completion {
                     task_id: &f.task.id,
                     step: &f.claim.step,
@@ -798,7 +811,7 @@ impl Engine {
 
         let mut statuses: Vec<Option<StepStatus>> = Vec::with_capacity(batch.len());
         for (f, s) in batch.iter().zip(sealed) {
-            let status = match &s.verdict {
+            let status = match &s.sealed.verdict {
                 // By attempt: of a stale and a current attempt of one step in this batch,
                 // only the one that committed releases its dependents.
                 Verdict::Success { .. } => completed
@@ -851,20 +864,24 @@ impl Engine {
         }
 
         let mut attempts = Vec::with_capacity(batch.len());
-        let mut events = Vec::with_capacity(batch.len() * 2);
+        let mut built: Vec<&NewAuditRow> = Vec::with_capacity(batch.len() * 2);
+        let mut events = Vec::new();
         for ((f, s), status) in batch.iter().zip(sealed).zip(&statuses) {
-            let Some(status) = *status else { continue };
+            if status.is_none() {
+                continue;
+            }
             attempts.push(AttemptRow {
                 task_id: f.task.id.clone(),
                 step: f.claim.step.clone(),
                 attempt: f.claim.attempt,
                 worker: f.worker.clone(),
-                outcome: s.outcome.clone(),
-                record: s.record.clone(),
+                outcome: s.sealed.outcome.clone(),
+                record: s.sealed.record.clone(),
                 started_at: f.started,
                 duration_ms: i64::try_from(f.report.duration_ms).unwrap_or(i64::MAX),
             });
-            f.events(status, &s.outcome, &mut events);
+            // Built for the status its verdict gives, which is the one it got.
+            built.extend(&s.rows);
         }
         tx.insert_attempts(&attempts).await?;
 
@@ -903,7 +920,9 @@ impl Engine {
                 }
             }
         }
-        self.audit_many(tx, &events, now).await?;
+        if self.inner.protect && !(built.is_empty() && events.is_empty()) {
+            crate::audit::record_rows_in(tx, &built, &events, now).await?;
+        }
         Ok((statuses, taken))
     }
 
@@ -1013,6 +1032,7 @@ struct Taken {
 }
 
 /// How an attempt ended, as it will be stored.
+#[derive(Clone)]
 enum Verdict {
     /// Its result, sealed.
     Success { result: Vec<u8> },
@@ -1024,12 +1044,35 @@ enum Verdict {
 }
 
 /// A finished attempt's outcome, sealed and ready to write.
+#[derive(Clone)]
 struct Sealed {
     verdict: Verdict,
     /// The attempt record, sealed.
     record: Vec<u8>,
     /// `success`, `step_error:<code>` or `contained:<what>`.
     outcome: String,
+}
+
+impl Sealed {
+    /// What the step becomes if its attempt commits (it still holds the lease).
+    fn status(&self) -> StepStatus {
+        match self.verdict {
+            Verdict::Success { .. } => StepStatus::Complete,
+            Verdict::Failure {
+                retry_at: Some(_), ..
+            } => StepStatus::WaitingForRetry,
+            Verdict::Failure { retry_at: None, .. } => StepStatus::Error,
+        }
+    }
+}
+
+/// A finished attempt's writes, made before its commit: its outcome sealed, and the rows
+/// of its audit events (none in the unprotected baseline), which the commit records
+/// with its own time if the attempt commits.
+#[derive(Clone)]
+struct Prepared {
+    sealed: Sealed,
+    rows: Vec<NewAuditRow>,
 }
 
 impl Finished {
@@ -1059,6 +1102,19 @@ impl Finished {
                 Some((dep.clone(), value))
             })
             .collect()
+    }
+
+    /// Seal the attempt's outcome and, if `protect`, build its audit rows.
+    fn prepare(&self, now: i64, protect: bool) -> Result<Prepared, EngineError> {
+        let sealed = self.seal(now)?;
+        let rows = if protect {
+            let mut events = Vec::new();
+            self.events(sealed.status(), &sealed.outcome, &mut events);
+            crate::audit::rows(&events, now)?
+        } else {
+            Vec::new()
+        };
+        Ok(Prepared { sealed, rows })
     }
 
     /// Seal the attempt's result and record, and decide whether a failure is retried.

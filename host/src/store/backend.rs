@@ -50,6 +50,8 @@ pub(crate) struct SqlitePools {
     pub(crate) readers: SqlitePool,
     /// The hot write path's connection (see `lite`).
     pub(crate) hot: std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>,
+    /// Checkpoints the WAL for the hot path, on a thread of its own (see `lite`).
+    pub(crate) checkpointer: std::sync::Arc<super::lite::Checkpointer>,
 }
 
 /// An open transaction on one backend.
@@ -244,10 +246,12 @@ pub(crate) async fn open_sqlite(path: &Path, options: &StoreOptions) -> Result<P
         .await
         .ctx("open the SQLite database")?;
     let hot = super::lite::open_connection(path)?;
+    let checkpointer = super::lite::Checkpointer::start(path)?;
     Ok(Pool::Sqlite(SqlitePools {
         writer,
         readers,
         hot: std::sync::Arc::new(std::sync::Mutex::new(hot)),
+        checkpointer: std::sync::Arc::new(checkpointer),
     }))
 }
 
