@@ -817,23 +817,26 @@ impl Engine {
                 Verdict::Success { .. } => completed
                     .contains(&(f.task.id.clone(), f.claim.step.clone(), f.claim.attempt))
                     .then_some(StepStatus::Complete),
-                Verdict::Failure { error, retry_at } => match tx
-                    .fail_step(
-                        &f.task.id,
-                        &f.claim.step,
-                        &f.worker,
-                        f.claim.attempt,
-                        error,
-                        *retry_at,
-                        now,
-                    )
-                    .await
-                {
-                    Ok(()) if retry_at.is_some() => Some(StepStatus::WaitingForRetry),
-                    Ok(()) => Some(StepStatus::Error),
-                    Err(StoreError::Conflict(_)) => None,
-                    Err(e) => return Err(e.into()),
-                },
+                Verdict::Failure { error, retry_in } => {
+                    let retry_at = retry_in.map(|ms| now.saturating_add(ms));
+                    match tx
+                        .fail_step(
+                            &f.task.id,
+                            &f.claim.step,
+                            &f.worker,
+                            f.claim.attempt,
+                            error,
+                            retry_at,
+                            now,
+                        )
+                        .await
+                    {
+                        Ok(()) if retry_at.is_some() => Some(StepStatus::WaitingForRetry),
+                        Ok(()) => Some(StepStatus::Error),
+                        Err(StoreError::Conflict(_)) => None,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             };
             statuses.push(status);
         }
@@ -1036,10 +1039,12 @@ struct Taken {
 enum Verdict {
     /// Its result, sealed.
     Success { result: Vec<u8> },
-    /// Its error as JSON, and when to try again (`None`: never).
+    /// Its error as JSON, and how long after its commit to try again, in ms (`None`:
+    /// never). A delay rather than a time: the commit may come later than planned, after
+    /// a database outage, and the backoff counts from it.
     Failure {
         error: String,
-        retry_at: Option<i64>,
+        retry_in: Option<i64>,
     },
 }
 
@@ -1059,9 +1064,9 @@ impl Sealed {
         match self.verdict {
             Verdict::Success { .. } => StepStatus::Complete,
             Verdict::Failure {
-                retry_at: Some(_), ..
+                retry_in: Some(_), ..
             } => StepStatus::WaitingForRetry,
-            Verdict::Failure { retry_at: None, .. } => StepStatus::Error,
+            Verdict::Failure { retry_in: None, .. } => StepStatus::Error,
         }
     }
 }
@@ -1106,7 +1111,7 @@ impl Finished {
 
     /// Seal the attempt's outcome and, if `protect`, build its audit rows.
     fn prepare(&self, now: i64, protect: bool) -> Result<Prepared, EngineError> {
-        let sealed = self.seal(now)?;
+        let sealed = self.seal()?;
         let rows = if protect {
             let mut events = Vec::new();
             self.events(sealed.status(), &sealed.outcome, &mut events);
@@ -1118,7 +1123,7 @@ impl Finished {
     }
 
     /// Seal the attempt's result and record, and decide whether a failure is retried.
-    fn seal(&self, now: i64) -> Result<Sealed, EngineError> {
+    fn seal(&self) -> Result<Sealed, EngineError> {
         let row = format!("{}/{}", self.task.id, self.claim.step);
         let attempt_row = format!("{row}/{}", self.claim.attempt);
         let record = serde_json::to_vec(&self.report.record)
@@ -1152,7 +1157,7 @@ impl Finished {
                 };
                 let attempts_left = self.claim.attempt - self.claim.attempt_base
                     < i64::from(self.def.retry.max_attempts);
-                let retry_at = (retryable && attempts_left).then(|| {
+                let retry_in = (retryable && attempts_left).then(|| {
                     let hint = match failure {
                         Outcome::StepError {
                             retry_after_ms: Some(ms),
@@ -1164,14 +1169,14 @@ impl Finished {
                         u32::try_from(self.claim.attempt + 1).unwrap_or(u32::MAX),
                         jitter(),
                     );
-                    now + i64::try_from(backoff.as_millis())
+                    i64::try_from(backoff.as_millis())
                         .unwrap_or(i64::MAX)
                         .max(hint)
                 });
                 Verdict::Failure {
                     error: serde_json::to_string(failure)
                         .map_err(|e| EngineError::Internal(e.to_string()))?,
-                    retry_at,
+                    retry_in,
                 }
             }
         };

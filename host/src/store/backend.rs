@@ -203,7 +203,11 @@ impl Tx<'_> {
 }
 
 /// Opens (creating if absent) a SQLite file and brings its schema up to date.
-pub(crate) async fn open_sqlite(path: &Path, options: &StoreOptions) -> Result<Pool, StoreError> {
+pub(crate) async fn open_sqlite(
+    path: &Path,
+    options: &StoreOptions,
+    write_turns: std::sync::Arc<tokio::sync::Mutex<()>>,
+) -> Result<Pool, StoreError> {
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|err| {
             StoreError::Unavailable(format!("create the database directory: {}", err.kind()))
@@ -228,6 +232,9 @@ pub(crate) async fn open_sqlite(path: &Path, options: &StoreOptions) -> Result<P
         // Statement journals (kept while a multi-row statement runs inside a transaction)
         // in memory rather than in temporary files.
         .pragma("temp_store", "MEMORY")
+        // Checkpoints run on a thread of their own (`lite::Checkpointer`), never in a
+        // commit.
+        .pragma("wal_autocheckpoint", "0")
         // sqlx's worker thread hands rows over one by one through a channel of this many;
         // with its default of 50 a claim or commit returning a batch of rows ping-ponged
         // between the threads once it filled.
@@ -246,7 +253,7 @@ pub(crate) async fn open_sqlite(path: &Path, options: &StoreOptions) -> Result<P
         .await
         .ctx("open the SQLite database")?;
     let hot = super::lite::open_connection(path)?;
-    let checkpointer = super::lite::Checkpointer::start(path)?;
+    let checkpointer = super::lite::Checkpointer::start(path, write_turns)?;
     Ok(Pool::Sqlite(SqlitePools {
         writer,
         readers,

@@ -44,14 +44,16 @@ const STATEMENT_CACHE: usize = 256;
 const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Hot-path commits between two checkpoints. A busy commit writes some thirty pages, so
-/// the WAL grows to some 8,000 pages (32 MiB) between them. A checkpoint copies each page
-/// once however often the WAL holds it, and the hot pages (the tails of the audit trail
-/// and of the indexes, the steps of the tasks in flight) are in nearly every commit:
-/// measured on 2 cores, checkpointing every 16 commits left the engine at the speed of
-/// SQLite's own checkpoints, every 256 made it a quarter faster, every 1,024 no faster.
+/// the WAL grows to several thousand (tens of MiB) between them. A checkpoint copies each
+/// page once however often the WAL holds it, and the hot pages (the tails of the audit
+/// trail and of the indexes, the steps of the tasks in flight) are in nearly every
+/// commit, so fewer checkpoints copy far fewer pages. On 2 cores, 16 came out no faster
+/// than 256 and 1,024 no faster either; with 256 the engine benchmark ran some 10–15 %
+/// faster than with SQLite's own checkpoints.
 const CHECKPOINT_EVERY: u32 = 256;
 /// How long the checkpointer waits for that many commits before it checkpoints the
-/// fewer that came meanwhile.
+/// fewer that came meanwhile, or what sqlx's connections wrote (they never checkpoint
+/// either).
 const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A write transaction on SQLite's writer connection, open while [`Store::write_now`]'s
@@ -148,12 +150,13 @@ pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection, Stor
     // another process's write lock asynchronously instead.
     conn.busy_timeout(std::time::Duration::ZERO)
         .lite("open the SQLite database")?;
-    // And no checkpoint in its commits: the `Checkpointer` does them.
+    // And no checkpoint in its commits: the `Checkpointer` does them. A WAL that a burst
+    // grew past 64 MiB is cut back when it starts over.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
          PRAGMA secure_delete = FAST; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;
 
-         PRAGMA wal_autocheckpoint = 0;",
+         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
     )
     .lite("open the SQLite database")?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -169,6 +172,12 @@ pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection, Stor
 /// else. In WAL mode a checkpoint needs no write lock, so here it runs beside the
 /// writers instead (`PASSIVE`: it copies what is committed and never waits for a
 /// reader), and the hot connection never checkpoints.
+///
+/// Under steady load that alone would let the WAL grow without end: SQLite starts it
+/// over only at a write that begins once every frame is back in the file, and writers
+/// append while a checkpoint runs. So a second pass copies what came meanwhile while it
+/// holds this process's write turn (the writers wait for it without blocking a thread),
+/// and the next write starts the WAL over.
 pub(crate) struct Checkpointer {
     wake: std::sync::mpsc::SyncSender<()>,
     commits: std::sync::Arc<std::sync::atomic::AtomicU32>,
@@ -176,27 +185,36 @@ pub(crate) struct Checkpointer {
 
 impl Checkpointer {
     /// Start checkpointing the SQLite file at `path`; it stops once this is dropped.
-    pub(crate) fn start(path: &std::path::Path) -> Result<Self, StoreError> {
+    pub(crate) fn start(
+        path: &std::path::Path,
+        write_turns: std::sync::Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<Self, StoreError> {
         use std::sync::mpsc::RecvTimeoutError;
         let conn = open_connection(path)?;
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
         let commits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let seen = commits.clone();
         std::thread::Builder::new()
             .name("stepbox-checkpoint".into())
             .spawn(move || {
-                let mut last = 0;
+                // The WAL as the last pass under the turn left it.
+                let mut left = None;
                 loop {
                     match woken.recv_timeout(CHECKPOINT_IDLE) {
                         Ok(()) | Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    // Nothing committed since the last one: an idle store stays idle.
-                    let now = seen.load(std::sync::atomic::Ordering::Relaxed);
-                    if now != last {
-                        last = now;
-                        checkpoint(&conn);
+                    // Beside the writers: the bulk of the pages. Nothing new since the
+                    // last pass (an idle store): nothing more to do.
+                    let Some(wal) = checkpoint(&conn) else {
+                        continue;
+                    };
+                    if Some(wal) == left {
+                        continue;
                     }
+                    // Under the turn: what came meanwhile, so the next write starts the
+                    // WAL over.
+                    let _turn = write_turns.blocking_lock();
+                    left = checkpoint(&conn);
                 }
             })
             .map_err(|e| StoreError::Internal(format!("start the SQLite checkpointer: {e}")))?;
@@ -215,12 +233,19 @@ impl Checkpointer {
     }
 }
 
-/// Checkpoint what is committed; how many frames the WAL held (`None`: it failed).
-fn checkpoint(conn: &Connection) -> Option<i64> {
-    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-        row.get::<_, i64>(1)
-    }) {
-        Ok(frames) => Some(frames),
+/// Checkpoint what is committed: the WAL's frames and how many of them are back in the
+/// database file (`None`: it failed, or another connection was checkpointing).
+fn checkpoint(conn: &Connection) -> Option<(i64, i64)> {
+    let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    });
+    match passive {
+        Ok((0, frames, copied)) => Some((frames, copied)),
+        Ok(_busy) => None,
         Err(e) => {
             tracing::warn!(error = %lite_err(e, "checkpoint"), "checkpointing the SQLite WAL failed");
             None
@@ -1410,8 +1435,36 @@ mod tests {
     use super::*;
     use crate::store::DatabaseUrl;
 
+    /// `CHECKPOINT_EVERY` commits through `store`'s hot path, each adding a 4 KiB blob.
+    async fn fill(store: &Store, first: bool) {
+        for n in 0..CHECKPOINT_EVERY {
+            store
+                .write_now(|tx| {
+                    if first && n == 0 {
+                        tx.execute("CREATE TABLE filler (b BLOB)", &[], "create")?;
+                    }
+                    tx.execute("INSERT INTO filler VALUES (zeroblob(4096))", &[], "insert")?;
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Wait until the database file at `path` holds at least `len` bytes.
+    async fn file_reaches(path: &std::path::Path, len: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::metadata(path).unwrap().len() < len {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file never received the committed pages"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     #[tokio::test]
-    async fn hot_commits_leave_checkpoints_to_the_checkpointer_which_copies_them_into_the_file() {
+    async fn hot_commits_leave_checkpoints_to_the_checkpointer_and_the_wal_starts_over() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stepbox.db");
         let store = Store::open(&DatabaseUrl::Sqlite(path.clone()))
@@ -1428,30 +1481,43 @@ mod tests {
             .unwrap();
         assert_eq!(autocheckpoint, 0, "a hot commit never checkpoints");
 
-        let before = std::fs::metadata(&path).unwrap().len();
-        let commits = CHECKPOINT_EVERY as usize + 10;
+        // Commits one after the other, each adding a page of its own, so the
+        // checkpointer runs while they are written.
+        let rounds = 32;
+        let commits = CHECKPOINT_EVERY * rounds;
         for n in 0..commits {
             store
                 .write_now(|tx| {
                     if n == 0 {
                         tx.execute("CREATE TABLE filler (b BLOB)", &[], "create")?;
                     }
-                    tx.execute("INSERT INTO filler VALUES (zeroblob(4096))", &[], "insert")?;
+                    tx.execute("INSERT INTO filler VALUES (zeroblob(4000))", &[], "insert")?;
                     Ok::<_, StoreError>(())
                 })
                 .await
                 .unwrap();
         }
-        // Nothing else writes: only the checkpointer can have grown the file.
-        let wanted = before + 4096 * commits as u64;
+        let written = 4096 * u64::from(commits);
+
+        // Nothing else writes: only the checkpointer can have filled the file.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::fs::metadata(&path).unwrap().len() < wanted {
+        while std::fs::metadata(&path).unwrap().len() < written {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the database file never received the committed pages"
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        // And the WAL started over after checkpoints instead of growing with the data: a
+        // few rounds of frames (each commit writes three), not all 32, which would be
+        // three times `written`.
+        let wal = std::fs::metadata(dir.path().join("stepbox.db-wal"))
+            .unwrap()
+            .len();
+        assert!(
+            wal < written / 2,
+            "the WAL holds {wal} bytes after {written} bytes were written"
+        );
     }
 
     #[test]

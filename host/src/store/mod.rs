@@ -121,15 +121,18 @@ impl Store {
 
     /// [`Store::open`] with explicit pool options.
     pub async fn open_with(url: &DatabaseUrl, options: &StoreOptions) -> Result<Store, StoreError> {
+        let write_turns = Arc::new(tokio::sync::Mutex::new(()));
         let pool = match url {
-            DatabaseUrl::Sqlite(path) => backend::open_sqlite(path, options).await?,
+            DatabaseUrl::Sqlite(path) => {
+                backend::open_sqlite(path, options, write_turns.clone()).await?
+            }
             DatabaseUrl::Postgres(text) => backend::open_postgres(text, options).await?,
         };
         tracing::debug!(database = %url, "store opened");
         Ok(Store {
             pool,
             url: Arc::new(url.clone()),
-            write_turns: Arc::new(tokio::sync::Mutex::new(())),
+            write_turns,
         })
     }
 
