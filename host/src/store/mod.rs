@@ -260,14 +260,24 @@ impl Store {
     pub async fn purge_erased(&self) -> Result<(), StoreError> {
         match &self.pool {
             Pool::Sqlite(pools) => {
-                let (busy,): (i64,) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .fetch_one(&pools.writer)
-                    .await
-                    .ctx("checkpoint the WAL")?;
-                if busy != 0 {
-                    return Err(StoreError::Unavailable(
-                        "checkpoint the WAL: readers are active; retry".to_owned(),
-                    ));
+                // A few tries: the checkpointer's own pass (`lite::Checkpointer`) takes
+                // a few milliseconds, and finds this one busy as this one finds it.
+                let mut tries = 0;
+                loop {
+                    let (busy,): (i64,) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .fetch_one(&pools.writer)
+                        .await
+                        .ctx("checkpoint the WAL")?;
+                    if busy == 0 {
+                        break;
+                    }
+                    tries += 1;
+                    if tries == 5 {
+                        return Err(StoreError::Unavailable(
+                            "checkpoint the WAL: readers are active; retry".to_owned(),
+                        ));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
             }
             Pool::Postgres(pool) => {
