@@ -639,7 +639,7 @@ impl Engine {
             &mut events,
         )
         .await?;
-        self.audit_many(&mut tx, &events, now).await?;
+        self.audit_many(&mut tx, &[], &events, now).await?;
         tx.commit().await?;
         Ok(Ran::Step {
             task_id: task.id.clone(),
@@ -831,8 +831,7 @@ impl Engine {
                         )
                         .await
                     {
-                        Ok(()) if retry_at.is_some() => Some(StepStatus::WaitingForRetry),
-                        Ok(()) => Some(StepStatus::Error),
+                        Ok(()) => Some(s.sealed.status()),
                         Err(StoreError::Conflict(_)) => None,
                         Err(e) => return Err(e.into()),
                     }
@@ -923,9 +922,7 @@ impl Engine {
                 }
             }
         }
-        if self.inner.protect && !(built.is_empty() && events.is_empty()) {
-            crate::audit::record_rows_in(tx, &built, &events, now).await?;
-        }
+        self.audit_many(tx, &built, &events, now).await?;
         Ok((statuses, taken))
     }
 
@@ -1011,17 +1008,19 @@ impl Engine {
         }
     }
 
-    /// Record audit events of the task path in `tx`, many per statement.
+    /// Record audit events of the task path in `tx`, many per statement: rows built
+    /// ahead (`crate::audit::rows`), then `events`.
     async fn audit_many<W: HotWrites>(
         &self,
         tx: &mut W,
+        built: &[&NewAuditRow],
         events: &[NewEvent],
         now: i64,
     ) -> Result<(), EngineError> {
-        if !self.inner.protect || events.is_empty() {
+        if !self.inner.protect || (built.is_empty() && events.is_empty()) {
             return Ok(());
         }
-        crate::audit::record_many_in(tx, events, now).await?;
+        crate::audit::record_rows_in(tx, built, events, now).await?;
         Ok(())
     }
 }

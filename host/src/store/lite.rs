@@ -155,7 +155,6 @@ pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection, Stor
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
          PRAGMA secure_delete = FAST; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;
-
          PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
     )
     .lite("open the SQLite database")?;
@@ -180,7 +179,7 @@ pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection, Stor
 /// and the next write starts the WAL over.
 pub(crate) struct Checkpointer {
     wake: std::sync::mpsc::SyncSender<()>,
-    commits: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    commits: std::sync::atomic::AtomicU32,
 }
 
 impl Checkpointer {
@@ -192,7 +191,7 @@ impl Checkpointer {
         use std::sync::mpsc::RecvTimeoutError;
         let conn = open_connection(path)?;
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-        let commits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let commits = std::sync::atomic::AtomicU32::new(0);
         std::thread::Builder::new()
             .name("stepbox-checkpoint".into())
             .spawn(move || {
@@ -1435,22 +1434,6 @@ mod tests {
     use super::*;
     use crate::store::DatabaseUrl;
 
-    /// `CHECKPOINT_EVERY` commits through `store`'s hot path, each adding a 4 KiB blob.
-    async fn fill(store: &Store, first: bool) {
-        for n in 0..CHECKPOINT_EVERY {
-            store
-                .write_now(|tx| {
-                    if first && n == 0 {
-                        tx.execute("CREATE TABLE filler (b BLOB)", &[], "create")?;
-                    }
-                    tx.execute("INSERT INTO filler VALUES (zeroblob(4096))", &[], "insert")?;
-                    Ok::<_, StoreError>(())
-                })
-                .await
-                .unwrap();
-        }
-    }
-
     /// Wait until the database file at `path` holds at least `len` bytes.
     async fn file_reaches(path: &std::path::Path, len: u64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -1500,14 +1483,7 @@ mod tests {
         let written = 4096 * u64::from(commits);
 
         // Nothing else writes: only the checkpointer can have filled the file.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::fs::metadata(&path).unwrap().len() < written {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the database file never received the committed pages"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        file_reaches(&path, written).await;
         // And the WAL started over after checkpoints instead of growing with the data: a
         // few rounds of frames (each commit writes three), not all 32, which would be
         // three times `written`.
