@@ -6,7 +6,8 @@
 //! same pipeline with security bypassed *in this harness*: a plain axum router that
 //! calls the same engine (with encryption and audit off) as a fixed principal and answers
 //! unredacted. The server has no such switch; only this file builds the bypass.
-//! - latency: one task at a time, submit → complete (p50, p99);
+//! - latency: one task at a time, submit → complete (p50, p99), the client waiting for
+//!   the end with `GET /v1/tasks/{id}?wait_ms=` rather than polling;
 //! - throughput: tasks submitted by concurrent clients, then drained; tasks/s over both.
 //!
 //! `cargo bench --bench http --features unprotected-baseline`. Under `cargo test` it runs
@@ -17,11 +18,12 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use common::{NS, agent, env_usize, refund_engine, request, unfinished};
 use serde_json::{Value, json};
@@ -145,8 +147,14 @@ async fn baseline(sandbox: &Sandbox, worker_count: usize) -> Served {
             json!({ "id": view.id, "status": view.status.as_str(), "context": view.redacted_context(true) }),
         )
     }
-    async fn read(State(engine): State<Engine>, Path(id): Path<String>) -> Json<Value> {
-        let view = engine.task_view(&id).await.unwrap();
+    async fn read(
+        State(engine): State<Engine>,
+        Path(id): Path<String>,
+        Query(query): Query<HashMap<String, u64>>,
+    ) -> Json<Value> {
+        let wait = Duration::from_millis(query.get("wait_ms").copied().unwrap_or(0));
+        let task = engine.task_row_ended(&id, wait).await.unwrap();
+        let view = engine.open_task(task).await.unwrap();
         Json(
             json!({ "id": view.id, "status": view.status.as_str(), "context": view.redacted_context(true) }),
         )
@@ -200,8 +208,13 @@ async fn submit(client: &reqwest::Client, served: &Target, n: usize) -> String {
     task["id"].as_str().unwrap().to_owned()
 }
 
-async fn status(client: &reqwest::Client, served: &Target, id: &str) -> String {
-    let mut get = client.get(format!("{}/v1/tasks/{id}", served.base));
+/// Task `id`'s status once it has ended, or after `wait` if sooner.
+async fn status(client: &reqwest::Client, served: &Target, id: &str, wait: Duration) -> String {
+    let mut get = client.get(format!(
+        "{}/v1/tasks/{id}?wait_ms={}",
+        served.base,
+        wait.as_millis()
+    ));
     if let Some(token) = &served.token {
         get = get.bearer_auth(token);
     }
@@ -217,10 +230,14 @@ async fn latencies(served: &Target, tasks: usize) -> Vec<Duration> {
     for n in 0..tasks {
         let start = Instant::now();
         let id = submit(&client, served, n).await;
+        // As a client waiting for its outcome would: the server answers once it ends.
         loop {
-            match status(&client, served, &id).await.as_str() {
+            match status(&client, served, &id, Duration::from_secs(10))
+                .await
+                .as_str()
+            {
                 "complete" => break,
-                "pending" | "in_progress" => tokio::time::sleep(Duration::from_micros(200)).await,
+                "pending" | "in_progress" => {}
                 other => panic!("task {id} ended {other}"),
             }
         }
@@ -267,6 +284,12 @@ fn main() {
     } else {
         (3, 12)
     };
+    if let Ok(filter) = std::env::var("STEPBOX_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let clients = env_usize("STEPBOX_BENCH_CLIENTS", 16);
     let worker_count = env_usize("STEPBOX_BENCH_WORKERS", 4);
     let runtime = tokio::runtime::Builder::new_multi_thread()

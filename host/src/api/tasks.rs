@@ -118,17 +118,66 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
+/// The longest `GET /v1/tasks/{id}?wait_ms=` may wait for a task to end.
+const MAX_WAIT_MS: u64 = 30_000;
+
+/// The query of `GET /v1/tasks/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GetQuery {
+    /// Answer once the task has ended (complete, error or cancelled), or after this many
+    /// milliseconds with the task as it is then: instead of polling.
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
 /// `GET /v1/tasks/{id}`: the caller's own task, or one of a namespace it may read. A task
 /// the caller may not read is answered as one that does not exist (and audited); nothing
-/// is decrypted before the decision.
+/// is decrypted before the decision. With `wait_ms`, the answer waits for the task to
+/// end, up to that long; whether the caller may read it is decided before the wait and
+/// again, under the policy as it is then, after.
 pub(super) async fn get(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Extension(correlation): Extension<CorrelationId>,
     Path(id): Path<String>,
+    query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        let about =
+            named_field(&e.body_text()).unwrap_or_else(|| "a parameter is malformed".into());
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            format!("the query is not a task read: {about}"),
+        )
+    })?;
+    let wait = match query.wait_ms {
+        Some(ms) if ms > MAX_WAIT_MS => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("`wait_ms` must be at most {MAX_WAIT_MS}"),
+            ));
+        }
+        Some(ms) => std::time::Duration::from_millis(ms),
+        None => std::time::Duration::ZERO,
+    };
     let caller = state.access.effective(&identity.principal);
-    let (task, policy) = readable_task(&state, &caller, &id, &correlation).await?;
+    let (mut task, mut policy) = readable_task(&state, &caller, &id, &correlation).await?;
+    if !wait.is_zero() && !task.status.is_terminal() {
+        let ended = state
+            .engine
+            .task_row_ended(&id, wait)
+            .await
+            .map_err(|e| match e {
+                EngineError::NotFound(_) => {
+                    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such task")
+                }
+                other => other.into(),
+            })?;
+        (task, policy) = may_read_task(&state, &caller, ended, &correlation).await?;
+    }
     let view = state.engine.open_task(task).await.map_err(|e| match e {
         // Its data key destroyed: the subject was erased.
         EngineError::Invalid(_) => ApiError::new(
@@ -179,6 +228,18 @@ async fn readable_task(
         EngineError::NotFound(_) => no_task(),
         other => other.into(),
     })?;
+    may_read_task(state, caller, task, correlation).await
+}
+
+/// `task` and its namespace's policy, if `caller` may read it (as [`readable_task`]).
+async fn may_read_task(
+    state: &ApiState,
+    caller: &Principal,
+    task: TaskRow,
+    correlation: &CorrelationId,
+) -> Result<(TaskRow, NamespacePolicy), ApiError> {
+    let no_task = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such task");
+    let id = &task.id;
     let policy = state.engine.namespace_policy(&task.namespace).await?;
     let own = task.created_by == caller.subject;
     if let Err(refusal) = AccessPolicy::may_read(caller, &task.namespace, &policy, own) {

@@ -162,7 +162,8 @@ pub struct TaskWaitArgs {
     pub client: ClientArgs,
 }
 
-/// How often `wait` looks.
+/// How long each of `wait`'s reads waits on the server for the task to end: how often
+/// the steps' progress is shown.
 const POLL: Duration = Duration::from_millis(200);
 
 /// A connection to the API.
@@ -411,7 +412,11 @@ async fn wait(api: &Api, id: &str, timeout: Duration) -> Result<ExitCode, CliErr
     loop {
         // The task before its steps: once it is seen finished, the steps read after it
         // are final, so the last lines printed are the steps' last states.
-        let Answer::Ok(task) = api.get(&format!("/v1/tasks/{id}")).await? else {
+        // The server answers as soon as the task ends, or after a poll's length with
+        // the task unfinished: the steps are shown as they go, the end without delay.
+        let left = deadline.saturating_duration_since(Instant::now()).min(POLL);
+        let path = format!("/v1/tasks/{id}?wait_ms={}", left.as_millis());
+        let Answer::Ok(task) = api.get(&path).await? else {
             return Ok(ExitCode::FAILURE);
         };
         let Answer::Ok(steps) = api.get(&format!("/v1/tasks/{id}/steps")).await? else {
@@ -445,6 +450,5 @@ async fn wait(api: &Api, id: &str, timeout: Duration) -> Result<ExitCode, CliErr
             eprintln!("error: task {id} did not finish within {timeout:?}");
             return Ok(ExitCode::from(2));
         }
-        tokio::time::sleep(POLL).await;
     }
 }

@@ -75,6 +75,7 @@ impl Engine {
         );
         let audit_seq = audit::record(&mut tx, &event, now).await?;
         tx.commit().await?;
+        self.inner.endings.ended([task_id]);
         Ok(CancelledTask {
             id: task_id.to_owned(),
             steps_cancelled,

@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) work_ready: tokio::sync::Notify,
     /// Task creations waiting to be stored together (see `create`).
     pub(crate) creations: super::create::Queue,
+    /// Who waits here for which task to end (see `endings`).
+    pub(crate) endings: super::endings::Endings,
     /// Signs the audit chain's checkpoints, if this process has the key.
     pub(crate) audit_signer: Option<Arc<AuditSigner>>,
     /// The subject pads (see `crypto::SubjectVault`); without one, no task may name a
@@ -184,6 +186,7 @@ impl Engine {
                 baseline_key: tokio::sync::OnceCell::new(),
                 work_ready: tokio::sync::Notify::new(),
                 creations: super::create::Queue::default(),
+                endings: super::endings::Endings::default(),
                 audit_signer: None,
                 vault: None,
             }),

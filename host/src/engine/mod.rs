@@ -11,6 +11,7 @@ mod core;
 mod create;
 mod data;
 mod definition;
+mod endings;
 mod error;
 mod gdpr;
 mod keys;

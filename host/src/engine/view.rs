@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 
 use super::EngineError;
 use super::WorkflowDef;
-use super::core::Engine;
-use super::data::context_aad;
+use super::core::{Engine, parse_policy, versioned_key};
+use super::data::{self, TaskKey, context_aad};
 use crate::classify::{DataClass, REDACTED, classify_context};
 use crate::policy::Principal;
 use crate::store::{AttemptRow, StepRow, StoreError, TaskRow, TaskStatus, Tx, WorkflowRow};
@@ -93,9 +93,24 @@ impl Engine {
         self.open_task(task).await
     }
 
+    /// `read` on SQLite on this thread ([`crate::store::Store::read_now`]); `None` on
+    /// PostgreSQL, or if SQLite was busy: then the caller reads through sqlx.
+    fn read_now<T>(
+        &self,
+        read: impl FnOnce(&mut crate::store::LiteTx<'_>) -> Result<T, StoreError>,
+    ) -> Option<Result<T, EngineError>> {
+        match self.inner.store.read_now(read)? {
+            Err(StoreError::Unavailable(_)) => None,
+            other => Some(other.map_err(EngineError::from)),
+        }
+    }
+
     /// Task `task_id`'s row, nothing opened: enough to decide who may read it before
     /// [`Engine::open_task`] decrypts anything.
     pub async fn task_row(&self, task_id: &str) -> Result<TaskRow, EngineError> {
+        if let Some(read) = self.read_now(|tx| tx.get_task(task_id)) {
+            return read?.ok_or_else(|| EngineError::NotFound(format!("task {task_id}")));
+        }
         let mut tx = self.inner.store.begin_read().await?;
         let task = tx
             .get_task(task_id)
@@ -107,17 +122,36 @@ impl Engine {
 
     /// `task` with its context opened and its fields classified.
     pub async fn open_task(&self, task: TaskRow) -> Result<TaskView, EngineError> {
-        let mut tx = self.inner.store.begin_read().await?;
-        let workflow = self
-            .workflow(
-                &mut tx,
-                &task.namespace,
-                &task.workflow_name,
-                &task.workflow_version,
-            )
-            .await?;
-        let key = self.task_key(&mut tx, &task.data_key_id).await?;
-        tx.commit().await?;
+        let versioned = versioned_key(&task.namespace, &task.workflow_name, &task.workflow_version);
+        let known = self.cached_workflow(&versioned);
+        let fast = match known {
+            Some(workflow) if !self.inner.protect => Some((workflow, TaskKey::none())),
+            Some(workflow) => match self.read_now(|tx| tx.get_data_key(&task.data_key_id)) {
+                Some(row) => {
+                    let key = data::open_key(self.data_keys(), row?, &task.data_key_id).await?;
+                    Some((workflow, TaskKey::from(key)))
+                }
+                None => None,
+            },
+            None => None,
+        };
+        let (workflow, key) = match fast {
+            Some(fast) => fast,
+            None => {
+                let mut tx = self.inner.store.begin_read().await?;
+                let workflow = self
+                    .workflow(
+                        &mut tx,
+                        &task.namespace,
+                        &task.workflow_name,
+                        &task.workflow_version,
+                    )
+                    .await?;
+                let key = self.task_key(&mut tx, &task.data_key_id).await?;
+                tx.commit().await?;
+                (workflow, key)
+            }
+        };
         let plaintext = key.open(&task.context, context_aad(&task.id))?;
         let Ok(Value::Object(context)) = serde_json::from_slice(&plaintext) else {
             return Err(EngineError::Internal(
@@ -199,6 +233,11 @@ impl Engine {
         &self,
         namespace: &str,
     ) -> Result<crate::policy::NamespacePolicy, EngineError> {
+        if let Some(read) = self.read_now(|tx| tx.namespace_policy(namespace)) {
+            let stored =
+                read?.ok_or_else(|| EngineError::NotFound(format!("namespace {namespace}")))?;
+            return parse_policy(namespace, &stored);
+        }
         let mut tx = self.inner.store.begin_read().await?;
         let policy = Self::policy(&mut tx, namespace).await?;
         tx.commit().await?;

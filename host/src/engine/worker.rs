@@ -641,6 +641,7 @@ impl Engine {
         .await?;
         self.audit_many(&mut tx, &[], &events, now).await?;
         tx.commit().await?;
+        self.inner.endings.ended([task.id.as_str()]);
         Ok(Ran::Step {
             task_id: task.id.clone(),
             step: claim.step.clone(),
@@ -679,7 +680,7 @@ impl Engine {
 
         let timer = std::time::Instant::now();
         let store = &self.inner.store;
-        let (statuses, taken) = match store.backend() {
+        let (statuses, taken, ended) = match store.backend() {
             // The whole transaction at once, on this thread (see `store::lite`): every
             // write below is ready when first polled.
             Backend::Sqlite => {
@@ -694,6 +695,7 @@ impl Engine {
                 committed
             }
         };
+        self.inner.endings.ended(ended.iter().map(String::as_str));
         let nexts = self.nexts(batch, taken);
         tracing::debug!(
             outcomes = batch.len(),
@@ -784,7 +786,7 @@ impl Engine {
         sealed: &[Cow<'_, Prepared>],
         take: bool,
         now: i64,
-    ) -> Result<(Vec<Option<StepStatus>>, Taken), EngineError> {
+    ) -> Result<(Vec<Option<StepStatus>>, Taken, Vec<String>), EngineError> {
         let completions: Vec<Completion<'_>> = batch
             .iter()
             .zip(sealed)
@@ -887,8 +889,11 @@ impl Engine {
         }
         tx.insert_attempts(&attempts).await?;
 
+        // The tasks this commit ends, whose waiters it wakes once committed.
+        let mut ended = Vec::new();
         for (f, status) in batch.iter().zip(&statuses) {
             if *status == Some(StepStatus::Error) {
+                let before = events.len();
                 self.finish_task(
                     tx,
                     &f.task,
@@ -898,6 +903,9 @@ impl Engine {
                     &mut events,
                 )
                 .await?;
+                if events.len() > before {
+                    ended.push(f.task.id.clone());
+                }
             }
         }
         // After the failed tasks ended: a step of a task that failed in this very commit
@@ -920,10 +928,11 @@ impl Engine {
                 if let Some(f) = batch.iter().find(|f| f.task.id == id) {
                     events.push(task_event(&f.task, TaskStatus::Complete, None));
                 }
+                ended.push(id);
             }
         }
         self.audit_many(tx, &built, &events, now).await?;
-        Ok((statuses, taken))
+        Ok((statuses, taken, ended))
     }
 
     /// In a commit's `tx`, after its releases: lease to each completed attempt's worker

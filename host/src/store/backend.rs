@@ -52,6 +52,8 @@ pub(crate) struct SqlitePools {
     pub(crate) hot: std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>,
     /// Checkpoints the WAL for the hot path, on a thread of its own (see `lite`).
     pub(crate) checkpointer: std::sync::Arc<super::lite::Checkpointer>,
+    /// Connections for reads on the caller's thread (see `Store::read_now`).
+    pub(crate) lite_readers: std::sync::Arc<super::lite::LiteReaders>,
 }
 
 /// An open transaction on one backend.
@@ -259,6 +261,7 @@ pub(crate) async fn open_sqlite(
         readers,
         hot: std::sync::Arc::new(std::sync::Mutex::new(hot)),
         checkpointer: std::sync::Arc::new(checkpointer),
+        lite_readers: std::sync::Arc::new(super::lite::LiteReaders::new(path)),
     }))
 }
 
