@@ -114,10 +114,11 @@ mod tests {
         let endings = Endings::default();
         let watch = endings.watch("task_a");
         let other = endings.watch("task_b");
-        let woken = watch.notify.notified();
+        let (notify_a, notify_b) = (watch.notify.clone(), other.notify.clone());
+        let woken = notify_a.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let not_woken = other.notify.notified();
+        let not_woken = notify_b.notified();
         tokio::pin!(not_woken);
         not_woken.as_mut().enable();
 
