@@ -112,8 +112,7 @@ pub(super) async fn create(
             },
         )
         .await?;
-    let view = state.engine.task_view(&created.id).await?;
-    let mut shown = show(&view, &caller, &policy);
+    let mut shown = show(&created.view, &caller, &policy);
     shown["security_context"]["audit_seq"] = json!(created.audit_seq);
     Ok((StatusCode::CREATED, Json(shown)))
 }

@@ -118,6 +118,10 @@ pub struct RequestDetails {
 /// What the caller learns about a created task.
 #[derive(Debug, Clone, Serialize)]
 pub struct CreatedTask {
+    /// The task as stored, its context open: what a read right after would find, without
+    /// the read (and the decryption). Holds PII: redact before showing it.
+    #[serde(skip)]
+    pub view: super::TaskView,
     /// The new task's id.
     pub id: String,
     /// The workflow version it runs.

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use super::EngineError;
 use super::core::{CreateTask, CreatedTask, Engine, LoadedWorkflow, lock, validate_context};
 use super::data::{self, Keyed, Pads, TaskKey, context_aad};
+use super::view::TaskView;
 use crate::audit::NewEvent;
 use crate::classify::classify_context;
 use crate::policy::Principal;
@@ -488,7 +489,7 @@ impl Engine {
                 subject_keys.insert(subject.clone(), (key_id.clone(), key.clone()));
             }
             match self.task_rows(c, key_id, &key, now) {
-                Ok((task, task_steps)) => {
+                Ok((task, task_steps, view)) => {
                     tasks.push(task);
                     steps.extend(task_steps);
                     events.push(created_event(c));
@@ -499,6 +500,7 @@ impl Engine {
                         classification: c.level.clone(),
                         contains_pii: c.contains_pii,
                         audit_seq: 0,
+                        view,
                     });
                 }
                 Err(e) => outcomes[index] = Err(e),
@@ -567,15 +569,19 @@ impl Engine {
             .collect())
     }
 
-    /// The task row, its context sealed under `key`, and its pending steps.
+    /// The task row, its context sealed under `key`, its pending steps, and the task as a
+    /// reader would see it once stored.
     fn task_rows(
         &self,
         c: &Creation,
         key_id: String,
         key: &TaskKey,
         now: i64,
-    ) -> Result<(TaskRow, Vec<StepRow>), EngineError> {
+    ) -> Result<(TaskRow, Vec<StepRow>, TaskView), EngineError> {
         let def = &c.workflow.def;
+        let Value::Object(context) = &c.request.context else {
+            return Err(EngineError::Internal("the context is not an object".into()));
+        };
         let plaintext = serde_json::to_vec(&c.request.context)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let task = TaskRow {
@@ -607,7 +613,13 @@ impl Engine {
                 StepRow::pending(&c.id, &s.name, &deps, now)
             })
             .collect();
-        Ok((task, steps))
+        let view = TaskView::of_row(
+            task.clone(),
+            c.principal.clone(),
+            context.clone(),
+            c.fields.clone(),
+        );
+        Ok((task, steps, view))
     }
 
     /// Answer every creation of a failed batch with the batch's error.

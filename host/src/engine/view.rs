@@ -16,6 +16,7 @@ use crate::store::{AttemptRow, StepRow, StoreError, TaskRow, TaskStatus, Tx, Wor
 
 /// A stored task with its context opened. Holds PII: redact before showing it
 /// ([`TaskView::redacted_context`]).
+#[derive(Clone)]
 pub struct TaskView {
     /// The task's id.
     pub id: String,
@@ -62,6 +63,35 @@ impl std::fmt::Debug for TaskView {
 }
 
 impl TaskView {
+    /// `task`'s view, with its context `context` (opened), classified field by field as
+    /// `fields`, and its creator's snapshot `creator` (parsed).
+    pub(crate) fn of_row(
+        task: TaskRow,
+        creator: Principal,
+        context: Map<String, Value>,
+        fields: BTreeMap<String, DataClass>,
+    ) -> Self {
+        Self {
+            id: task.id,
+            namespace: task.namespace,
+            workflow: task.workflow_name,
+            version: task.workflow_version,
+            status: task.status,
+            created_by: task.created_by,
+            creator,
+            classification: task.classification,
+            contains_pii: task.contains_pii,
+            reason: task.reason,
+            tags: serde_json::from_str(&task.tags).unwrap_or(Value::Null),
+            error_step: task.error_step,
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+            finished_at: task.finished_at,
+            context,
+            fields,
+        }
+    }
+
     /// The context as stored, unredacted.
     pub(crate) fn into_context(self) -> Map<String, Value> {
         self.context
@@ -162,25 +192,7 @@ impl Engine {
         let creator = serde_json::from_str(&task.principal).map_err(|_| {
             EngineError::Internal("stored permission snapshot does not parse".into())
         })?;
-        Ok(TaskView {
-            id: task.id,
-            namespace: task.namespace,
-            workflow: task.workflow_name,
-            version: task.workflow_version,
-            status: task.status,
-            created_by: task.created_by,
-            creator,
-            classification: task.classification,
-            contains_pii: task.contains_pii,
-            reason: task.reason,
-            tags: serde_json::from_str(&task.tags).unwrap_or(Value::Null),
-            error_step: task.error_step,
-            created_at: task.created_at,
-            updated_at: task.updated_at,
-            finished_at: task.finished_at,
-            context,
-            fields,
-        })
+        Ok(TaskView::of_row(task, creator, context, fields))
     }
 
     /// One read transaction around `work`: for the API's listings and lookups, which

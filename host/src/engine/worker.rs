@@ -680,7 +680,12 @@ impl Engine {
 
         let timer = std::time::Instant::now();
         let store = &self.inner.store;
-        let (statuses, taken, ended) = match store.backend() {
+        let Committed {
+            statuses,
+            taken,
+            ended,
+            untaken,
+        } = match store.backend() {
             // The whole transaction at once, on this thread (see `store::lite`): every
             // write below is ready when first polled.
             Backend::Sqlite => {
@@ -702,9 +707,13 @@ impl Engine {
             total_us = timer.elapsed().as_micros() as u64,
             "committed"
         );
-        if statuses
-            .iter()
-            .any(|s| matches!(s, Some(StepStatus::Complete | StepStatus::WaitingForRetry)))
+        // The claimer is woken only for work it can find: a step this commit released but
+        // did not take (a fan-out, a join), or a retry. Waking it after every commit of a
+        // chain whose next steps were all taken cost an empty claim transaction each.
+        if untaken
+            || statuses
+                .iter()
+                .any(|s| *s == Some(StepStatus::WaitingForRetry))
         {
             self.inner.work_ready.notify_one();
         }
@@ -777,8 +786,7 @@ impl Engine {
         nexts
     }
 
-    /// The writes of [`Engine::commit`] in `tx`: what became of each outcome (`None`: its
-    /// lease was lost, nothing of it written).
+    /// The writes of [`Engine::commit`] in `tx`.
     async fn commit_in<W: HotWrites>(
         &self,
         tx: &mut W,
@@ -786,7 +794,7 @@ impl Engine {
         sealed: &[Cow<'_, Prepared>],
         take: bool,
         now: i64,
-    ) -> Result<(Vec<Option<StepStatus>>, Taken, Vec<String>), EngineError> {
+    ) -> Result<Committed, EngineError> {
         let completions: Vec<Completion<'_>> = batch
             .iter()
             .zip(sealed)
@@ -859,6 +867,7 @@ impl Engine {
                 *released.entry((&f.task.id, &next.name)).or_default() += 1;
             }
         }
+        let released_steps = released.len();
         if !released.is_empty() {
             let released: Vec<(&str, &str, i64)> = released
                 .into_iter()
@@ -932,7 +941,12 @@ impl Engine {
             }
         }
         self.audit_many(tx, &built, &events, now).await?;
-        Ok((statuses, taken, ended))
+        Ok(Committed {
+            untaken: released_steps > taken.steps.len(),
+            statuses,
+            taken,
+            ended,
+        })
     }
 
     /// In a commit's `tx`, after its releases: lease to each completed attempt's worker
@@ -1032,6 +1046,18 @@ impl Engine {
         crate::audit::record_rows_in(tx, built, events, now).await?;
         Ok(())
     }
+}
+
+/// What a commit's transaction did ([`Engine::commit_in`]).
+struct Committed {
+    /// What became of each outcome (`None`: its lease was lost, nothing of it written).
+    statuses: Vec<Option<StepStatus>>,
+    /// The steps it leased to the workers whose attempts released them.
+    taken: Taken,
+    /// The tasks it ended, whose waiters it wakes once committed.
+    ended: Vec<String>,
+    /// Whether it released more steps than it took: some may be ready for a claim.
+    untaken: bool,
 }
 
 /// What a commit leased to its workers ([`Engine::take_released`]): each step with the
