@@ -202,28 +202,45 @@ pub(crate) async fn drain(engine: &Engine) -> Vec<Ran> {
     }
 }
 
+/// A pool of two workers named `w`, running until stopped.
+struct Pool {
+    stop: tokio::sync::watch::Sender<bool>,
+    workers: tokio::task::JoinHandle<()>,
+}
+
+impl Pool {
+    fn start(engine: &Engine) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let workers = tokio::spawn({
+            let engine = engine.clone();
+            async move {
+                engine
+                    .run_workers(2, "w", std::time::Duration::from_millis(10), stopped)
+                    .await
+            }
+        });
+        Self { stop, workers }
+    }
+
+    /// Wait until task `id` is `status` (20 s at most), then stop the pool.
+    async fn stop_once(self, store: &Store, id: &str, status: TaskStatus) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while task_status(store, id).await.0 != status {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                task_status(store, id).await
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.stop.send(true).unwrap();
+        self.workers.await.unwrap();
+    }
+}
+
 /// Run a pool of two workers until task `id` is `status` (20 s at most), then stop it.
 async fn run_pool_until(engine: &Engine, store: &Store, id: &str, status: TaskStatus) {
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let workers = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .run_workers(2, "w", std::time::Duration::from_millis(10), stop)
-                .await
-        }
-    });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while task_status(store, id).await.0 != status {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            task_status(store, id).await
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    stop_tx.send(true).unwrap();
-    workers.await.unwrap();
+    Pool::start(engine).stop_once(store, id, status).await;
 }
 
 pub(crate) async fn task_status(
@@ -382,6 +399,105 @@ async fn a_step_its_worker_takes_on_commit_is_checked_against_the_policy_first()
         assert!(events.iter().any(|e| e.action == "step.denied"
             && e.resource == format!("step/{}/execute_refund", created.id)));
         assert!(server.seen().is_empty());
+        chain_is_intact(&store).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_created_while_the_pool_runs_starts_at_once_and_each_step_runs_once() {
+    // The creation's own transaction leases the first step to the running pool
+    // (`engine::create`): the task it answers with has started, before any claim.
+    both(|url| async move {
+        let server = TestServer::start().await;
+        let Setup { engine, store, .. } = setup(&url, &server, "/notify", 3).await;
+        let pool = Pool::start(&engine);
+        let created = engine
+            .create_task(&agent(), refund_request(150.0))
+            .await
+            .unwrap();
+        assert_eq!(created.view.status, TaskStatus::InProgress);
+        pool.stop_once(&store, &created.id, TaskStatus::Complete)
+            .await;
+
+        let mut tx = store.begin_read().await.unwrap();
+        let attempts = tx.get_attempts(&created.id).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut steps: Vec<&str> = attempts.iter().map(|a| a.step.as_str()).collect();
+        steps.sort_unstable();
+        assert_eq!(
+            steps,
+            [
+                "execute_refund",
+                "get_manager_approval",
+                "notify_customer",
+                "validate_refund_request"
+            ],
+            "each step ran exactly once"
+        );
+        assert!(
+            attempts.iter().all(|a| a.worker == "w" && a.attempt == 1),
+            "{attempts:?}"
+        );
+        assert_eq!(server.seen().len(), 1);
+        chain_is_intact(&store).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_step_started_at_creation_is_checked_against_the_policy_first() {
+    // The first step is handed to the pool by the creation, not claimed: a permission the
+    // namespace policy revokes must stop it before instantiation all the same.
+    both(|url| async move {
+        let server = TestServer::start().await;
+        let Setup { engine, store, .. } = setup(&url, &server, "/notify", 3).await;
+        engine
+            .register_module(NS, "noop", "0.1.0", &component("noop"), "user:team_lead")
+            .await
+            .unwrap();
+        let definition = json!({
+            "namespace": NS, "name": "gated", "version": "1.0.0",
+            "input_schema": { "type": "object", "properties": {} },
+            "steps": [ { "name": "first", "module": "noop@0.1.0", "requires_permission": PERMISSION },
+                       { "name": "second", "module": "noop@0.1.0", "depends_on": ["first"] } ]
+        });
+        engine
+            .apply_workflow(&definition.to_string(), "user:team_lead")
+            .await
+            .unwrap();
+        let revoked = NamespacePolicy {
+            hosts: [server.origin()].into(),
+            revoked_permissions: [PERMISSION.to_owned()].into(),
+            ..NamespacePolicy::default()
+        };
+        engine.set_policy(NS, &revoked, "user:admin").await.unwrap();
+
+        let pool = Pool::start(&engine);
+        let request = CreateTask {
+            namespace: NS.into(),
+            workflow: "gated".into(),
+            version: None,
+            context: json!({}),
+            reason: None,
+            tags: vec![],
+            correlation_id: None,
+            request: None,
+        };
+        let created = engine.create_task(&agent(), request).await.unwrap();
+        assert_eq!(created.view.status, TaskStatus::InProgress);
+        pool.stop_once(&store, &created.id, TaskStatus::Error).await;
+
+        let (_, steps) = task_status(&store, &created.id).await;
+        assert!(steps.contains(&("first".to_owned(), StepStatus::Error)), "{steps:?}");
+        assert!(steps.contains(&("second".to_owned(), StepStatus::Cancelled)), "{steps:?}");
+        let mut tx = store.begin_read().await.unwrap();
+        let attempts = tx.get_attempts(&created.id).await.unwrap();
+        let events = tx.audit_events(i64::MIN, 1000).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(attempts.is_empty(), "the denied step must not run: {attempts:?}");
+        assert!(events.iter().any(|e| e.action == "step.denied"
+            && e.resource == format!("step/{}/first", created.id)));
         chain_is_intact(&store).await;
     })
     .await;

@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) creations: super::create::Queue,
     /// Who waits here for which task to end (see `endings`).
     pub(crate) endings: super::endings::Endings,
+    /// Where creations hand their tasks' first steps while this process's pool runs.
+    pub(crate) handoff: Mutex<Option<Arc<super::pool::Handoff>>>,
     /// Signs the audit chain's checkpoints, if this process has the key.
     pub(crate) audit_signer: Option<Arc<AuditSigner>>,
     /// The subject pads (see `crypto::SubjectVault`); without one, no task may name a
@@ -191,6 +193,7 @@ impl Engine {
                 work_ready: tokio::sync::Notify::new(),
                 creations: super::create::Queue::default(),
                 endings: super::endings::Endings::default(),
+                handoff: Mutex::new(None),
                 audit_signer: None,
                 vault: None,
             }),

@@ -12,6 +12,11 @@
 //! connection (`store::lite`), like a step commit: its statements never wait on another
 //! thread while it holds the write lock.
 //!
+//! When this process runs a worker pool with free slots, the transaction also leases each
+//! new task's first steps to it (`pool::Handoff`), and they start as soon as it commits:
+//! no claim transaction, no wake-up of the claimer, and the context the creation holds
+//! instead of one read and decrypted again. Steps without a free slot wait for a claim.
+//!
 //! The transaction runs in a task of its own, so a caller that gives up (a client that
 //! disconnects) never strands the creations queued behind it. A creation that fails on
 //! its own (its subject's key destroyed) fails alone; a database error fails the batch,
@@ -27,10 +32,13 @@ use super::EngineError;
 use super::core::{CreateTask, CreatedTask, Engine, LoadedWorkflow, lock, validate_context};
 use super::data::{self, Keyed, Pads, TaskKey, context_aad};
 use super::view::TaskView;
+use super::worker::Next;
 use crate::audit::NewEvent;
-use crate::classify::classify_context;
+use crate::classify::{ContextClassification, classify_context};
 use crate::policy::Principal;
-use crate::store::{Backend, DataKeyRow, HotWrites, StepRow, TaskRow, TaskStatus, ready};
+use crate::store::{
+    Backend, ClaimedStep, DataKeyRow, HotWrites, StepRow, TaskRow, TaskStatus, ready,
+};
 
 /// Creations waiting for the next transaction.
 #[derive(Default)]
@@ -62,8 +70,12 @@ const PAD_TRIES: usize = 3;
 
 /// What a batch's transaction came to.
 enum Stored {
-    /// Each creation's answer (`None`: checked against a version no longer the latest).
-    Answers(Vec<Option<Result<CreatedTask, EngineError>>>),
+    /// Each creation's answer (`None`: checked against a version no longer the latest),
+    /// and the first steps it leased to this process's pool.
+    Answers {
+        answers: Vec<Option<Result<CreatedTask, EngineError>>>,
+        firsts: Firsts,
+    },
     /// Nothing stored: the batch must first read these pads from the vault (`existing`:
     /// the vault's keys for them), or take spares for these new subjects (`new`), which
     /// this process had none of.
@@ -71,6 +83,29 @@ enum Stored {
         existing: Vec<String>,
         new: Vec<String>,
     },
+}
+
+/// The first steps of a batch's tasks leased to this process's pool in its transaction.
+#[derive(Default)]
+struct Firsts {
+    /// The pool they were leased to: kept, so that a pool stopping meanwhile still runs
+    /// them (it waits for their slots before it stops).
+    handoff: Option<Arc<super::pool::Handoff>>,
+    steps: Vec<First>,
+    /// The stored policy of each of their namespaces, as the transaction read it.
+    policies: Vec<(String, Option<String>)>,
+    /// Whether some first step was left for a claim (the pool had no slot for it).
+    untaken: bool,
+}
+
+/// A first step leased to the pool, with the slot it runs in.
+struct First {
+    /// The creation of the batch it belongs to.
+    creation: usize,
+    claim: ClaimedStep,
+    task: TaskRow,
+    key: TaskKey,
+    slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// A task creation with everything decided but what needs the database.
@@ -82,9 +117,8 @@ struct Creation {
     /// The data subject's blind index, if the context names one.
     subject: Option<String>,
     level: String,
-    contains_pii: bool,
-    /// Each context field's class.
-    fields: std::collections::BTreeMap<String, crate::classify::DataClass>,
+    /// The context's classification, field by field.
+    classification: ContextClassification,
     /// Blind indexes of the other identifiers the context holds about its subject (an
     /// email address, an identity number), by which a subject request finds it.
     aliases: Vec<String>,
@@ -207,8 +241,7 @@ impl Engine {
             id: data::new_id("task_")?,
             principal: principal.clone(),
             level: classification.level.to_string(),
-            contains_pii: classification.contains_pii,
-            fields: classification.fields.clone(),
+            classification,
             aliases,
             assumed_latest,
             request,
@@ -266,8 +299,8 @@ impl Engine {
                             .store_batch(&mut tx, batch, baseline_key.as_deref(), &mut pads, now)
                             .await;
                         match stored {
-                            Ok(Stored::Answers(answers)) => match tx.commit().await {
-                                Ok(()) => Ok(Stored::Answers(answers)),
+                            Ok(answers @ Stored::Answers { .. }) => match tx.commit().await {
+                                Ok(()) => Ok(answers),
                                 Err(e) => Err(e.into()),
                             },
                             other => {
@@ -281,13 +314,20 @@ impl Engine {
             };
             let batch_now = batch.take().unwrap_or_else(|| take(self));
             match stored {
-                Ok(Stored::Answers(outcomes)) => {
+                Ok(Stored::Answers {
+                    answers: outcomes,
+                    firsts,
+                }) => {
                     tracing::debug!(
                         tasks = batch_now.len(),
+                        handed_over = firsts.steps.len(),
                         total_us = timer.elapsed().as_micros() as u64,
                         "created"
                     );
-                    self.inner.work_ready.notify_one();
+                    if firsts.untaken {
+                        self.inner.work_ready.notify_one();
+                    }
+                    Self::start_firsts(&batch_now, firsts);
                     for (waiting, outcome) in batch_now.into_iter().zip(outcomes) {
                         let answer = match outcome {
                             Some(outcome) => Answer::Done(outcome),
@@ -427,6 +467,23 @@ impl Engine {
         }
         let pads = &*pads;
         let keys = self.data_keys();
+        // Slots of this process's pool for the tasks' first steps; a step without one
+        // waits for a claim.
+        let handoff = self.handoff();
+        let wanted: usize = batch
+            .iter()
+            .zip(&stale)
+            .filter(|(_, stale)| !**stale)
+            .map(|(w, _)| roots(&w.creation.workflow.def).count())
+            .sum();
+        let mut slots = handoff.as_ref().map_or_else(Vec::new, |h| h.slots(wanted));
+        let lease = handoff
+            .as_ref()
+            .map(|h| (h.worker(), now.saturating_add(self.inner.lease_ms)));
+        let mut firsts = Firsts {
+            handoff: handoff.clone(),
+            ..Firsts::default()
+        };
         let mut tasks = Vec::with_capacity(batch.len());
         let mut steps = Vec::with_capacity(batch.len() * 4);
         let mut events = Vec::with_capacity(batch.len());
@@ -489,7 +546,28 @@ impl Engine {
                 subject_keys.insert(subject.clone(), (key_id.clone(), key.clone()));
             }
             match self.task_rows(c, key_id, &key, now) {
-                Ok((task, task_steps, view)) => {
+                Ok((mut task, mut task_steps)) => {
+                    if let Some((worker, expires)) = lease {
+                        for step in task_steps.iter_mut().filter(|s| s.depends_on.is_empty()) {
+                            let Some(slot) = slots.pop() else { break };
+                            step.lease_to(worker, expires, now);
+                            task.status = TaskStatus::InProgress;
+                            firsts.steps.push(First {
+                                creation: index,
+                                claim: ClaimedStep {
+                                    task_id: c.id.clone(),
+                                    step: step.name.clone(),
+                                    attempt: step.attempts,
+                                    attempt_base: 0,
+                                    lease_expires_at: expires,
+                                },
+                                task: TaskRow::clone(&task),
+                                key: key.clone(),
+                                slot,
+                            });
+                        }
+                    }
+                    let view = c.view(&task);
                     tasks.push(task);
                     steps.extend(task_steps);
                     events.push(created_event(c));
@@ -498,7 +576,7 @@ impl Engine {
                         id: c.id.clone(),
                         version: c.workflow.def.version.clone(),
                         classification: c.level.clone(),
-                        contains_pii: c.contains_pii,
+                        contains_pii: c.classification.contains_pii,
                         audit_seq: 0,
                         view,
                     });
@@ -508,6 +586,22 @@ impl Engine {
         }
         tx.insert_tasks(&tasks).await?;
         tx.insert_steps(&steps).await?;
+        let mut namespaces: Vec<&str> = firsts
+            .steps
+            .iter()
+            .map(|f| batch[f.creation].creation.workflow.def.namespace.as_str())
+            .collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        for namespace in namespaces {
+            let stored = tx.namespace_policy(namespace).await?;
+            firsts.policies.push((namespace.to_owned(), stored));
+        }
+        firsts.untaken = created_in_order
+            .iter()
+            .map(|index| roots(&batch[*index].creation.workflow.def).count())
+            .sum::<usize>()
+            > firsts.steps.len();
         let aliases: Vec<(String, String)> = created_in_order
             .iter()
             .filter_map(|index| {
@@ -526,13 +620,14 @@ impl Engine {
                 }
             }
         }
-        Ok(Stored::Answers(
-            outcomes
+        Ok(Stored::Answers {
+            answers: outcomes
                 .into_iter()
                 .zip(stale)
                 .map(|(outcome, stale)| (!stale).then_some(outcome))
                 .collect(),
-        ))
+            firsts,
+        })
     }
 
     /// Which creations of `batch` were checked against a latest version that another
@@ -569,19 +664,15 @@ impl Engine {
             .collect())
     }
 
-    /// The task row, its context sealed under `key`, its pending steps, and the task as a
-    /// reader would see it once stored.
+    /// The task row, its context sealed under `key`, and its pending steps.
     fn task_rows(
         &self,
         c: &Creation,
         key_id: String,
         key: &TaskKey,
         now: i64,
-    ) -> Result<(TaskRow, Vec<StepRow>, TaskView), EngineError> {
+    ) -> Result<(TaskRow, Vec<StepRow>), EngineError> {
         let def = &c.workflow.def;
-        let Value::Object(context) = &c.request.context else {
-            return Err(EngineError::Internal("the context is not an object".into()));
-        };
         let plaintext = serde_json::to_vec(&c.request.context)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let task = TaskRow {
@@ -594,7 +685,7 @@ impl Engine {
             data_key_id: key_id,
             subject: c.subject.clone(),
             classification: c.level.clone(),
-            contains_pii: c.contains_pii,
+            contains_pii: c.classification.contains_pii,
             created_by: c.principal.subject.clone(),
             principal: serde_json::to_string(&c.principal)
                 .map_err(|e| EngineError::Internal(e.to_string()))?,
@@ -613,13 +704,54 @@ impl Engine {
                 StepRow::pending(&c.id, &s.name, &deps, now)
             })
             .collect();
-        let view = TaskView::of_row(
-            task.clone(),
-            c.principal.clone(),
-            context.clone(),
-            c.fields.clone(),
-        );
-        Ok((task, steps, view))
+        Ok((task, steps))
+    }
+
+    /// Start the first steps a batch's transaction leased to this process's pool, each
+    /// with the context, key and policy its creation holds; a step whose namespace policy
+    /// did not read is left to its lease, as a claim would leave it.
+    fn start_firsts(batch: &[Waiting], firsts: Firsts) {
+        let Some(handoff) = firsts.handoff.filter(|_| !firsts.steps.is_empty()) else {
+            return;
+        };
+        let policies: HashMap<String, Result<crate::policy::NamespacePolicy, EngineError>> = firsts
+            .policies
+            .into_iter()
+            .map(|(namespace, stored)| {
+                let policy = match stored {
+                    Some(stored) => super::core::parse_policy(&namespace, &stored),
+                    None => Err(EngineError::NotFound(format!("namespace {namespace}"))),
+                };
+                (namespace, policy)
+            })
+            .collect();
+        for first in firsts.steps {
+            let c = &batch[first.creation].creation;
+            let policy = match policies.get(&c.workflow.def.namespace) {
+                Some(Ok(policy)) => policy.clone(),
+                failed => {
+                    let error = failed
+                        .and_then(|p| p.as_ref().err())
+                        .map(ToString::to_string);
+                    tracing::error!(task = %first.claim.task_id, step = %first.claim.step, ?error, "reading the namespace policy for a new task's first step failed");
+                    continue;
+                }
+            };
+            let Value::Object(context) = &c.request.context else {
+                continue;
+            };
+            let next = Next::first(
+                first.claim,
+                first.task,
+                c.workflow.clone(),
+                first.key,
+                c.principal.clone(),
+                context.clone(),
+                c.classification.clone(),
+                policy,
+            );
+            handoff.start(next, first.slot);
+        }
     }
 
     /// Answer every creation of a failed batch with the batch's error.
@@ -628,6 +760,28 @@ impl Engine {
             let _ = waiting.reply.send(Answer::Done(Err(error.duplicate())));
         }
     }
+}
+
+impl Creation {
+    /// The task as a reader would find it once `task`, its row, is stored.
+    fn view(&self, task: &TaskRow) -> TaskView {
+        let context = match &self.request.context {
+            Value::Object(context) => context.clone(),
+            // Checked as an object before it was queued.
+            _ => serde_json::Map::new(),
+        };
+        TaskView::of_row(
+            task.clone(),
+            self.principal.clone(),
+            context,
+            self.classification.fields.clone(),
+        )
+    }
+}
+
+/// A workflow's first steps: those that depend on none.
+fn roots(def: &super::WorkflowDef) -> impl Iterator<Item = &super::StepDef> {
+    def.steps.iter().filter(|s| s.depends_on.is_empty())
 }
 
 /// Take every queued creation; the next creation queued starts a new transaction.
@@ -644,7 +798,7 @@ fn created_event(c: &Creation) -> NewEvent {
         namespace: Some(def.namespace.clone()),
         outcome: "success".into(),
         classification: Some(c.level.clone()),
-        contains_pii: c.contains_pii,
+        contains_pii: c.classification.contains_pii,
         correlation_id: Some(
             c.request
                 .correlation_id
@@ -652,13 +806,18 @@ fn created_event(c: &Creation) -> NewEvent {
                 .unwrap_or_else(|| c.id.clone()),
         ),
         details: {
-            let mut classes: Vec<&str> = c.fields.values().map(|class| class.as_str()).collect();
+            let mut classes: Vec<&str> = c
+                .classification
+                .fields
+                .values()
+                .map(|class| class.as_str())
+                .collect();
             classes.sort_unstable();
             classes.dedup();
             let mut details = json!({
                 "workflow": format!("{}@{}", def.name, def.version),
                 "subject": c.subject,
-                "fields": c.fields.keys().collect::<Vec<_>>(),
+                "fields": c.classification.fields.keys().collect::<Vec<_>>(),
                 "data_classes": classes,
             });
             if let Some(request) = &c.request.request {

@@ -16,6 +16,10 @@
 //!   reads and no decryption. The committer then wakes the claimer for whatever else
 //!   became ready (the other steps of a fan-out, the join of parallel branches).
 //!
+//! A task created in a process whose pool has a free slot skips the claim too: the
+//! creation's transaction leases its first steps to the pool (see `create`), and they
+//! start in free slots as soon as it commits, with the context the creation still holds.
+//!
 //! While one transaction commits, the next batch gathers, so the batches grow with the
 //! load by themselves and no outcome waits for a timer. Exactly-once commits still rest on
 //! the lease fencing of each step (`store::claim`), not on the batching.
@@ -26,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::EngineError;
-use super::core::Engine;
+use super::core::{Engine, lock};
 use super::worker::{Finished, Job, Next};
 use crate::audit;
 
@@ -50,6 +54,51 @@ pub struct WorkerPool {
     pub idle: Duration,
     /// How often committed audit events are sealed into the chain.
     pub seal_every: Duration,
+}
+
+/// Where this process's task creations hand the first steps of their tasks while its
+/// pool runs: the pool's lease owner, its slots, and what starts its runs.
+pub(crate) struct Handoff {
+    worker: String,
+    slots: Arc<Semaphore>,
+    launcher: Launcher,
+}
+
+impl Handoff {
+    /// The lease owner the steps handed over are leased to.
+    pub(crate) fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// Up to `wanted` free slots of the pool, none if it has none: a step is handed over
+    /// only with a slot to run in, so the creations never take more than the pool runs.
+    pub(crate) fn slots(&self, wanted: usize) -> Vec<OwnedSemaphorePermit> {
+        (0..wanted)
+            .map_while(|_| self.slots.clone().try_acquire_owned().ok())
+            .collect()
+    }
+
+    /// Run `next`, a step the creation that holds `slot` leased to this pool.
+    pub(crate) fn start(&self, next: Next, slot: OwnedSemaphorePermit) {
+        tokio::spawn(self.launcher.clone().run_next(next, Some(slot)));
+    }
+}
+
+/// The pool's [`Handoff`] while it takes new work: withdrawn when dropped (the pool
+/// stopping, or its future dropped), which also ends the handoff's hold on the engine.
+struct Offered<'a>(&'a Engine);
+
+impl Drop for Offered<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.inner.handoff).take();
+    }
+}
+
+impl Engine {
+    /// The running pool's [`Handoff`], if this process runs one.
+    pub(crate) fn handoff(&self) -> Option<Arc<Handoff>> {
+        lock(&self.inner.handoff).clone()
+    }
 }
 
 impl Engine {
@@ -115,6 +164,19 @@ impl Engine {
             launcher.clone(),
             stop.clone(),
         ));
+        // One pool per process takes the creations' first steps: a second one (tests run
+        // several) leaves the first its handoff.
+        let offered = {
+            let mut handoff = lock(&self.inner.handoff);
+            handoff.is_none().then(|| {
+                *handoff = Some(Arc::new(Handoff {
+                    worker: worker.to_owned(),
+                    slots: slots.clone(),
+                    launcher: launcher.clone(),
+                }));
+                Offered(self)
+            })
+        };
         while !*stop.borrow() {
             let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit {
@@ -154,6 +216,8 @@ impl Engine {
                 tokio::spawn(launcher.clone().run(job, Some(permit)));
             }
         }
+        // No new work from now on; what was handed over runs in the slots waited for below.
+        drop(offered);
         // Wait for every claimed step to have run, then for the outcomes to be committed
         // (the committer stops once the last sender is gone).
         let _ = slots

@@ -82,6 +82,39 @@ pub(crate) struct Next {
     policy: Arc<NamespacePolicy>,
 }
 
+impl Next {
+    /// A task's first step, leased to this process's pool by the transaction that created
+    /// the task ([`super::pool::Handoff`]): it runs with the context and key the creation
+    /// holds, checked against the namespace policy as that transaction read it.
+    #[allow(clippy::too_many_arguments)] // what a claim would have read, one by one
+    pub(crate) fn first(
+        claim: ClaimedStep,
+        task: TaskRow,
+        workflow: Arc<LoadedWorkflow>,
+        key: TaskKey,
+        principal: Principal,
+        context: serde_json::Map<String, Value>,
+        classification: crate::classify::ContextClassification,
+        policy: NamespacePolicy,
+    ) -> Self {
+        Self {
+            from: 0,
+            claim,
+            task: Arc::new(task),
+            workflow,
+            key,
+            principal: Arc::new(principal),
+            data: Arc::new(TaskData {
+                context,
+                classification,
+                upstream: BTreeMap::new(),
+            }),
+            upstream: BTreeMap::new(),
+            policy: Arc::new(policy),
+        }
+    }
+}
+
 /// A claimed step that must fail without running.
 pub(crate) struct Refusal {
     claim: ClaimedStep,

@@ -140,6 +140,17 @@ impl StepRow {
             finished_at: None,
         }
     }
+
+    /// This new step leased to `worker` until `expires` for its first attempt, started
+    /// `now`: as a claim would take it (`store::claim`), for the transaction that creates
+    /// it to hand it to a worker at once.
+    pub fn lease_to(&mut self, worker: &str, expires: i64, now: i64) {
+        self.status = StepStatus::InProgress;
+        self.attempts = 1;
+        self.lease_owner = Some(worker.to_owned());
+        self.lease_expires_at = Some(expires);
+        self.started_at = Some(now);
+    }
 }
 
 /// A step row as the database returns it, `depends_on` still JSON text.
