@@ -7,6 +7,15 @@
 //! Each refusal has a stable [`AuthError::code`] for the HTTP layer to return and audit;
 //! none carries the token or its claims.
 //!
+//! A client sends its token with every request, and checking the signature is most of
+//! the work (an Ed25519 or ECDSA verification, tens of microseconds of a core). So a
+//! verifier remembers the tokens it accepted, by their SHA-256 and never the token
+//! itself, for at most [`REMEMBER_SECS`] and never past the token's `exp`: a token seen
+//! again is compared by its whole bytes' digest (one byte changed anywhere is a token
+//! never seen, checked from the start), and its `exp` and `nbf` are checked again against
+//! the clock on every use. Refusals are never remembered: each is checked, and audited,
+//! anew. The memory holds at most [`REMEMBERED`] tokens, and starts over when full.
+//!
 //! This module owns verification and the development keys of `stepbox token`; it never
 //! decides what an identity may do (that is `policy`) and never logs a token.
 
@@ -16,11 +25,13 @@ mod keys;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
+use sha2::Digest as _;
 
 pub(crate) use dev::write_private;
 pub use dev::{DEV_AUDIENCE, DEV_ISSUER, DevKey, DevKeyError, DevTokenRequest};
@@ -34,6 +45,12 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: i64 = 30;
+
+/// Longest a verifier takes an accepted token's word for it before checking it again.
+pub const REMEMBER_SECS: i64 = 60;
+
+/// Most accepted tokens a verifier remembers at once.
+pub const REMEMBERED: usize = 4096;
 
 /// Why a token was refused. The message names the check, never the token's content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,6 +153,18 @@ pub struct Verifier {
     audience: String,
     /// Another issuer's verifier, for tokens signed by none of `keys`.
     fallback: Option<Box<Verifier>>,
+    /// Tokens accepted lately, by the SHA-256 of their bytes: shared by clones, which
+    /// trust the same keys and claims, and by nothing that trusts more or less.
+    accepted: Arc<Mutex<HashMap<[u8; 32], Accepted>>>,
+}
+
+/// A token this verifier accepted: who it names, and the times that still bound it.
+struct Accepted {
+    identity: Identity,
+    exp: i64,
+    nbf: Option<i64>,
+    /// When it was checked in full, unix seconds.
+    checked_at: i64,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -156,12 +185,16 @@ impl Verifier {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             fallback: None,
+            accepted: Arc::default(),
         }
     }
 
     /// This verifier, and `other` for tokens whose key is none of this one's (a second
     /// issuer: each token is still checked against its own issuer's keys and claims).
     pub fn or(mut self, other: Verifier) -> Self {
+        // It trusts more than `self` did: the tokens `self` accepted are shared with
+        // `self`'s clones, which must never accept what only `other` signed.
+        self.accepted = Arc::default();
         match self.fallback.take() {
             Some(first) => self.fallback = Some(Box::new(first.or(other))),
             None => self.fallback = Some(Box::new(other)),
@@ -171,21 +204,65 @@ impl Verifier {
 
     /// Verify `token` at `now` (unix seconds).
     pub fn verify(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
-        match (self.verify_own(token, now), &self.fallback) {
-            (Err(AuthError::UnknownKey | AuthError::AlgorithmRefused), Some(other)) => {
-                other.verify(token, now)
-            }
-            (verdict, _) => verdict,
-        }
-    }
-
-    fn verify_own(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        {
+            let mut accepted = self.remembered();
+            if let Some(seen) = accepted.get(&digest) {
+                if now.saturating_sub(seen.checked_at) <= REMEMBER_SECS && now >= seen.checked_at {
+                    return match in_time(seen.exp, seen.nbf, now) {
+                        Ok(()) => Ok(seen.identity.clone()),
+                        Err(late) => {
+                            accepted.remove(&digest);
+                            Err(late)
+                        }
+                    };
+                }
+                accepted.remove(&digest);
+            }
+        }
+        let (identity, exp, nbf) = self.verify_in_full(token, now)?;
+        let mut accepted = self.remembered();
+        if accepted.len() >= REMEMBERED {
+            accepted.clear();
+        }
+        accepted.insert(
+            digest,
+            Accepted {
+                identity: identity.clone(),
+                exp,
+                nbf,
+                checked_at: now,
+            },
+        );
+        Ok(identity)
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Accepted>> {
+        self.accepted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every check, this verifier's issuer and then the others': the identity, and the
+    /// token's `exp` and `nbf`.
+    fn verify_in_full(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<(Identity, i64, Option<i64>), AuthError> {
+        match (self.verify_own(token, now), &self.fallback) {
+            (Err(AuthError::UnknownKey | AuthError::AlgorithmRefused), Some(other)) => {
+                other.verify_in_full(token, now)
+            }
+            (verdict, _) => verdict,
+        }
+    }
+
+    fn verify_own(&self, token: &str, now: i64) -> Result<(Identity, i64, Option<i64>), AuthError> {
         if token.split('.').count() != 3 {
             return Err(AuthError::Malformed);
         }
@@ -223,19 +300,11 @@ impl Verifier {
             .claims;
 
         let exp = claims.exp.ok_or(AuthError::Expired)?;
-        if now > exp.saturating_add(LEEWAY_SECS) {
-            return Err(AuthError::Expired);
-        }
-        if claims
-            .nbf
-            .is_some_and(|nbf| now < nbf.saturating_sub(LEEWAY_SECS))
-        {
-            return Err(AuthError::NotYetValid);
-        }
+        in_time(exp, claims.nbf, now)?;
         if claims.sub.trim().is_empty() {
             return Err(AuthError::BadClaims);
         }
-        Ok(Identity {
+        let identity = Identity {
             principal: Principal {
                 subject: claims.sub,
                 roles: claims.roles,
@@ -245,8 +314,21 @@ impl Verifier {
             team: claims.team,
             mfa_at: claims.mfa_time,
             session_id: claims.sid,
-        })
+        };
+        Ok((identity, exp, claims.nbf))
     }
+}
+
+/// Whether a token expiring at `exp` and valid from `nbf` may be used at `now`, with
+/// [`LEEWAY_SECS`] of clock skew either way.
+fn in_time(exp: i64, nbf: Option<i64>, now: i64) -> Result<(), AuthError> {
+    if now > exp.saturating_add(LEEWAY_SECS) {
+        return Err(AuthError::Expired);
+    }
+    if nbf.is_some_and(|nbf| now < nbf.saturating_sub(LEEWAY_SECS)) {
+        return Err(AuthError::NotYetValid);
+    }
+    Ok(())
 }
 
 /// What a failed decode means to the caller.

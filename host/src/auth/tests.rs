@@ -185,6 +185,74 @@ fn time_is_checked_with_a_small_leeway() {
 }
 
 #[test]
+fn a_remembered_token_is_still_refused_once_it_expires_or_before_it_is_valid() {
+    let provider = idp();
+    let token = sign(&provider, Some("idp-1"), &claims());
+    let verifier = &provider.verifier;
+    assert!(verifier.verify(&token, NOW).is_ok());
+    assert!(verifier.verify(&token, NOW + 30).is_ok(), "seen again");
+    // `exp` is NOW + 600: past it and the leeway, the token it remembers is refused.
+    let expiry = NOW + 600 + LEEWAY_SECS;
+    assert!(verifier.verify(&token, expiry - 20).is_ok());
+    assert_eq!(verifier.verify(&token, expiry + 1), Err(AuthError::Expired));
+    // And so it is at every later use: expiry is not forgotten with the memory.
+    assert_eq!(verifier.verify(&token, expiry + 2), Err(AuthError::Expired));
+
+    // A clock set back before `nbf` (NOW - 5) gets the token refused, remembered or not.
+    let fresh = idp();
+    let token = sign(&fresh, Some("idp-1"), &claims());
+    assert!(fresh.verifier.verify(&token, NOW).is_ok());
+    assert_eq!(
+        fresh.verifier.verify(&token, NOW - 5 - LEEWAY_SECS - 1),
+        Err(AuthError::NotYetValid)
+    );
+    assert!(fresh.verifier.verify(&token, NOW + 1).is_ok());
+}
+
+#[test]
+fn a_token_altered_after_its_genuine_form_was_accepted_is_refused() {
+    let idp = idp();
+    let good = sign(&idp, Some("idp-1"), &claims());
+    assert!(idp.verifier.verify(&good, NOW).is_ok());
+    // One bit of the signature.
+    let (body, signature) = good.rsplit_once('.').unwrap();
+    let mut bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    bytes[0] ^= 1;
+    let tampered = format!("{body}.{}", URL_SAFE_NO_PAD.encode(bytes));
+    assert_eq!(refused(&idp, &tampered), AuthError::BadSignature);
+    // Raised claims under the remembered token's signature.
+    let mut raised = claims();
+    raised["roles"] = json!(["admin"]);
+    let mut parts = good.split('.');
+    let (header, _, sig) = (parts.next().unwrap(), parts.next(), parts.next().unwrap());
+    let swapped = format!(
+        "{header}.{}.{sig}",
+        URL_SAFE_NO_PAD.encode(raised.to_string())
+    );
+    assert_eq!(refused(&idp, &swapped), AuthError::BadSignature);
+    // Refusals are not remembered: the same forgery is refused again.
+    assert_eq!(refused(&idp, &swapped), AuthError::BadSignature);
+    // Another verifier (other keys) does not share this one's memory.
+    let other = Verifier::new(KeySet::default(), ISSUER, AUDIENCE);
+    assert_eq!(other.verify(&good, NOW), Err(AuthError::UnknownKey));
+}
+
+#[test]
+fn the_memory_of_accepted_tokens_stays_bounded() {
+    let idp = idp();
+    for n in 0..REMEMBERED + 10 {
+        let mut distinct = claims();
+        distinct["sid"] = json!(format!("sess_{n}"));
+        assert!(
+            idp.verifier
+                .verify(&sign(&idp, Some("idp-1"), &distinct), NOW)
+                .is_ok()
+        );
+        assert!(idp.verifier.remembered().len() <= REMEMBERED);
+    }
+}
+
+#[test]
 fn wrong_issuer_audience_or_missing_subject_is_refused() {
     let idp = idp();
     let mut other = claims();
