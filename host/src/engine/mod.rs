@@ -16,6 +16,7 @@ mod error;
 mod gdpr;
 mod keys;
 mod pool;
+mod recorder;
 mod retention;
 mod secrets;
 mod view;
