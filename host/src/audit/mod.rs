@@ -25,4 +25,4 @@ pub use present::{
 };
 pub use report::{Period, ReportInputs, compliance_report, controls, period_bounds, report_csv};
 pub use trail::{AuditError, NewEvent, record, record_many, seal_pending, verify, verify_signed};
-pub(crate) use trail::{insert_rows_in, record_many_in, record_rows_in, rows};
+pub(crate) use trail::{record_many_in, record_rows_in, rows};

@@ -115,16 +115,6 @@ pub(crate) async fn record_rows_in<W: crate::store::HotWrites>(
         })
         .chain(events.iter().map(|event| row(event, now_ms)))
         .collect::<Result<Vec<_>, AuditError>>()?;
-    insert_rows_in(tx, rows).await
-}
-
-/// Insert `rows` as they are, times included, in that order inside `tx`: chained as they
-/// go in on SQLite's hot path ([`record_chained`]), for the sealer elsewhere. Their
-/// sequence numbers, in that order.
-pub(crate) async fn insert_rows_in<W: crate::store::HotWrites>(
-    tx: &mut W,
-    rows: Vec<NewAuditRow>,
-) -> Result<Vec<i64>, AuditError> {
     if let Some(mut hot) = tx.hot_path()
         && let Some(prev) = seal_behind(&mut hot)?
     {

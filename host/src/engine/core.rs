@@ -16,7 +16,7 @@ use crate::classify::FieldClasses;
 use crate::crypto::{KeyRing, SubjectVault};
 use crate::policy::NamespacePolicy;
 use crate::sandbox::{Sandbox, StepModule};
-use crate::store::{ModuleInfo, ModuleRow, Store, Tx, WorkflowRow};
+use crate::store::{Backend, ModuleInfo, ModuleRow, Store, Tx, WorkflowRow};
 
 /// Longest lease a worker holds on a step before it must renew it.
 pub const DEFAULT_LEASE_MS: i64 = 30_000;
@@ -54,8 +54,6 @@ pub(crate) struct Inner {
     pub(crate) creations: super::create::Queue,
     /// Who waits here for which task to end (see `endings`).
     pub(crate) endings: super::endings::Endings,
-    /// Audit events that change no state, waiting to be written together (see `recorder`).
-    pub(crate) recorder: super::recorder::Recorder,
     /// Where creations hand their tasks' first steps while this process's pool runs.
     pub(crate) handoff: Mutex<Option<Arc<super::pool::Handoff>>>,
     /// Signs the audit chain's checkpoints, if this process has the key.
@@ -196,7 +194,6 @@ impl Engine {
                 creations: super::create::Queue::default(),
                 endings: super::endings::Endings::default(),
                 handoff: Mutex::new(None),
-                recorder: super::recorder::Recorder::default(),
                 audit_signer: None,
                 vault: None,
             }),
@@ -251,6 +248,32 @@ impl Engine {
             })
             .await?;
         Ok(ID.into())
+    }
+
+    /// Record an audit event in a transaction of its own: for events that change no
+    /// state, such as a refused token.
+    pub(crate) async fn record_event(
+        &self,
+        event: &NewEvent,
+        now: i64,
+    ) -> Result<i64, EngineError> {
+        let store = &self.inner.store;
+        if store.backend() == Backend::Sqlite {
+            // One event, one short transaction on the hot path: API reads record their
+            // access this way, so a client polling a task must not slow down its steps.
+            let events = std::slice::from_ref(event);
+            let seqs = store
+                .write_now(|tx| crate::store::ready(audit::record_many_in(tx, events, now)))
+                .await?;
+            return seqs
+                .first()
+                .copied()
+                .ok_or_else(|| EngineError::Internal("the event was not recorded".into()));
+        }
+        let mut tx = store.begin().await?;
+        let seq = audit::record(&mut tx, event, now).await?;
+        tx.commit().await?;
+        Ok(seq)
     }
 
     /// The same engine with step leases of `lease_ms` (set before sharing the engine): how

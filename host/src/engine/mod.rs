@@ -16,7 +16,6 @@ mod error;
 mod gdpr;
 mod keys;
 mod pool;
-mod recorder;
 mod retention;
 mod secrets;
 mod view;
