@@ -681,6 +681,108 @@ async fn steps_show_progress_and_only_the_owner_or_a_manager_cancels_or_retries(
     .await;
 }
 
+/// `GET path` as `token` in a task of its own: its answer, and how long it took.
+fn read_in_background(
+    api: &Api,
+    token: &str,
+    path: &str,
+) -> tokio::task::JoinHandle<((u16, Value), std::time::Duration)> {
+    let (url, token) = (format!("{}{path}", api.base), token.to_owned());
+    tokio::spawn(async move {
+        let began = std::time::Instant::now();
+        let response = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (answer(response).await, began.elapsed())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiting_read_is_answered_when_the_task_ends_and_only_to_who_may_read_it() {
+    use std::time::Duration;
+    both(|url| async move {
+        let api = start(&url).await;
+        let agent = token(&api, "user_123", &["customer_success_agent"], &[], true, 0);
+        let stranger = token(&api, "user_777", &["payments_agent"], &[], true, 0);
+        let (_, task) = post(&api, &agent, refund_body().to_string()).await;
+        let id = task["id"].as_str().unwrap().to_owned();
+        let path = format!("/v1/tasks/{id}?wait_ms=20000");
+
+        // A caller who may not read the task is refused before any wait, as if it did not
+        // exist: waiting would tell it the task is there.
+        let began = std::time::Instant::now();
+        let (status, problem) = get(&api, &stranger, &path).await;
+        assert_eq!(status, 404, "{problem}");
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the refusal waited for the task"
+        );
+        assert_eq!(events(&api.store, "task.read_denied").await.len(), 1);
+
+        // Waits out of bounds, or not numbers, are refused with a precise problem.
+        for (query, code) in [
+            ("wait_ms=30001", "invalid"),
+            ("wait_ms=soon", "invalid_query"),
+            ("wait_ms=-1", "invalid_query"),
+            ("wait=5", "invalid_query"),
+        ] {
+            let (status, problem) = get(&api, &agent, &format!("/v1/tasks/{id}?{query}")).await;
+            assert_eq!(
+                (status, problem["code"].as_str()),
+                (422, Some(code)),
+                "{query}: {problem}"
+            );
+        }
+
+        // The owner's read waits, and is answered when the steps end the task.
+        let waiting = read_in_background(&api, &agent, &path);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "the read did not wait for the task");
+        drain(&api.engine).await;
+        let ((status, done), took) = waiting.await.unwrap();
+        assert_eq!(
+            (status, done["status"].as_str()),
+            (200, Some("complete")),
+            "{done}"
+        );
+        assert!(
+            took < Duration::from_secs(15),
+            "answered at the wait's end ({took:?})"
+        );
+        assert_eq!(done["context"]["customer_email"], "[REDACTED]");
+
+        // A cancel ends a task as well, and wakes whoever waits on it.
+        let (_, other) = post(&api, &agent, refund_body().to_string()).await;
+        let other = other["id"].as_str().unwrap().to_owned();
+        let waiting = read_in_background(&api, &agent, &format!("/v1/tasks/{other}?wait_ms=20000"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "the read did not wait for the task");
+        let (status, _) = post_empty(&api, &agent, &format!("/v1/tasks/{other}/cancel")).await;
+        assert_eq!(status, 200);
+        let ((status, cancelled), took) = waiting.await.unwrap();
+        assert_eq!(
+            (status, cancelled["status"].as_str()),
+            (200, Some("cancelled")),
+            "{cancelled}"
+        );
+        assert!(
+            took < Duration::from_secs(15),
+            "answered at the wait's end ({took:?})"
+        );
+
+        // A task already ended is answered at once; every answered read is audited.
+        let began = std::time::Instant::now();
+        let (status, again) = get(&api, &agent, &path).await;
+        assert_eq!((status, again["status"].as_str()), (200, Some("complete")));
+        assert!(began.elapsed() < Duration::from_secs(10));
+        assert_eq!(events(&api.store, "task.read").await.len(), 3);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooding_client_gets_429_with_retry_after_and_others_are_still_served() {
     let db = crate::engine::TestDb::sqlite();
