@@ -20,6 +20,8 @@ pub(crate) struct ContextCap {
     /// Masks the values of context fields above the clearance wherever an upstream result
     /// repeats them; built on the first upstream read (`Some(None)`: nothing to hide).
     hidden: Option<Option<Redactor>>,
+    /// [`Redactor::generation`] when the attempt began.
+    since: u64,
 }
 
 impl ContextCap {
@@ -35,21 +37,38 @@ impl ContextCap {
             clearance,
             data,
             hidden: None,
+            since: Redactor::generation(),
         }
     }
 
     fn hidden(&mut self) -> Option<&Redactor> {
-        let (data, clearance) = (&self.data, self.clearance);
+        let (data, clearance, since) = (&self.data, self.clearance, self.since);
         self.hidden
             .get_or_insert_with(|| {
                 let mut values = Vec::new();
+                let mut only_pii = true;
                 for (field, value) in &data.context {
                     if data.level_of(field) > clearance {
                         leaf_values(value, &mut values);
+                        only_pii &= data
+                            .classification
+                            .fields
+                            .get(field)
+                            .is_some_and(|class| class.is_pii());
                     }
                 }
-                // Its own, never shared: these may be credentials or card numbers.
-                (!values.is_empty()).then(|| Redactor::new(values))
+                if values.is_empty() {
+                    return None;
+                }
+                // Personal data only: the values the task's own redactor already masks,
+                // kept as briefly and forgotten at the same erasures, so the steps of the
+                // task with this clearance share one matcher. Anything else (credentials,
+                // card numbers, business data) stays this attempt's own.
+                Some(if only_pii {
+                    Redactor::shared(values, since)
+                } else {
+                    Redactor::new(values)
+                })
             })
             .as_ref()
     }
@@ -263,6 +282,50 @@ mod tests {
                 "{clearance:?}: {text}"
             );
             assert!(text.contains("\"n\":3"), "{text}");
+        }
+    }
+
+    #[test]
+    fn upstream_results_mask_hidden_values_of_every_class_attempt_after_attempt() {
+        // Personal data alone above the clearance (a matcher shared between attempts), and
+        // a credential beside it (the attempt's own): masked either way, in every attempt,
+        // including one after an erasure forgot the shared matchers.
+        for with_credential in [false, true] {
+            let mut context = json!({ "customer_email": "jane@example.com" });
+            let mut classes = FieldClasses::default();
+            classes.declare("customer_email", DataClass::PiiContact);
+            if with_credential {
+                context["api_token"] = json!("tok_9f8e7d6c");
+                classes.declare("api_token", DataClass::Credential);
+            }
+            let context = context.as_object().unwrap().clone();
+            let classification = classify_context(&classes, &context);
+            let upstream = json!({ "echo": "jane@example.com / tok_9f8e7d6c", "n": 3 });
+            let data = Arc::new(TaskData {
+                context,
+                classification,
+                upstream: [("lookup".to_owned(), upstream)].into(),
+            });
+            for attempt in 0..3 {
+                if attempt == 2 {
+                    Redactor::forget_shared();
+                }
+                let mut cap = ContextCap::new(
+                    BTreeSet::new(),
+                    ["lookup".into()].into(),
+                    Classification::Public,
+                    data.clone(),
+                );
+                let mut shared = testing::shared(10);
+                let mut view = View {
+                    cap: &mut cap,
+                    shared: &mut shared,
+                };
+                let text = view.upstream("lookup".into()).unwrap().unwrap();
+                assert!(!text.contains("jane@example.com"), "{text}");
+                assert_eq!(!text.contains("tok_9f8e7d6c"), with_credential, "{text}");
+                assert!(text.contains("\"n\":3"), "{text}");
+            }
         }
     }
 
