@@ -1571,14 +1571,17 @@ mod tests {
 
         // Nothing else writes: only the checkpointer can have filled the file.
         file_reaches(&path, written).await;
-        // And the WAL started over after checkpoints instead of growing with the data: a
-        // few rounds of frames (each commit writes three), not all 32, which would be
-        // three times `written`.
+        // And the WAL started over after checkpoints instead of growing with the data.
+        // Each commit writes three frames, so a WAL that never started over would hold
+        // three times `written`. The file keeps its high-water mark, which depends on how
+        // far the checkpointer fell behind the writers: on a loaded machine (CI runs the
+        // suite in parallel) it reached ~half of `written`, so the bound is `written`
+        // itself, a third of what a WAL that never restarted would hold.
         let wal = std::fs::metadata(dir.path().join("stepbox.db-wal"))
             .unwrap()
             .len();
         assert!(
-            wal < written / 2,
+            wal < written,
             "the WAL holds {wal} bytes after {written} bytes were written"
         );
     }
