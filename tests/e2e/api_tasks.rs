@@ -26,6 +26,17 @@ pub(crate) struct Api {
     pub(crate) notify: TestServer,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Api {
+    /// Stop serving (a graceful shutdown, as Ctrl-C does) and wait until `serve` returns.
+    pub(crate) async fn shut_down(&mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.served.take().expect("served once").await.unwrap()
+    }
 }
 
 impl Drop for Api {
@@ -85,7 +96,7 @@ pub(crate) async fn start_limited(url: &stepbox::store::DatabaseUrl, limits: Rat
     let state = ApiState::new(engine.clone(), verifier)
         .with_access(access())
         .with_rate_limits(limits);
-    tokio::spawn(api::serve(listener, state, async {
+    let served = tokio::spawn(api::serve(listener, state, async {
         let _ = stopped.await;
     }));
     Api {
@@ -97,6 +108,7 @@ pub(crate) async fn start_limited(url: &stepbox::store::DatabaseUrl, limits: Rat
         notify,
         _dir: dir,
         stop: Some(stop),
+        served: Some(served),
     }
 }
 
@@ -781,6 +793,42 @@ async fn a_waiting_read_is_answered_when_the_task_ends_and_only_to_who_may_read_
         assert_eq!(events(&api.store, "task.read").await.len(), 3);
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_graceful_shutdown_answers_waiting_reads_at_once_instead_of_waiting_for_them() {
+    use std::time::Duration;
+    let db = crate::engine::TestDb::sqlite();
+    let mut api = start(&db.url).await;
+    let agent = token(&api, "user_123", &["customer_success_agent"], &[], true, 0);
+    let (_, task) = post(&api, &agent, refund_body().to_string()).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+
+    // Nothing runs the task's steps here: the read would wait its whole 30 s.
+    let waiting = read_in_background(&api, &agent, &format!("/v1/tasks/{id}?wait_ms=30000"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the read did not wait for the task");
+
+    let began = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), api.shut_down())
+        .await
+        .expect("the shutdown waited for the read's wait to run out")
+        .unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        began.elapsed()
+    );
+    // The read was answered, with the task as it is, not cut off.
+    let ((status, read), took) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["id"], id.as_str());
+    assert!(
+        matches!(read["status"].as_str(), Some("pending" | "in_progress")),
+        "{read}"
+    );
+    assert!(took < Duration::from_secs(15), "answered after {took:?}");
+    assert_eq!(read["context"]["customer_email"], "[REDACTED]");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

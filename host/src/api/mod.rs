@@ -179,12 +179,27 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let shutdown = releasing_waits(&state, shutdown);
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// `shutdown`, then every read waiting for a task's end answered at once with the task as
+/// it is (`GET /v1/tasks/{id}?wait_ms=` holds a request up to 30 s, which would hold the
+/// graceful shutdown as long).
+pub(crate) fn releasing_waits(
+    state: &ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let engine = state.engine.clone();
+    async move {
+        shutdown.await;
+        engine.stop_waiting();
+    }
 }
 
 /// The OpenAPI 3.1 document of every route here.
