@@ -19,6 +19,11 @@
 
 mod common;
 
+/// The allocator of the `stepbox` binary (see host/src/main.rs), so the figures are of
+/// what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use common::{

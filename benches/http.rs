@@ -18,6 +18,11 @@
 
 mod common;
 
+/// The allocator of the `stepbox` binary (see host/src/main.rs), so the figures are of
+/// what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};

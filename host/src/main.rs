@@ -5,6 +5,15 @@ use std::process::ExitCode;
 use clap::Parser;
 use stepbox::cli::Cli;
 
+/// mimalloc rather than glibc's allocator: the engine allocates and frees many small,
+/// short-lived buffers per step (rows, JSON, sealed blobs, audit events), and under glibc
+/// malloc and free were ~15 % of its CPU. Engine benchmark, protected, 4,000 tasks, three
+/// interleaved pairs (2026-12-06): 1,896 / 1,828 / 1,973 -> 2,314 / 2,113 / 2,283 tasks/s,
+/// process CPU -6 to -13 %, peak memory 170 -> 240 MB (mimalloc keeps freed pages longer).
+/// The benchmarks use it too, so they measure what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
