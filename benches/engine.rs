@@ -21,6 +21,7 @@ mod common;
 
 /// The allocator of the `stepbox` binary (see host/src/main.rs), so the figures are of
 /// what ships.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -9,8 +9,9 @@ use stepbox::cli::Cli;
 /// short-lived buffers per step (rows, JSON, sealed blobs, audit events), and under glibc
 /// malloc and free were ~15 % of its CPU. Engine benchmark, protected, 4,000 tasks, three
 /// interleaved pairs (2026-12-06): 1,896 / 1,828 / 1,973 -> 2,314 / 2,113 / 2,283 tasks/s,
-/// process CPU -6 to -13 %, peak memory 170 -> 240 MB (mimalloc keeps freed pages longer).
-/// The benchmarks use it too, so they measure what ships.
+/// process CPU -7 to -12 %, peak memory 170 -> 240 MB (mimalloc keeps freed pages longer).
+/// The benchmarks use it too, so they measure what ships. Feature `mimalloc` (default).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

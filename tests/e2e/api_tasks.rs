@@ -27,6 +27,8 @@ pub(crate) struct Api {
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// What the server routes, for a second server over the same API.
+    state: ApiState,
 }
 
 impl Api {
@@ -96,7 +98,7 @@ pub(crate) async fn start_limited(url: &stepbox::store::DatabaseUrl, limits: Rat
     let state = ApiState::new(engine.clone(), verifier)
         .with_access(access())
         .with_rate_limits(limits);
-    let served = tokio::spawn(api::serve(listener, state, async {
+    let served = tokio::spawn(api::serve(listener, state.clone(), async {
         let _ = stopped.await;
     }));
     Api {
@@ -109,6 +111,7 @@ pub(crate) async fn start_limited(url: &stepbox::store::DatabaseUrl, limits: Rat
         _dir: dir,
         stop: Some(stop),
         served: Some(served),
+        state,
     }
 }
 
@@ -796,29 +799,43 @@ async fn a_waiting_read_is_answered_when_the_task_ends_and_only_to_who_may_read_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_graceful_shutdown_answers_waiting_reads_at_once_instead_of_waiting_for_them() {
+async fn a_graceful_shutdown_answers_its_waiting_reads_at_once_and_no_other_servers() {
     use std::time::Duration;
     let db = crate::engine::TestDb::sqlite();
     let mut api = start(&db.url).await;
     let agent = token(&api, "user_123", &["customer_success_agent"], &[], true, 0);
     let (_, task) = post(&api, &agent, refund_body().to_string()).await;
     let id = task["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/tasks/{id}?wait_ms=30000");
 
-    // Nothing runs the task's steps here: the read would wait its whole 30 s.
-    let waiting = read_in_background(&api, &agent, &format!("/v1/tasks/{id}?wait_ms=30000"));
+    // A second server over the same API (as a process serving plain HTTP and TLS at once
+    // would run), which keeps serving.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_base = format!("http://{}", listener.local_addr().unwrap());
+    let (other_stop, other_stopped) = tokio::sync::oneshot::channel::<()>();
+    let other = tokio::spawn(api::serve(listener, api.state.clone(), async {
+        let _ = other_stopped.await;
+    }));
+
+    // Nothing runs the task's steps here: each read would wait its whole 30 s.
+    let waiting = read_in_background(&api, &agent, &path);
+    let (url, bearer) = (format!("{other_base}{path}"), agent.clone());
+    let waiting_elsewhere = tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap();
+        answer(response).await
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "the read did not wait for the task");
 
-    let began = std::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(10), api.shut_down())
         .await
         .expect("the shutdown waited for the read's wait to run out")
         .unwrap();
-    assert!(
-        began.elapsed() < Duration::from_secs(10),
-        "shutdown took {:?}",
-        began.elapsed()
-    );
     // The read was answered, with the task as it is, not cut off.
     let ((status, read), took) = waiting.await.unwrap();
     assert_eq!(status, 200, "{read}");
@@ -829,6 +846,28 @@ async fn a_graceful_shutdown_answers_waiting_reads_at_once_instead_of_waiting_fo
     );
     assert!(took < Duration::from_secs(15), "answered after {took:?}");
     assert_eq!(read["context"]["customer_email"], "[REDACTED]");
+
+    // The other server's read still waits: its server is not stopping.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting_elsewhere.is_finished(),
+        "stopping one server answered another server's wait"
+    );
+    let _ = other_stop.send(());
+    let (status, read) = tokio::time::timeout(Duration::from_secs(10), waiting_elsewhere)
+        .await
+        .expect("the second server's shutdown did not answer its wait")
+        .unwrap();
+    assert_eq!(
+        (status, read["id"].as_str()),
+        (200, Some(id.as_str())),
+        "{read}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), other)
+        .await
+        .expect("the second server did not stop")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -58,6 +58,35 @@ pub struct ApiState {
     access: Arc<AccessPolicy>,
     limiter: Arc<limits::Limiter>,
     metrics: Arc<metrics::Metrics>,
+    /// Set when the server routing this state begins to stop; each [`serve`] call gives
+    /// its state one of its own.
+    stopping: Stopping,
+}
+
+/// A server's shutdown as the long reads it holds see it: `GET /v1/tasks/{id}?wait_ms=`
+/// holds its request up to [`tasks::MAX_WAIT_MS`], and a graceful shutdown waits for
+/// every request it holds, so such reads are answered at once, with the task as it is,
+/// when their server begins to stop.
+#[derive(Clone)]
+struct Stopping(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Stopping {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl Stopping {
+    fn stop(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves once the server has begun to stop (at once if it has).
+    async fn stopped(&self) {
+        let mut stopping = self.0.subscribe();
+        // Err only if the sender is gone, which `self` holds.
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    }
 }
 
 impl std::fmt::Debug for ApiState {
@@ -79,6 +108,7 @@ impl ApiState {
             access: Arc::new(AccessPolicy::default()),
             limiter: Arc::new(limits::Limiter::new(RateLimits::default())),
             metrics: Arc::new(metrics::Metrics::new()),
+            stopping: Stopping::default(),
         }
     }
 
@@ -179,7 +209,7 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let shutdown = releasing_waits(&state, shutdown);
+    let (state, shutdown) = releasing_waits(state, shutdown);
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
@@ -188,18 +218,23 @@ pub async fn serve(
     .await
 }
 
-/// `shutdown`, then every read waiting for a task's end answered at once with the task as
-/// it is (`GET /v1/tasks/{id}?wait_ms=` holds a request up to 30 s, which would hold the
-/// graceful shutdown as long).
+/// `state` for one server, with a [`Stopping`] of its own, and `shutdown` followed by
+/// answering every read of that server waiting for a task's end. Another server routing
+/// a clone of the same state keeps its waits.
 pub(crate) fn releasing_waits(
-    state: &ApiState,
+    mut state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let engine = state.engine.clone();
-    async move {
+) -> (
+    ApiState,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let stopping = Stopping::default();
+    state.stopping = stopping.clone();
+    let shutdown = async move {
         shutdown.await;
-        engine.stop_waiting();
-    }
+        stopping.stop();
+    };
+    (state, shutdown)
 }
 
 /// The OpenAPI 3.1 document of every route here.

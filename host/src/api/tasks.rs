@@ -165,16 +165,17 @@ pub(super) async fn get(
     let caller = state.access.effective(&identity.principal);
     let (mut task, mut policy) = readable_task(&state, &caller, &id, &correlation).await?;
     if !wait.is_zero() && !task.status.is_terminal() {
-        let ended = state
-            .engine
-            .task_row_ended(&id, wait)
-            .await
-            .map_err(|e| match e {
-                EngineError::NotFound(_) => {
-                    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such task")
-                }
-                other => other.into(),
-            })?;
+        // Until the task ends or the wait runs out, unless the server begins to stop.
+        let ended = tokio::select! {
+            ended = state.engine.task_row_ended(&id, wait) => ended,
+            () = state.stopping.stopped() => state.engine.task_row(&id).await,
+        };
+        let ended = ended.map_err(|e| match e {
+            EngineError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such task")
+            }
+            other => other.into(),
+        })?;
         (task, policy) = may_read_task(&state, &caller, ended, &correlation).await?;
     }
     let view = state.engine.open_task(task).await.map_err(|e| match e {

@@ -99,7 +99,7 @@ pub async fn serve_tls(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    let shutdown = super::releasing_waits(&state, shutdown);
+    let (state, shutdown) = super::releasing_waits(state, shutdown);
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {

@@ -25,8 +25,6 @@ const READ_AGAIN: Duration = Duration::from_millis(100);
 #[derive(Default)]
 pub(crate) struct Endings {
     waiting: Mutex<HashMap<String, (usize, Arc<Notify>)>>,
-    /// Set once the server stops: every wait answers at once, so none holds it.
-    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Endings {
@@ -41,19 +39,6 @@ impl Endings {
                 notify.notify_waiters();
             }
         }
-    }
-
-    /// Answer every wait now and every later one at once (the server is stopping).
-    fn close(&self) {
-        self.closing
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        for (_, notify) in lock(&self.waiting).values() {
-            notify.notify_waiters();
-        }
-    }
-
-    fn closing(&self) -> bool {
-        self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn watch(&self, id: &str) -> Watch<'_> {
@@ -90,13 +75,6 @@ impl Drop for Watch<'_> {
 }
 
 impl Engine {
-    /// Answer every wait for a task's end ([`Engine::task_row_ended`]) now, with the task
-    /// as it is, and every later one at once: what a server stopping does, so that a
-    /// client's long wait does not hold its graceful shutdown.
-    pub fn stop_waiting(&self) {
-        self.inner.endings.close();
-    }
-
     /// Task `task_id`'s row once it has ended (complete, error or cancelled), or as it is
     /// when `within` has passed, whichever comes first. `NotFound` if there is no such
     /// task (or it was purged meanwhile).
@@ -115,7 +93,7 @@ impl Engine {
             woken.as_mut().enable();
             let task = self.task_row(task_id).await?;
             let now = tokio::time::Instant::now();
-            if task.status.is_terminal() || now >= deadline || self.inner.endings.closing() {
+            if task.status.is_terminal() || now >= deadline {
                 return Ok(task);
             }
             let next = deadline.min(now + READ_AGAIN);
@@ -156,14 +134,6 @@ mod tests {
         );
 
         drop(watch);
-        let released = notify_b.notified();
-        tokio::pin!(released);
-        released.as_mut().enable();
-        endings.close();
-        assert!(endings.closing());
-        tokio::time::timeout(Duration::from_secs(1), released)
-            .await
-            .expect("closing did not wake the waiter on task_b");
         assert!(lock(&endings.waiting).contains_key("task_b"));
         assert!(!lock(&endings.waiting).contains_key("task_a"));
         drop(other);

@@ -43,20 +43,22 @@ const STATEMENT_CACHE: usize = 256;
 /// How long `write_now` waits before trying again for a write lock another process holds.
 const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// The hot connection's page cache, in KiB (16 MiB: 4,096 pages of 4 KiB), enough for
-/// what its transactions touch again and again (the tails of the audit trail and of the
-/// indexes, the steps of the tasks in flight, the claim indexes).
+/// The page cache of the connections [`open_connection`] opens (the hot path's and the
+/// checkpointer's), in KiB: 16 MiB, some 4,000 pages of 4 KiB, enough for what the hot
+/// transactions touch again and again (the tails of the audit trail and of the indexes,
+/// the steps of the tasks in flight, the claim indexes).
 ///
 /// Not more, because a commit can cost time in proportion to the pages cached. When a
-/// B-tree page splits, SQLite (3.46, `balance_nonroot`) renumbers the new pages into
-/// ascending order, passing one through the page number of the pending-byte page
-/// (262,145) as a temporary name. That leaves the cache's largest page number there, and
-/// the next commit, which drops cached pages beyond the end of the database, then walks
-/// the whole cache instead of its last few entries. Splits come in nearly every commit,
-/// so each commit walked every page cached: with 64 MiB (the sqlx connections' setting)
-/// the walk grew with the database, up to 16,384 pages, and the engine benchmark on
-/// 16,000 tasks ran ~10 % slower (~20 % more CPU at worst) than with this cache. Between
-/// 2 and 16 MiB the throughput did not separate.
+/// B-tree page splits into new pages that are not in ascending order, SQLite (3.46,
+/// `balance_nonroot`) renumbers them, passing one through the page number of the
+/// pending-byte page (262,145) as a temporary name. That leaves the cache's largest page
+/// number there, and the next commit, which drops cached pages beyond the end of the
+/// database, then walks the whole cache instead of its last few entries. Such splits
+/// come in nearly every commit (327 walks in a 1,000-task run), so with 64 MiB (the sqlx
+/// connections' setting) each commit's walk grew with the database, up to 16,384 pages:
+/// on 16,000 tasks the engine benchmark ran up to a fifth slower and its process used
+/// 5–22 % more CPU than with this cache. Between 2 and 16 MiB the throughput did not
+/// separate.
 const HOT_CACHE_KIB: i64 = 16 * 1024;
 
 /// Hot-path commits between two checkpoints. A busy commit writes some thirty pages, so
@@ -159,7 +161,8 @@ impl Drop for OpenTx<'_> {
 }
 
 /// Opens the hot path's own connection to the SQLite file at `path`, with the pragmas of
-/// sqlx's connections (`backend::open_sqlite`).
+/// sqlx's connections (`backend::open_sqlite`) but a smaller page cache
+/// ([`HOT_CACHE_KIB`]).
 pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).lite("open the SQLite database")?;
     // No busy wait inside SQLite: it would block this thread. `write_now` waits for
