@@ -698,11 +698,11 @@ async fn steps_show_progress_and_only_the_owner_or_a_manager_cancels_or_retries(
 
 /// `GET path` as `token` in a task of its own: its answer, and how long it took.
 fn read_in_background(
-    api: &Api,
+    base: &str,
     token: &str,
     path: &str,
 ) -> tokio::task::JoinHandle<((u16, Value), std::time::Duration)> {
-    let (url, token) = (format!("{}{path}", api.base), token.to_owned());
+    let (url, token) = (format!("{base}{path}"), token.to_owned());
     tokio::spawn(async move {
         let began = std::time::Instant::now();
         let response = reqwest::Client::new()
@@ -753,7 +753,7 @@ async fn a_waiting_read_is_answered_when_the_task_ends_and_only_to_who_may_read_
         }
 
         // The owner's read waits, and is answered when the steps end the task.
-        let waiting = read_in_background(&api, &agent, &path);
+        let waiting = read_in_background(&api.base, &agent, &path);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!waiting.is_finished(), "the read did not wait for the task");
         drain(&api.engine).await;
@@ -772,7 +772,11 @@ async fn a_waiting_read_is_answered_when_the_task_ends_and_only_to_who_may_read_
         // A cancel ends a task as well, and wakes whoever waits on it.
         let (_, other) = post(&api, &agent, refund_body().to_string()).await;
         let other = other["id"].as_str().unwrap().to_owned();
-        let waiting = read_in_background(&api, &agent, &format!("/v1/tasks/{other}?wait_ms=20000"));
+        let waiting = read_in_background(
+            &api.base,
+            &agent,
+            &format!("/v1/tasks/{other}?wait_ms=20000"),
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!waiting.is_finished(), "the read did not wait for the task");
         let (status, _) = post_empty(&api, &agent, &format!("/v1/tasks/{other}/cancel")).await;
@@ -818,17 +822,8 @@ async fn a_graceful_shutdown_answers_its_waiting_reads_at_once_and_no_other_serv
     }));
 
     // Nothing runs the task's steps here: each read would wait its whole 30 s.
-    let waiting = read_in_background(&api, &agent, &path);
-    let (url, bearer) = (format!("{other_base}{path}"), agent.clone());
-    let waiting_elsewhere = tokio::spawn(async move {
-        let response = reqwest::Client::new()
-            .get(url)
-            .bearer_auth(bearer)
-            .send()
-            .await
-            .unwrap();
-        answer(response).await
-    });
+    let waiting = read_in_background(&api.base, &agent, &path);
+    let waiting_elsewhere = read_in_background(&other_base, &agent, &path);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "the read did not wait for the task");
 
@@ -854,7 +849,7 @@ async fn a_graceful_shutdown_answers_its_waiting_reads_at_once_and_no_other_serv
         "stopping one server answered another server's wait"
     );
     let _ = other_stop.send(());
-    let (status, read) = tokio::time::timeout(Duration::from_secs(10), waiting_elsewhere)
+    let ((status, read), _) = tokio::time::timeout(Duration::from_secs(10), waiting_elsewhere)
         .await
         .expect("the second server's shutdown did not answer its wait")
         .unwrap();

@@ -1564,22 +1564,19 @@ mod tests {
         let Pool::Sqlite(pools) = &store.pool else {
             unreachable!()
         };
-        let autocheckpoint: i64 = pools
-            .hot
-            .lock()
-            .unwrap()
-            .query_row("PRAGMA wal_autocheckpoint", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(autocheckpoint, 0, "a hot commit never checkpoints");
+        let hot_pragma = |name: &str| -> i64 {
+            let hot = pools.hot.lock().unwrap();
+            hot.query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))
+                .unwrap()
+        };
+        assert_eq!(
+            hot_pragma("wal_autocheckpoint"),
+            0,
+            "a hot commit never checkpoints"
+        );
         // And its page cache stays small enough that a commit's walk over it (see
         // `HOT_CACHE_KIB`) does not grow with the database.
-        let cache: i64 = pools
-            .hot
-            .lock()
-            .unwrap()
-            .query_row("PRAGMA cache_size", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(cache, -HOT_CACHE_KIB);
+        assert_eq!(hot_pragma("cache_size"), -HOT_CACHE_KIB);
 
         // Commits one after the other, each adding a page of its own, so the
         // checkpointer runs while they are written.
