@@ -1,7 +1,8 @@
 //! The API over TLS: a client that trusts the server's certificate talks HTTPS to it; a
 //! client that does not, and a client speaking plain HTTP to the TLS port, get nothing;
-//! a broken certificate or key is a start-up error naming the file; `stepbox serve`
-//! refuses plain HTTP on a non-loopback address.
+//! a read waiting for a task's end is answered when the server begins to stop; a broken
+//! certificate or key is a start-up error naming the file; `stepbox serve` refuses plain
+//! HTTP on a non-loopback address.
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ use stepbox::api::{self, ApiState, Tls, TlsError};
 use stepbox::auth::{DEV_AUDIENCE, DEV_ISSUER, DevKey, DevTokenRequest, Verifier};
 use stepbox::store::DatabaseUrl;
 
-use crate::engine::{Setup, setup};
+use crate::engine::{Setup, agent, refund_request, setup};
 use crate::support::{TestServer, stepbox};
 
 /// A self-signed certificate for localhost and 127.0.0.1, written as PEM files.
@@ -32,7 +33,7 @@ async fn the_api_speaks_https_to_a_client_that_trusts_its_certificate_and_nothin
     let Setup { engine, .. } = setup(&url, &notify, "/notify", 1).await;
     let dev = DevKey::load_or_create(dir.path()).unwrap();
     let verifier = Verifier::new(dev.key_set(), DEV_ISSUER, DEV_AUDIENCE);
-    let state = ApiState::new(engine, verifier);
+    let state = ApiState::new(engine.clone(), verifier);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let tls = Tls::from_pem_files(&cert, &key).unwrap();
@@ -89,8 +90,40 @@ async fn the_api_speaks_https_to_a_client_that_trusts_its_certificate_and_nothin
         .await;
     assert!(plain.is_err() || plain.unwrap().status() != 200);
 
+    // A read waiting for a task's end (nothing runs its steps here) is answered, with the
+    // task as it is, as soon as the server begins to stop, rather than holding the
+    // graceful shutdown for its 30 s.
+    let task = engine
+        .create_task(&agent(), refund_request(150.0))
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(
+        trusting
+            .get(format!(
+                "https://localhost:{port}/v1/tasks/{}?wait_ms=30000",
+                task.id
+            ))
+            .bearer_auth(&token)
+            .send(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the read did not wait for the task");
+
     let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the shutdown did not answer the waiting read")
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let read: serde_json::Value = serde_json::from_str(&read.text().await.unwrap()).unwrap();
+    assert_eq!(read["id"], task.id.as_str(), "{read}");
+    assert_eq!(read["context"]["customer_email"], "[REDACTED]");
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("the server did not stop")
+        .unwrap()
+        .unwrap();
 }
 
 #[test]
