@@ -58,8 +58,8 @@ pub struct ApiState {
     access: Arc<AccessPolicy>,
     limiter: Arc<limits::Limiter>,
     metrics: Arc<metrics::Metrics>,
-    /// Set when the server routing this state begins to stop; each [`serve`] call gives
-    /// its state one of its own.
+    /// Set when the server routing this state begins to stop; each [`serve`] or
+    /// [`serve_tls`] call gives its state one of its own.
     stopping: Stopping,
 }
 
