@@ -32,9 +32,6 @@ pub enum AuditError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// No randomness for an event id.
-    #[error("no randomness for an event id: {0}")]
-    Random(String),
 }
 
 /// An event to record: what happened, to what, by whom. Never raw PII.
@@ -60,14 +57,14 @@ pub struct NewEvent {
     pub details: serde_json::Value,
 }
 
-fn event_id() -> Result<String, AuditError> {
-    crate::crypto::ordered_id("evt_").map_err(|e| AuditError::Random(e.to_string()))
+fn event_id() -> String {
+    crate::crypto::ordered_id("evt_")
 }
 
 /// Record `event` at time `now_ms` inside `tx`, so it commits or rolls back with the change
 /// it describes. Returns its sequence number.
 pub async fn record(tx: &mut Tx<'_>, event: &NewEvent, now_ms: i64) -> Result<i64, AuditError> {
-    Ok(tx.insert_audit_event(&row(event, now_ms)?).await?)
+    Ok(tx.insert_audit_event(&row(event, now_ms)).await?)
 }
 
 /// Record `events` at time `now_ms` inside `tx`, many per statement, in the order given;
@@ -93,7 +90,7 @@ pub(crate) async fn record_many_in<W: crate::store::HotWrites>(
 /// The rows `events` will be stored as, built ahead of the transaction that records
 /// them ([`record_rows_in`]): ids drawn and details serialized, so that little of an
 /// event's cost is paid while that transaction holds the database.
-pub(crate) fn rows(events: &[NewEvent], now_ms: i64) -> Result<Vec<NewAuditRow>, AuditError> {
+pub(crate) fn rows(events: &[NewEvent], now_ms: i64) -> Vec<NewAuditRow> {
     events.iter().map(|event| row(event, now_ms)).collect()
 }
 
@@ -107,14 +104,12 @@ pub(crate) async fn record_rows_in<W: crate::store::HotWrites>(
 ) -> Result<Vec<i64>, AuditError> {
     let rows = built
         .iter()
-        .map(|&built| {
-            Ok(NewAuditRow {
-                ts: now_ms,
-                ..built.clone()
-            })
+        .map(|&built| NewAuditRow {
+            ts: now_ms,
+            ..built.clone()
         })
         .chain(events.iter().map(|event| row(event, now_ms)))
-        .collect::<Result<Vec<_>, AuditError>>()?;
+        .collect::<Vec<_>>();
     if let Some(mut hot) = tx.hot_path()
         && let Some(prev) = seal_behind(&mut hot)?
     {
@@ -192,9 +187,9 @@ fn as_params(seals: &[(i64, [u8; 32], [u8; 32])]) -> Vec<(i64, &[u8], &[u8])> {
         .collect()
 }
 
-fn row(event: &NewEvent, now_ms: i64) -> Result<NewAuditRow, AuditError> {
-    Ok(NewAuditRow {
-        id: event_id()?,
+fn row(event: &NewEvent, now_ms: i64) -> NewAuditRow {
+    NewAuditRow {
+        id: event_id(),
         ts: now_ms,
         actor: event.actor.clone(),
         action: event.action.clone(),
@@ -205,7 +200,7 @@ fn row(event: &NewEvent, now_ms: i64) -> Result<NewAuditRow, AuditError> {
         contains_pii: event.contains_pii,
         correlation_id: event.correlation_id.clone(),
         details: event.details.to_string(),
-    })
+    }
 }
 
 /// Seal every event committed before this call and not yet in the chain, in `seq` order.

@@ -6,7 +6,7 @@ use aes_gcm::aead::{AeadInPlace as _, KeyInit as _};
 use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
 
 use super::keys::{KEY_LEN, Secret, random_secret};
-use super::{CryptoError, KeyId, KeyRing, fill_random};
+use super::{CryptoError, KeyId, KeyRing, fill_unique};
 
 /// The format version that leads every sealed value.
 const SEAL_VERSION: u8 = 1;
@@ -53,7 +53,7 @@ impl DataKey {
     /// The ciphertext opens only with this key and the same `aad`.
     pub fn seal(&self, plaintext: &[u8], aad: Aad<'_>) -> Result<Vec<u8>, CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
-        fill_random(&mut nonce)?;
+        fill_unique(&mut nonce);
         let mut out = Vec::with_capacity(SEALED_MIN_LEN + plaintext.len());
         out.push(SEAL_VERSION);
         out.extend_from_slice(&nonce);
@@ -143,7 +143,7 @@ impl KeyRing {
     pub fn wrap(&self, key: &DataKey, data_key_id: &str) -> Result<WrappedKey, CryptoError> {
         let kek = self.active();
         let mut nonce = [0u8; NONCE_LEN];
-        fill_random(&mut nonce)?;
+        fill_unique(&mut nonce);
         let mut body: Secret = key.key.clone();
         let tag = cipher(kek.bytes())
             .encrypt_in_place_detached(

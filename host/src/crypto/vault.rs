@@ -377,7 +377,7 @@ impl SubjectVault {
         let mut tx = self.pool.begin().await.map_err(|e| self.unavailable(e))?;
         let mut made = Vec::with_capacity(wanted.max(SPARES_PER_WRITE));
         for _ in 0..wanted.max(SPARES_PER_WRITE) {
-            let id = super::ordered_id("pad_").map_err(|e| VaultError::Random(e.to_string()))?;
+            let id = super::ordered_id("pad_");
             let mut fresh = Zeroizing::new([0u8; PAD_LEN]);
             fill_random(&mut *fresh).map_err(|e| VaultError::Random(e.to_string()))?;
             sqlx::query("INSERT INTO pads (subject, pad, created_at) VALUES ($1, $2, $3)")

@@ -12,9 +12,8 @@ use crate::store::{DataKeyRow, HotWrites, Tx};
 use super::EngineError;
 
 /// A fresh prefixed id (`task_…`, `dk_…`): see [`crate::crypto::ordered_id`].
-pub(crate) fn new_id(prefix: &str) -> Result<String, EngineError> {
+pub(crate) fn new_id(prefix: &str) -> String {
     crate::crypto::ordered_id(prefix)
-        .map_err(|e| EngineError::Internal(format!("no randomness: {e}")))
 }
 
 /// What opens data keys: the KEKs, and the vault of subject pads.
@@ -138,7 +137,7 @@ fn fresh_key(
     subject: Option<(&str, &str, &Pad)>,
     now: i64,
 ) -> Result<(DataKeyRow, DataKey), EngineError> {
-    let id = new_id("dk_")?;
+    let id = new_id("dk_");
     let key = DataKey::generate()?;
     let wrapped = match subject {
         Some((_, _, pad)) => ring.wrap(&key.masked(pad), &id)?,

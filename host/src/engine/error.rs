@@ -51,7 +51,6 @@ impl From<AuditError> for EngineError {
     fn from(e: AuditError) -> Self {
         match e {
             AuditError::Store(e) => e.into(),
-            AuditError::Random(why) => Self::Internal(why),
         }
     }
 }

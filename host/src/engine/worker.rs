@@ -1182,7 +1182,7 @@ impl Finished {
         let rows = if protect {
             let mut events = Vec::new();
             self.events(sealed.status(), &sealed.outcome, &mut events);
-            crate::audit::rows(&events, now)?
+            crate::audit::rows(&events, now)
         } else {
             Vec::new()
         };
