@@ -63,9 +63,9 @@ impl Run {
 }
 
 /// CPU time (user + system) this process has used so far, all threads: fields 14 and 15
-/// of `/proc/self/stat`, in clock ticks of 10 ms. Wall time on a shared 2-core machine
-/// moves by 10–20 % from run to run; the CPU a task costs moves far less, so it shows
-/// what protection costs even when the throughput figures scatter. `None` off Linux.
+/// of `/proc/self/stat`, in clock ticks of 10 ms. Beside the wall time it tells work from
+/// waiting: protection that costs more time per task than CPU per task is spending part
+/// of its cost in waits (the single writer's turn), not in work. `None` off Linux.
 fn process_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name (field 2) may hold spaces; the fields after its `)` do not.
