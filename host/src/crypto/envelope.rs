@@ -308,6 +308,33 @@ mod tests {
         assert_ne!(one, two);
     }
 
+    /// Nonces come from a generator per thread: threads sealing at once under one key
+    /// must still never share one (a repeated nonce under a key breaks AES-GCM).
+    #[test]
+    fn threads_sealing_at_once_never_repeat_a_nonce() {
+        let key = std::sync::Arc::new(DataKey::generate().unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let key = key.clone();
+                std::thread::spawn(move || {
+                    (0..2_000)
+                        .map(|_| {
+                            let sealed = key.seal(b"same", AAD).unwrap();
+                            <[u8; NONCE_LEN]>::try_from(&sealed[1..1 + NONCE_LEN]).unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for thread in threads {
+            for nonce in thread.join().unwrap() {
+                assert!(seen.insert(nonce), "a nonce came twice");
+            }
+        }
+        assert_eq!(seen.len(), 16_000);
+    }
+
     #[test]
     fn an_unknown_version_is_malformed() {
         let key = DataKey::generate().unwrap();

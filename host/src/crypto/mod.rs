@@ -65,7 +65,7 @@ fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
 /// Fills `buf` for values that must be unpredictable and never repeat but are no keys:
 /// AES-GCM nonces and row ids. They come from rand's thread-local CSPRNG (ChaCha12,
 /// seeded and periodically reseeded from the operating system), not from a system call
-/// each: a task takes some twenty of them, and `getrandom` was 1.7 % of the protected
+/// each: a task takes some twenty of them, and `getrandom` was ~1.5 % of the protected
 /// engine's CPU.
 fn fill_unique(buf: &mut [u8]) {
     rand::RngCore::fill_bytes(&mut rand::rng(), buf);
