@@ -57,10 +57,6 @@ pub struct NewEvent {
     pub details: serde_json::Value,
 }
 
-fn event_id() -> String {
-    crate::crypto::ordered_id("evt_")
-}
-
 /// Record `event` at time `now_ms` inside `tx`, so it commits or rolls back with the change
 /// it describes. Returns its sequence number.
 pub async fn record(tx: &mut Tx<'_>, event: &NewEvent, now_ms: i64) -> Result<i64, AuditError> {
@@ -189,7 +185,7 @@ fn as_params(seals: &[(i64, [u8; 32], [u8; 32])]) -> Vec<(i64, &[u8], &[u8])> {
 
 fn row(event: &NewEvent, now_ms: i64) -> NewAuditRow {
     NewAuditRow {
-        id: event_id(),
+        id: crate::crypto::ordered_id("evt_"),
         ts: now_ms,
         actor: event.actor.clone(),
         action: event.action.clone(),

@@ -238,7 +238,7 @@ impl Engine {
                 .collect(),
         };
         Ok(Creation {
-            id: data::new_id("task_"),
+            id: crate::crypto::ordered_id("task_"),
             principal: principal.clone(),
             level: classification.level.to_string(),
             classification,

@@ -11,11 +11,6 @@ use crate::store::{DataKeyRow, HotWrites, Tx};
 
 use super::EngineError;
 
-/// A fresh prefixed id (`task_…`, `dk_…`): see [`crate::crypto::ordered_id`].
-pub(crate) fn new_id(prefix: &str) -> String {
-    crate::crypto::ordered_id(prefix)
-}
-
 /// What opens data keys: the KEKs, and the vault of subject pads.
 #[derive(Clone, Copy)]
 pub(crate) struct Keys<'a> {
@@ -137,7 +132,7 @@ fn fresh_key(
     subject: Option<(&str, &str, &Pad)>,
     now: i64,
 ) -> Result<(DataKeyRow, DataKey), EngineError> {
-    let id = new_id("dk_");
+    let id = crate::crypto::ordered_id("dk_");
     let key = DataKey::generate()?;
     let wrapped = match subject {
         Some((_, _, pad)) => ring.wrap(&key.masked(pad), &id)?,
