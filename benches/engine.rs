@@ -1,12 +1,14 @@
 //! Engine throughput: the 4-step refund workflow without HTTP (its last step is `noop`
 //! where `notify_customer` would call out), on SQLite and on PostgreSQL, with encryption
-//! and audit on and, as the baseline measured in the same run, off.
+//! and audit on and, as the baseline measured in the same run, off. A third configuration
+//! encrypts but writes no task or step audit events, which splits protection's cost
+//! between encryption (third against baseline) and audit (protected against third).
 //!
 //! Each configuration gets a fresh database and runs two phases: submit N tasks through
 //! `Engine::create_task` (several submitters at once), then drain them with the workers and
 //! the audit sealer, as `stepbox worker` runs them. Throughput is N over both phases; the
 //! phases are printed apart so the report shows where the time goes. Each configuration
-//! runs `ROUNDS` times, alternating protected and baseline, and the best round counts.
+//! runs `ROUNDS` times, taking turns, and the best round counts.
 //!
 //! `cargo bench --bench engine --features unprotected-baseline` (what `./dev bench` runs).
 //! Under `cargo test` (no `--bench` argument) it runs a few tasks per configuration and
@@ -14,8 +16,8 @@
 //! Environment: `STEPBOX_BENCH_TASKS` (default 4000), `STEPBOX_BENCH_WORKERS` (default 4),
 //! `STEPBOX_BENCH_BACKEND` (`sqlite` or `postgres` to run only that one),
 //! `STEPBOX_BENCH_SUBMITTERS` (concurrent callers of `create_task`, default 8),
-//! `STEPBOX_BENCH_ONLY` (`protected` or `baseline`: run that configuration alone, to
-//! profile it; no ratio is printed then).
+//! `STEPBOX_BENCH_ONLY` (`protected`, `encryption` or `baseline`: run that configuration
+//! alone, to profile it; no ratio is printed then).
 
 mod common;
 
@@ -28,8 +30,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use common::{
-    ADMIN_URL, NS, agent, drop_postgres_db, env_usize, postgres_db, refund_engine, request,
-    unfinished,
+    ADMIN_URL, NS, Protection, agent, drop_postgres_db, env_usize, postgres_db, refund_engine,
+    request, unfinished,
 };
 use sqlx::Connection;
 use stepbox::audit;
@@ -77,12 +79,12 @@ fn process_cpu() -> Option<Duration> {
 async fn run(
     url: &DatabaseUrl,
     sandbox: &Sandbox,
-    protected: bool,
+    protection: Protection,
     tasks: usize,
     workers: usize,
 ) -> Run {
     let store = Store::open(url).await.unwrap();
-    let engine = refund_engine(&store, sandbox, protected, &NamespacePolicy::default()).await;
+    let engine = refund_engine(&store, sandbox, protection, &NamespacePolicy::default()).await;
     let agent = agent();
 
     let cpu_start = process_cpu();
@@ -141,7 +143,7 @@ async fn run(
         .map_or(0, |(_, n)| *n);
     assert_eq!(complete as usize, tasks, "every task completes: {counts:?}");
 
-    if protected {
+    if protection == Protection::Full {
         audit::seal_pending(&store).await.unwrap();
         let report = audit::verify(&store).await.unwrap();
         assert!(report.broken.is_none(), "chain intact: {report:?}");
@@ -197,18 +199,23 @@ fn main() {
             "engine throughput: {tasks} tasks of the 4-step refund workflow, {workers} workers, best of {rounds}"
         );
         for backend in backends {
-            let mut best: [Option<Run>; 2] = [None, None];
+            let mut best: [Option<Run>; 3] = [None, None, None];
             let only = std::env::var("STEPBOX_BENCH_ONLY").ok();
-            let configurations: Vec<(usize, bool)> = [(0, true), (1, false)]
-                .into_iter()
-                .filter(|(_, protected)| match only.as_deref() {
-                    Some("protected") => *protected,
-                    Some("baseline") => !*protected,
-                    _ => true,
-                })
-                .collect();
+            let configurations: Vec<(usize, Protection)> = [
+                (0, Protection::Full),
+                (1, Protection::EncryptionOnly),
+                (2, Protection::None),
+            ]
+            .into_iter()
+            .filter(|(_, protection)| match only.as_deref() {
+                Some("protected") => *protection == Protection::Full,
+                Some("encryption") => *protection == Protection::EncryptionOnly,
+                Some("baseline") => *protection == Protection::None,
+                _ => true,
+            })
+            .collect();
             for _ in 0..rounds {
-                for &(slot, protected) in &configurations {
+                for &(slot, protection) in &configurations {
                     let (url, pg, _dir) = if backend == "sqlite" {
                         let dir = tempfile::tempdir().unwrap();
                         (
@@ -220,7 +227,7 @@ fn main() {
                         let (url, name) = postgres_db().await;
                         (url, Some(name), None)
                     };
-                    let figures = run(&url, &sandbox, protected, tasks, workers).await;
+                    let figures = run(&url, &sandbox, protection, tasks, workers).await;
                     if let Some(name) = pg {
                         drop_postgres_db(&name).await;
                     }
@@ -232,10 +239,11 @@ fn main() {
                     }
                 }
             }
-            for (label, r) in [("encryption+audit on ", &best[0]), ("baseline (both off)", &best[1])] {
+            let labels = ["encryption and audit", "encryption only", "baseline (both off)"];
+            for (label, r) in labels.into_iter().zip(&best) {
                 let Some(r) = r else { continue };
                 println!(
-                    "  {backend:<8} {label}: {:>7.0} tasks/s ({:>6.0} steps/s) | create {:>6.0} tasks/s, run {:>6.0} tasks/s | CPU {:>4} µs/task",
+                    "  {backend:<8} {label:<20}: {:>7.0} tasks/s ({:>6.0} steps/s) | create {:>6.0} tasks/s, run {:>6.0} tasks/s | CPU {:>4} µs/task",
                     r.tasks_per_s(),
                     r.tasks_per_s() * 4.0,
                     r.tasks as f64 / r.create.as_secs_f64(),
@@ -243,12 +251,31 @@ fn main() {
                     r.cpu_per_task().as_micros(),
                 );
             }
-            if let [Some(on), Some(off)] = &best {
-                println!(
-                    "  {backend:<8} cost of encryption + audit: {:+.1}% time per task, {:+.1}% CPU per task",
-                    (on.total().as_secs_f64() / off.total().as_secs_f64() - 1.0) * 100.0,
-                    (on.cpu.as_secs_f64() / off.cpu.as_secs_f64() - 1.0) * 100.0
-                );
+            // Each cost as a share of the baseline's time (and CPU) per task, so that the
+            // encryption and audit parts add up to the whole.
+            let cost = |more: &Option<Run>, less: &Option<Run>, base: &Option<Run>| {
+                let (Some(more), Some(less), Some(base)) = (more, less, base) else {
+                    return None;
+                };
+                let share = |a: Duration, b: Duration, base: Duration| {
+                    (a.as_secs_f64() - b.as_secs_f64()) / base.as_secs_f64() * 100.0
+                };
+                Some((
+                    share(more.total(), less.total(), base.total()),
+                    share(more.cpu, less.cpu, base.cpu),
+                ))
+            };
+            let [full, encryption, baseline] = &best;
+            for (label, more, less) in [
+                ("cost of encryption + audit", full, baseline),
+                ("  of which encryption     ", encryption, baseline),
+                ("  of which audit          ", full, encryption),
+            ] {
+                if let Some((time, cpu)) = cost(more, less, baseline) {
+                    println!(
+                        "  {backend:<8} {label}: {time:+6.1}% time per task, {cpu:+6.1}% CPU per task"
+                    );
+                }
             }
         }
     });

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
-use common::{NS, agent, env_usize, refund_engine, request, unfinished};
+use common::{NS, Protection, agent, env_usize, refund_engine, request, unfinished};
 use serde_json::{Value, json};
 use stepbox::api::{self, ApiState, RateLimits};
 use stepbox::auth::{DEV_AUDIENCE, DEV_ISSUER, DevKey, DevTokenRequest, Verifier};
@@ -79,7 +79,7 @@ async fn protected(sandbox: &Sandbox, worker_count: usize) -> Served {
         sensitive_workflows: ["process_refund".to_owned()].into(),
         ..NamespacePolicy::default()
     };
-    let engine = refund_engine(&store, sandbox, true, &policy).await;
+    let engine = refund_engine(&store, sandbox, Protection::Full, &policy).await;
     let key = DevKey::load_or_create(dir.path()).unwrap();
     let verifier = Verifier::new(key.key_set(), DEV_ISSUER, DEV_AUDIENCE);
     let access: AccessPolicy = serde_json::from_value(json!({ "roles": {
@@ -130,7 +130,13 @@ async fn baseline(sandbox: &Sandbox, worker_count: usize) -> Served {
     let store = Store::open(&DatabaseUrl::Sqlite(dir.path().join("stepbox.db")))
         .await
         .unwrap();
-    let engine = refund_engine(&store, sandbox, false, &NamespacePolicy::default()).await;
+    let engine = refund_engine(
+        &store,
+        sandbox,
+        Protection::None,
+        &NamespacePolicy::default(),
+    )
+    .await;
     async fn create(State(engine): State<Engine>, Json(body): Json<Value>) -> Json<Value> {
         let created = engine
             .create_task(

@@ -41,9 +41,12 @@ pub(crate) struct Inner {
     pub(crate) latest: Mutex<HashMap<String, String>>,
     /// Loaded modules, by namespace/name/version.
     pub(crate) modules: Mutex<HashMap<String, StepModule>>,
-    /// Task data sealed and task/step changes audited. Only the throughput benchmark's
-    /// baseline turns this off, through a build feature shipped binaries never enable.
+    /// Task data sealed. Only the throughput benchmark's baseline turns this off, through
+    /// a build feature shipped binaries never enable.
     pub(crate) protect: bool,
+    /// Task and step changes audited. Turned off only by the same build feature: in the
+    /// baseline, and in the benchmark's measure of what encryption alone costs.
+    pub(crate) audit: bool,
     /// The unprotected baseline's one placeholder data key row (tasks must name one).
     pub(crate) baseline_key: tokio::sync::OnceCell<()>,
     /// Woken when this process made a step ready (created a task, completed a step,
@@ -189,6 +192,7 @@ impl Engine {
                 latest: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
                 protect: true,
+                audit: true,
                 baseline_key: tokio::sync::OnceCell::new(),
                 work_ready: tokio::sync::Notify::new(),
                 creations: super::create::Queue::default(),
@@ -208,6 +212,18 @@ impl Engine {
     pub fn unprotected_baseline(mut self) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.protect = false;
+            inner.audit = false;
+        }
+        self
+    }
+
+    /// The same engine sealing task data but writing no task or step audit events: what
+    /// the throughput benchmark measures to split protection's cost between encryption
+    /// and audit. Exists only in builds with the `unprotected-baseline` feature.
+    #[cfg(feature = "unprotected-baseline")]
+    pub fn without_audit(mut self) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.audit = false;
         }
         self
     }

@@ -612,7 +612,7 @@ impl Engine {
             .flatten()
             .collect();
         tx.insert_subject_aliases(&aliases, now).await?;
-        if self.inner.protect && !events.is_empty() {
+        if self.inner.audit && !events.is_empty() {
             let seqs = crate::audit::record_many_in(tx, &events, now).await?;
             for (index, seq) in created_in_order.into_iter().zip(seqs) {
                 if let Ok(created) = &mut outcomes[index] {

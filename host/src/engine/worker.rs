@@ -591,7 +591,7 @@ impl Engine {
         };
         // Here, in the attempt's own run, rather than in the committer all runs wait on.
         // Should it fail, the commit tries again and reports why.
-        finished.prepared = finished.prepare(self.now(), self.inner.protect).ok();
+        finished.prepared = finished.prepare(self.now(), self.inner.audit).ok();
         finished
     }
 
@@ -702,12 +702,12 @@ impl Engine {
         let now = self.now();
         // Everything sealed and built before the transaction: no cryptography and little
         // serializing under the write lock. The runs did it (`Engine::run_job`).
-        let protect = self.inner.protect;
+        let audit = self.inner.audit;
         let sealed = batch
             .iter()
             .map(|f| match &f.prepared {
                 Some(prepared) => Ok(Cow::Borrowed(prepared)),
-                None => f.prepare(now, protect).map(Cow::Owned),
+                None => f.prepare(now, audit).map(Cow::Owned),
             })
             .collect::<Result<Vec<_>, _>>()?;
 
@@ -1073,7 +1073,7 @@ impl Engine {
         events: &[NewEvent],
         now: i64,
     ) -> Result<(), EngineError> {
-        if !self.inner.protect || (built.is_empty() && events.is_empty()) {
+        if !self.inner.audit || (built.is_empty() && events.is_empty()) {
             return Ok(());
         }
         crate::audit::record_rows_in(tx, built, events, now).await?;
@@ -1139,7 +1139,7 @@ impl Sealed {
 }
 
 /// A finished attempt's writes, made before its commit: its outcome sealed, and the rows
-/// of its audit events (none in the unprotected baseline), which the commit records
+/// of its audit events (none when the benchmark turns audit off), which the commit records
 /// with its own time if the attempt commits.
 #[derive(Clone)]
 struct Prepared {
@@ -1176,10 +1176,10 @@ impl Finished {
             .collect()
     }
 
-    /// Seal the attempt's outcome and, if `protect`, build its audit rows.
-    fn prepare(&self, now: i64, protect: bool) -> Result<Prepared, EngineError> {
+    /// Seal the attempt's outcome and, if `audit`, build its audit rows.
+    fn prepare(&self, now: i64, audit: bool) -> Result<Prepared, EngineError> {
         let sealed = self.seal()?;
-        let rows = if protect {
+        let rows = if audit {
             let mut events = Vec::new();
             self.events(sealed.status(), &sealed.outcome, &mut events);
             crate::audit::rows(&events, now)
