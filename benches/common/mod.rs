@@ -59,7 +59,6 @@ pub enum Protection {
     /// Everything, as shipped: task data encrypted, every change audited.
     Full,
     /// Task data encrypted, no task or step audit events: what encryption alone costs.
-    #[allow(dead_code)] // the HTTP benchmark does not split the cost
     EncryptionOnly,
     /// Neither: the baseline.
     None,
