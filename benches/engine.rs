@@ -38,7 +38,7 @@ use stepbox::audit;
 use stepbox::engine::WorkerPool;
 use stepbox::policy::NamespacePolicy;
 use stepbox::sandbox::{Sandbox, SandboxConfig};
-use stepbox::store::{DatabaseUrl, Store, TaskStatus};
+use stepbox::store::{AuditFilter, DatabaseUrl, Store, TaskStatus};
 
 const ROUNDS: usize = 2;
 
@@ -143,6 +143,27 @@ async fn run(
         .map_or(0, |(_, n)| *n);
     assert_eq!(complete as usize, tasks, "every task completes: {counts:?}");
 
+    // What each configuration leaves out is really left out: the measured split would
+    // mean nothing otherwise.
+    let step_events = store
+        .begin_read()
+        .await
+        .unwrap()
+        .count_audit(&AuditFilter {
+            action: Some("step.completed".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let expected = if protection == Protection::Full {
+        4 * tasks
+    } else {
+        0
+    };
+    assert_eq!(
+        step_events as usize, expected,
+        "step events of {protection:?}"
+    );
     if protection == Protection::Full {
         audit::seal_pending(&store).await.unwrap();
         let report = audit::verify(&store).await.unwrap();
