@@ -130,13 +130,8 @@ async fn run(
         .map_or(Duration::ZERO, |(end, start)| end.saturating_sub(start));
     stop_tx.send(true).unwrap();
     running.await.unwrap();
-    let counts = store
-        .begin_read()
-        .await
-        .unwrap()
-        .count_tasks(NS)
-        .await
-        .unwrap();
+    let mut read = store.begin_read().await.unwrap();
+    let counts = read.count_tasks(NS).await.unwrap();
     let complete = counts
         .iter()
         .find(|(status, _)| *status == TaskStatus::Complete)
@@ -145,16 +140,14 @@ async fn run(
 
     // What each configuration leaves out is really left out: the measured split would
     // mean nothing otherwise.
-    let step_events = store
-        .begin_read()
-        .await
-        .unwrap()
+    let step_events = read
         .count_audit(&AuditFilter {
             action: Some("step.completed".into()),
             ..AuditFilter::default()
         })
         .await
         .unwrap();
+    drop(read);
     let expected = if protection == Protection::Full {
         4 * tasks
     } else {
